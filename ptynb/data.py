@@ -1,0 +1,872 @@
+"""The ptynb data model: dims, coordinates and attrs conventions, constructors, validation.
+
+Every ptynb step takes and returns xarray objects that follow these conventions.
+
+Dimensions
+----------
+=============  ==========================================  ==============================
+dim            meaning                                     index coordinate (units)
+=============  ==========================================  ==============================
+``scan``       probe position index                        ``scan`` (int); positions
+                                                           ``scan_y``, ``scan_x`` (m)
+                                                           are coords along ``scan``
+``angle``      rotation / tilt of the sample               ``angle`` (degrees)
+``beam``       simultaneous beams (stereo)                 ``beam`` (labels); ``beam_tilt``
+                                                           (degrees) along ``beam``
+``slice``      multislice depth                            ``slice`` (int), ``z`` (m)
+``mode``       mutually incoherent probe modes             ``mode`` (int)
+``qy, qx``     detector pixels                             spatial frequency (1/m), zero
+                                                           at index n//2 (centred pattern)
+``y, x, z``    object / volume real space                  m, in the scan-position frame
+``py, px``     probe window                                m, zero at index n//2
+``iteration``  convergence history                         ``iteration`` (int)
+=============  ==========================================  ==============================
+
+Kinds of dataset (``attrs["kind"]``)
+-------------------------------------
+``measurement``
+    ``intensity`` (..., scan, qy, qx) float32, counts per pixel, detector centred (zero
+    spatial frequency at pixel n//2); optional ``mask`` (qy, qx) bool, **True where a
+    detector pixel is valid**. Attrs: ``radiation`` ("xray"/"electron"), ``energy_eV``,
+    ``wavelength`` (m), ``pixel_size`` (m, the real-space reconstruction pixel) and the
+    detector geometry it came from (``detector_distance`` and ``detector_pixel_size`` in m
+    for X-rays, or ``reciprocal_pixel_size`` in 1/m for electrons).
+``reconstruction``
+    ``object`` (..., slice, y, x) complex64 transmission; ``probe`` (..., mode, py, px)
+    complex64 (sqrt(counts) per pixel amplitude); ``scan_y``/``scan_x`` (..., scan) refined
+    positions (m); ``cost`` (..., iteration). Attrs: ``pixel_size``, ``slice_thickness`` (m),
+    the settings used and ``ptynb_version``.
+``projections``
+    DataArray (angle, y, x), real or complex, ``angle`` in degrees; geometry in attrs.
+``volume``
+    DataArray (z, y, x), real or complex; coordinates in metres.
+
+An experiment end to end is an :class:`xarray.DataTree` (see :func:`experiment`): angles or
+beams as sibling child nodes, detector/probe information shared in the root node's attrs.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+
+__all__ = [
+    "DIMS",
+    "ValidationError",
+    "centered_coord",
+    "real_space_coord",
+    "measurement",
+    "reconstruction",
+    "projections",
+    "volume",
+    "experiment",
+    "validate",
+    "derived_pixel_size",
+    "provenance",
+    "PtyAccessor",
+]
+
+DIMS = {
+    "scan": "probe position index; positions scan_y, scan_x (m) are coords along scan",
+    "angle": "sample rotation or tilt; coordinate in degrees",
+    "beam": "simultaneous beams (stereo); labels, with beam_tilt (degrees) along beam",
+    "slice": "multislice depth index; coordinate z (m)",
+    "mode": "mutually incoherent probe modes; index",
+    "qy": "detector rows; spatial frequency (1/m), zero at index n//2",
+    "qx": "detector columns; spatial frequency (1/m), zero at index n//2",
+    "y": "object/volume rows (m)",
+    "x": "object/volume columns (m)",
+    "z": "volume depth (m)",
+    "py": "probe window rows (m), zero at index n//2",
+    "px": "probe window columns (m), zero at index n//2",
+    "iteration": "convergence history index",
+}
+
+#: Largest object dimension (pixels) accepted before positions are treated as a unit error.
+MAX_OBJECT_PIXELS = 1 << 16
+_REL_TOL = 1e-3
+
+
+class ValidationError(ValueError):
+    """Input data break the ptynb conventions. The message names the variable and problem."""
+
+    def __init__(self, variable: str, problem: str):
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable}: {problem}")
+
+
+# ----------------------------------------------------------------------------- helpers
+def centered_coord(n: int, spacing: float) -> np.ndarray:
+    """Coordinate of ``n`` samples with ``spacing``, zero at index ``n // 2`` (float64)."""
+    return (np.arange(n) - n // 2) * float(spacing)
+
+
+def real_space_coord(n: int, pixel_size: float, origin: float = 0.0) -> np.ndarray:
+    """Coordinate ``origin + i * pixel_size`` for ``i`` in ``range(n)`` (float64, metres)."""
+    return origin + np.arange(n) * float(pixel_size)
+
+
+def provenance(**settings) -> dict:
+    """Attrs recording the package version and the given settings (JSON-friendly values)."""
+    out = {"ptynb_version": __version__}
+    for k, v in settings.items():
+        if v is None:
+            continue
+        if isinstance(v, (np.generic,)):
+            v = v.item()
+        if isinstance(v, (bool, np.bool_)):
+            v = int(v)
+        if isinstance(v, (list, tuple)):
+            v = np.asarray(v)
+        if not isinstance(v, (str, int, float, np.ndarray)):
+            v = repr(v)
+        out[k] = v
+    return out
+
+
+def _positive(name: str, value, allow_none=True):
+    if value is None:
+        if allow_none:
+            return None
+        raise ValidationError(name, "is required")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(name, f"must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValidationError(name, f"must be positive and finite, got {value!r}")
+    return v
+
+
+def derived_pixel_size(
+    n: int,
+    wavelength: float,
+    *,
+    detector_distance: float | None = None,
+    detector_pixel_size: float | None = None,
+    reciprocal_pixel_size: float | None = None,
+) -> float | None:
+    """Real-space pixel (m) implied by an ``n``-pixel detector.
+
+    X-ray far field: ``wavelength * detector_distance / (n * detector_pixel_size)``.
+    Electron (reciprocal sampling ``dq`` in 1/m): ``1 / (n * dq)``. ``None`` if neither
+    geometry is complete.
+    """
+    if reciprocal_pixel_size is not None:
+        return 1.0 / (n * float(reciprocal_pixel_size))
+    if detector_distance is not None and detector_pixel_size is not None:
+        return float(wavelength) * float(detector_distance) / (n * float(detector_pixel_size))
+    return None
+
+
+def _as_float32_counts(intensity, name="intensity"):
+    arr = intensity.data if isinstance(intensity, xr.DataArray) else intensity
+    if hasattr(arr, "dtype") and np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValidationError(name, "is complex; diffraction intensities must be real counts")
+    if hasattr(arr, "compute") and not isinstance(arr, np.ndarray):  # dask: keep lazy
+        return arr.astype(np.float32) if arr.dtype != np.float32 else arr
+    a = np.asarray(arr)
+    if a.dtype == object:
+        raise ValidationError(name, "has dtype object; expected a numeric array")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise ValidationError(name, "is complex; diffraction intensities must be real counts")
+    return a.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- constructors
+def measurement(
+    intensity,
+    scan_y,
+    scan_x,
+    *,
+    radiation: str,
+    energy_eV: float,
+    pixel_size: float | None = None,
+    detector_distance: float | None = None,
+    detector_pixel_size: float | None = None,
+    reciprocal_pixel_size: float | None = None,
+    mask=None,
+    angle: Sequence[float] | None = None,
+    beam: Sequence[str] | None = None,
+    beam_tilt: Sequence[float] | None = None,
+    dims: Sequence[str] | None = None,
+    validate_data: bool = True,
+    **attrs: Any,
+) -> xr.Dataset:
+    """Build a measurement Dataset (``attrs["kind"] == "measurement"``).
+
+    Parameters
+    ----------
+    intensity : array (..., scan, qy, qx)
+        Diffraction patterns in counts, detector-centred (zero frequency at pixel n//2).
+        Leading dims are ``beam`` and/or ``angle`` (in that order), named by passing
+        ``beam=``/``angle=`` coordinate values or ``dims=``. numpy or dask arrays (kept lazy).
+    scan_y, scan_x : array (scan,) or (..., scan)
+        Probe-centre positions in metres.
+    radiation : {"xray", "electron"}
+    energy_eV : float
+        Photon energy or electron kinetic energy (eV).
+    pixel_size : float, optional
+        Real-space reconstruction pixel (m). Derived from the detector geometry if omitted.
+    detector_distance, detector_pixel_size : float, optional
+        X-ray far-field geometry (m).
+    reciprocal_pixel_size : float, optional
+        Electron detector sampling in spatial frequency (1/m) (= angular pixel / wavelength).
+    mask : array (qy, qx) of bool, optional
+        True where the detector pixel is valid.
+    angle : sequence of float, optional
+        Angles (degrees) for a leading ``angle`` dim.
+    beam, beam_tilt : sequence, optional
+        Beam labels (e.g. ``["left", "center", "right"]``) and tilts (degrees).
+    dims : sequence of str, optional
+        Explicit dims of ``intensity`` (must end in ``scan, qy, qx``).
+    **attrs
+        Extra experimental parameters kept in attrs (e.g. ``convergence_semiangle`` in rad).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``intensity`` float32 (..., scan, qy, qx); coords ``scan``, ``scan_y``, ``scan_x``
+        (m), ``qy``, ``qx`` (1/m) and any ``angle``/``beam``; attrs as described in the module.
+
+    Raises
+    ------
+    ValidationError
+        For inconsistent shapes, missing geometry, bad values (see :func:`validate`).
+    """
+    from .physics.units import check_radiation, wavelength as _wl
+
+    try:
+        radiation = check_radiation(radiation)
+    except ValueError as e:
+        raise ValidationError("radiation", str(e)) from None
+    energy = _positive("energy_eV", energy_eV, allow_none=False)
+    lam = _wl(energy, radiation)
+
+    if isinstance(intensity, xr.DataArray) and dims is None:
+        dims = intensity.dims
+    data = _as_float32_counts(intensity)
+    if data.ndim < 3:
+        raise ValidationError("intensity", f"needs dims (..., scan, qy, qx), got {data.ndim}-D")
+    if dims is None:
+        lead = []
+        if beam is not None:
+            lead.append("beam")
+        if angle is not None:
+            lead.append("angle")
+        dims = tuple(lead) + ("scan", "qy", "qx")
+    dims = tuple(dims)
+    if len(dims) != data.ndim or tuple(dims[-3:]) != ("scan", "qy", "qx"):
+        raise ValidationError(
+            "intensity", f"has shape {tuple(data.shape)} but dims {dims}; expected (..., scan, qy, qx)"
+        )
+    unknown = set(dims) - {"beam", "angle", "scan", "qy", "qx"}
+    if unknown:
+        raise ValidationError("intensity", f"unknown leading dims {sorted(unknown)}")
+    sizes = dict(zip(dims, data.shape))
+    ny, nx = sizes["qy"], sizes["qx"]
+
+    for name, val in (("detector_distance", detector_distance),
+                      ("detector_pixel_size", detector_pixel_size),
+                      ("reciprocal_pixel_size", reciprocal_pixel_size),
+                      ("pixel_size", pixel_size)):
+        _positive(name, val)
+
+    derived = derived_pixel_size(
+        ny, lam, detector_distance=detector_distance, detector_pixel_size=detector_pixel_size,
+        reciprocal_pixel_size=reciprocal_pixel_size,
+    )
+    if pixel_size is None:
+        if derived is None:
+            raise ValidationError(
+                "pixel_size",
+                "missing: give pixel_size (m), or detector_distance and detector_pixel_size "
+                "(X-ray), or reciprocal_pixel_size (electron)",
+            )
+        pixel_size = derived
+    pixel_size = float(pixel_size)
+    dq_y = 1.0 / (ny * pixel_size)
+    dq_x = 1.0 / (nx * pixel_size)
+
+    pos_dims = tuple(d for d in dims if d not in ("qy", "qx"))
+    coords: dict[str, Any] = {
+        "scan": np.arange(sizes["scan"]),
+        "qy": ("qy", centered_coord(ny, dq_y), {"units": "1/m", "long_name": "spatial frequency"}),
+        "qx": ("qx", centered_coord(nx, dq_x), {"units": "1/m", "long_name": "spatial frequency"}),
+    }
+    for name, pos in (("scan_y", scan_y), ("scan_x", scan_x)):
+        p = np.asarray(pos.data if isinstance(pos, xr.DataArray) else pos, dtype=np.float64)
+        if p.ndim == 1:
+            pd = ("scan",)
+        else:
+            pd = pos_dims[-p.ndim:]
+        if p.shape != tuple(sizes[d] for d in pd):
+            raise ValidationError(
+                name,
+                f"has {p.shape[-1] if p.ndim else 0} positions (shape {p.shape}) but intensity "
+                f"has {sizes['scan']} patterns along scan (dims {pos_dims})",
+            )
+        coords[name] = (pd, p, {"units": "m", "long_name": "probe centre " + name[-1]})
+    if angle is not None:
+        a = np.asarray(angle, dtype=np.float64).reshape(-1)
+        coords["angle"] = ("angle", a, {"units": "degree"})
+    if beam is not None:
+        coords["beam"] = ("beam", np.asarray([str(b) for b in beam]))
+        if beam_tilt is not None:
+            coords["beam_tilt"] = ("beam", np.asarray(beam_tilt, dtype=np.float64),
+                                   {"units": "degree"})
+    for d in dims:
+        if d not in coords and d not in ("qy", "qx", "scan"):
+            coords[d] = np.arange(sizes[d])
+
+    data_vars = {"intensity": (dims, data, {"units": "counts", "long_name": "diffracted intensity"})}
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != (ny, nx):
+            raise ValidationError("mask", f"has shape {m.shape}, detector is {(ny, nx)}")
+        data_vars["mask"] = (("qy", "qx"), m.astype(bool),
+                             {"long_name": "valid detector pixel (True = use)"})
+
+    all_attrs = provenance(
+        kind="measurement",
+        radiation=radiation,
+        energy_eV=energy,
+        wavelength=lam,
+        pixel_size=pixel_size,
+        detector_distance=detector_distance,
+        detector_pixel_size=detector_pixel_size,
+        reciprocal_pixel_size=reciprocal_pixel_size,
+    )
+    all_attrs.update(attrs)
+    ds = xr.Dataset(data_vars, coords=coords, attrs=all_attrs)
+    if validate_data:
+        validate(ds)
+    return ds
+
+
+def reconstruction(
+    obj,
+    probe,
+    *,
+    pixel_size: float,
+    scan_y=None,
+    scan_x=None,
+    origin: tuple[float, float] = (0.0, 0.0),
+    slice_thickness: float | None = None,
+    cost=None,
+    leading: Mapping[str, Sequence] | None = None,
+    **attrs: Any,
+) -> xr.Dataset:
+    """Build a reconstruction Dataset (``attrs["kind"] == "reconstruction"``).
+
+    Parameters
+    ----------
+    obj : complex array (..., slice, y, x) or (y, x)
+        Object transmission per slice. A 2-D array gets a length-1 ``slice`` dim.
+    probe : complex array (..., mode, py, px) or (py, px)
+        Probe modes (sqrt(counts) units). A 2-D array gets a length-1 ``mode`` dim.
+    pixel_size : float
+        Object and probe pixel (m).
+    scan_y, scan_x : array (..., scan), optional
+        (Refined) probe-centre positions (m), same frame as the object coords.
+    origin : (float, float)
+        Coordinates (m) of object pixel (0, 0): ``y = origin[0] + i * pixel_size``.
+    slice_thickness : float, optional
+        Multislice spacing (m); slice ``k`` sits at ``z = k * slice_thickness``.
+    cost : array (..., iteration), optional
+        Convergence history.
+    leading : mapping, optional
+        Coordinates of leading dims in order, e.g. ``{"angle": [0, 30]}``.
+    **attrs
+        Settings and parameters recorded in attrs (provenance).
+    """
+    px = _positive("pixel_size", pixel_size, allow_none=False)
+    o = np.asarray(obj)
+    p = np.asarray(probe)
+    if not np.iscomplexobj(o):
+        o = o.astype(np.complex64)
+    if not np.iscomplexobj(p):
+        p = p.astype(np.complex64)
+    lead_names = list(leading.keys()) if leading else []
+    if o.ndim == 2 + len(lead_names):
+        o = np.expand_dims(o, -3)
+    if p.ndim == 2 + len(lead_names):
+        p = np.expand_dims(p, -3)
+    if o.ndim != 3 + len(lead_names):
+        raise ValidationError("object", f"has shape {o.shape}; expected (..., slice, y, x)")
+    if p.ndim != 3 + len(lead_names):
+        raise ValidationError("probe", f"has shape {p.shape}; expected (..., mode, py, px)")
+    lead = tuple(lead_names)
+    ns, ny, nx = o.shape[-3:]
+    nm, npy, npx = p.shape[-3:]
+    coords: dict[str, Any] = {
+        "y": ("y", real_space_coord(ny, px, origin[0]), {"units": "m"}),
+        "x": ("x", real_space_coord(nx, px, origin[1]), {"units": "m"}),
+        "py": ("py", centered_coord(npy, px), {"units": "m"}),
+        "px": ("px", centered_coord(npx, px), {"units": "m"}),
+        "slice": np.arange(ns),
+        "mode": np.arange(nm),
+    }
+    dz = _positive("slice_thickness", slice_thickness)
+    if dz is not None:
+        coords["z"] = ("slice", np.arange(ns) * dz, {"units": "m"})
+    for k, v in (leading or {}).items():
+        coords[k] = (k, np.asarray(v))
+    data_vars: dict[str, Any] = {
+        "object": (lead + ("slice", "y", "x"), o.astype(np.complex64, copy=False),
+                   {"long_name": "object transmission"}),
+        "probe": (lead + ("mode", "py", "px"), p.astype(np.complex64, copy=False),
+                  {"long_name": "probe", "units": "sqrt(counts)"}),
+    }
+    if scan_y is not None and scan_x is not None:
+        sy = np.asarray(scan_y, dtype=np.float64)
+        sx = np.asarray(scan_x, dtype=np.float64)
+        sd = lead[len(lead) - (sy.ndim - 1):] + ("scan",) if sy.ndim > 1 else ("scan",)
+        coords["scan"] = np.arange(sy.shape[-1])
+        data_vars["scan_y"] = (sd, sy, {"units": "m"})
+        data_vars["scan_x"] = (sd, sx, {"units": "m"})
+    if cost is not None:
+        c = np.asarray(cost, dtype=np.float64)
+        cd = lead[len(lead) - (c.ndim - 1):] + ("iteration",) if c.ndim > 1 else ("iteration",)
+        coords["iteration"] = np.arange(c.shape[-1])
+        data_vars["cost"] = (cd, c)
+    all_attrs = provenance(kind="reconstruction", pixel_size=px, slice_thickness=dz)
+    all_attrs.update(provenance(**attrs))
+    return xr.Dataset(data_vars, coords=coords, attrs=all_attrs)
+
+
+def projections(
+    data,
+    angles,
+    *,
+    pixel_size: float,
+    origin: tuple[float, float] | None = None,
+    name: str = "projections",
+    **attrs: Any,
+) -> xr.DataArray:
+    """Build a projections DataArray (angle, y, x) (``attrs["kind"] == "projections"``).
+
+    Parameters
+    ----------
+    data : array (angle, y, x), real or complex
+    angles : array (angle,)
+        Rotation angles in degrees.
+    pixel_size : float
+        Detector pixel (m).
+    origin : (float, float), optional
+        Coordinates (m) of pixel (0, 0); default centres the detector (zero at n//2).
+    **attrs
+        Geometry (``geometry``, ``tilt`` in degrees, ...) and other parameters.
+    """
+    a = np.asarray(data)
+    ang = np.asarray(angles, dtype=np.float64).reshape(-1)
+    if a.ndim != 3:
+        raise ValidationError(name, f"has shape {a.shape}; expected (angle, y, x)")
+    if ang.size != a.shape[0]:
+        raise ValidationError("angle", f"has {ang.size} values for {a.shape[0]} projections")
+    px = _positive("pixel_size", pixel_size, allow_none=False)
+    ny, nx = a.shape[1:]
+    if origin is None:
+        yc, xc = centered_coord(ny, px), centered_coord(nx, px)
+    else:
+        yc, xc = real_space_coord(ny, px, origin[0]), real_space_coord(nx, px, origin[1])
+    da = xr.DataArray(
+        a,
+        dims=("angle", "y", "x"),
+        coords={"angle": ("angle", ang, {"units": "degree"}),
+                "y": ("y", yc, {"units": "m"}), "x": ("x", xc, {"units": "m"})},
+        name=name,
+        attrs=provenance(kind="projections", pixel_size=px, **attrs),
+    )
+    return da
+
+
+def volume(
+    data,
+    *,
+    voxel_size: float | Sequence[float],
+    origin: tuple[float, float, float] | None = None,
+    name: str = "volume",
+    **attrs: Any,
+) -> xr.DataArray:
+    """Build a volume DataArray (z, y, x) (``attrs["kind"] == "volume"``).
+
+    Parameters
+    ----------
+    data : array (z, y, x), real or complex
+    voxel_size : float or (dz, dy, dx)
+        Voxel size in metres.
+    origin : (z0, y0, x0), optional
+        Coordinates (m) of voxel (0, 0, 0); default centres each axis (zero at n//2).
+    """
+    a = np.asarray(data)
+    if a.ndim != 3:
+        raise ValidationError(name, f"has shape {a.shape}; expected (z, y, x)")
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
+    for v in vs:
+        _positive("voxel_size", v, allow_none=False)
+    coords = {}
+    for i, d in enumerate(("z", "y", "x")):
+        if origin is None:
+            c = centered_coord(a.shape[i], vs[i])
+        else:
+            c = real_space_coord(a.shape[i], vs[i], origin[i])
+        coords[d] = (d, c, {"units": "m"})
+    return xr.DataArray(a, dims=("z", "y", "x"), coords=coords, name=name,
+                        attrs=provenance(kind="volume", voxel_size=vs, **attrs))
+
+
+def experiment(
+    children: Mapping[str, xr.Dataset],
+    *,
+    name: str = "experiment",
+    **shared_attrs: Any,
+) -> xr.DataTree:
+    """Assemble an experiment as a DataTree of sibling nodes.
+
+    Parameters
+    ----------
+    children : mapping of node name -> Dataset
+        E.g. ``{"angle_000": m0, "angle_030": m1}`` or ``{"left": ml, "center": mc}``.
+        Each child is validated. Attrs identical in every child (radiation, energy,
+        detector geometry, ...) are moved to the root node; the rest stay in the child.
+    **shared_attrs
+        Extra attrs for the root node (e.g. ``sample="two-layer membrane"``).
+
+    Returns
+    -------
+    xarray.DataTree
+        Root with attrs ``kind="experiment"``; one child node per entry.
+    """
+    if not children:
+        raise ValidationError("children", "an experiment needs at least one node")
+    kids = {}
+    for key, ds in children.items():
+        if "/" in key or not key:
+            raise ValidationError("children", f"invalid node name {key!r}")
+        if not isinstance(ds, xr.Dataset):
+            raise ValidationError(key, f"must be an xarray.Dataset, got {type(ds).__name__}")
+        validate(ds)
+        kids[key] = ds
+    common = None
+    for ds in kids.values():
+        items = {k: v for k, v in ds.attrs.items() if not isinstance(v, np.ndarray)}
+        if common is None:
+            common = dict(items)
+        else:
+            common = {k: v for k, v in common.items() if k in items and items[k] == v}
+    common = common or {}
+    common.pop("kind", None)
+    root_attrs = provenance(name=name)
+    root_attrs.update(common)
+    root_attrs.update(shared_attrs)
+    root_attrs["kind"] = "experiment"
+    tree = xr.DataTree(dataset=xr.Dataset(attrs=root_attrs), name=name)
+    for key, ds in kids.items():
+        local = {k: v for k, v in ds.attrs.items() if k not in common or k == "kind"}
+        node_ds = ds.copy(deep=False)
+        node_ds.attrs = local
+        tree[key] = xr.DataTree(dataset=node_ds)
+    return tree
+
+
+def node_attrs(tree: xr.DataTree, path: str) -> dict:
+    """Attrs of node ``path`` merged with those of its ancestors (nearest wins)."""
+    node = tree[path]
+    chain = []
+    while node is not None:
+        chain.append(dict(node.attrs))
+        node = node.parent
+    out: dict = {}
+    for a in reversed(chain):
+        out.update(a)
+    return out
+
+
+def node_dataset(tree: xr.DataTree, path: str) -> xr.Dataset:
+    """The Dataset at ``path`` with inherited coords and attrs merged in (ready for steps)."""
+    ds = tree[path].to_dataset(inherit=True)
+    return ds.assign_attrs(node_attrs(tree, path))
+
+
+# ----------------------------------------------------------------------------- validation
+def _kind(obj) -> str:
+    kind = obj.attrs.get("kind")
+    if kind:
+        return str(kind)
+    if isinstance(obj, xr.Dataset):
+        if "intensity" in obj:
+            return "measurement"
+        if "object" in obj:
+            return "reconstruction"
+    if isinstance(obj, xr.DataArray):
+        if obj.dims[-3:] == ("angle", "y", "x") or obj.dims == ("angle", "y", "x"):
+            return "projections"
+        if obj.dims == ("z", "y", "x"):
+            return "volume"
+    return "unknown"
+
+
+def _check_finite(name, arr):
+    if hasattr(arr, "compute") and not isinstance(arr, np.ndarray):
+        return  # lazy (dask): finiteness is checked when loaded, not here
+    a = np.asarray(arr)
+    if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValidationError(name, f"contains {bad} NaN or inf value(s)")
+
+
+def _check_dims(name, da, tail, allowed_lead=("beam", "angle")):
+    dims = tuple(da.dims)
+    if len(dims) < len(tail) or dims[-len(tail):] != tuple(tail):
+        raise ValidationError(name, f"has dims {dims}; expected (..., {', '.join(tail)})")
+    extra = [d for d in dims[: -len(tail)] if d not in allowed_lead]
+    if extra:
+        raise ValidationError(name, f"has unexpected dims {extra}; allowed leading dims {allowed_lead}")
+
+
+def _check_spacing(name, coord, expected, unit):
+    c = np.asarray(coord, dtype=np.float64)
+    if c.size < 2:
+        return
+    d = np.diff(c)
+    if not np.allclose(d, expected, rtol=_REL_TOL, atol=0):
+        raise ValidationError(
+            name,
+            f"coordinate spacing {float(np.median(d)):.6g} {unit} is inconsistent with the "
+            f"pixel size, which implies {expected:.6g} {unit}",
+        )
+
+
+def _validate_measurement(ds: xr.Dataset):
+    from .physics.units import check_radiation, wavelength as _wl
+
+    if "intensity" not in ds:
+        raise ValidationError("intensity", "missing from the measurement dataset")
+    inten = ds["intensity"]
+    _check_dims("intensity", inten, ("scan", "qy", "qx"))
+    if np.issubdtype(inten.dtype, np.complexfloating):
+        raise ValidationError("intensity", "is complex; diffraction intensities must be real counts")
+    if not np.issubdtype(inten.dtype, np.number):
+        raise ValidationError("intensity", f"has non-numeric dtype {inten.dtype}")
+    data = inten.data
+    lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
+    if not lazy:
+        _check_finite("intensity", data)
+        mn = np.min(data) if data.size else 0
+        if mn < 0:
+            n_neg = int(np.count_nonzero(np.asarray(data) < 0))
+            raise ValidationError("intensity", f"has {n_neg} negative value(s) (min {float(mn):.4g}); counts must be >= 0")
+    # attrs
+    a = ds.attrs
+    if "radiation" not in a:
+        raise ValidationError("radiation", "missing from attrs ('xray' or 'electron')")
+    try:
+        rad = check_radiation(a["radiation"])
+    except ValueError as e:
+        raise ValidationError("radiation", str(e)) from None
+    if "energy_eV" not in a:
+        raise ValidationError("energy_eV", "missing from attrs (photon or electron energy in eV)")
+    energy = _positive("energy_eV", a["energy_eV"], allow_none=False)
+    lam = _wl(energy, rad)
+    if "wavelength" in a and not np.isclose(float(a["wavelength"]), lam, rtol=_REL_TOL):
+        raise ValidationError("wavelength", f"attr {a['wavelength']!r} m disagrees with energy_eV ({lam:.6g} m)")
+    ny = inten.sizes["qy"]
+    derived = derived_pixel_size(
+        ny, lam,
+        detector_distance=_positive("detector_distance", a.get("detector_distance")),
+        detector_pixel_size=_positive("detector_pixel_size", a.get("detector_pixel_size")),
+        reciprocal_pixel_size=_positive("reciprocal_pixel_size", a.get("reciprocal_pixel_size")),
+    )
+    px = _positive("pixel_size", a.get("pixel_size"))
+    if px is None and derived is None:
+        raise ValidationError(
+            "pixel_size", "missing: the attrs give neither pixel_size nor a detector geometry "
+            "(detector_distance + detector_pixel_size, or reciprocal_pixel_size)")
+    if px is None:
+        px = derived
+    if derived is not None and not np.isclose(px, derived, rtol=_REL_TOL):
+        raise ValidationError(
+            "pixel_size",
+            f"{px:.6g} m is inconsistent with the detector geometry, which implies {derived:.6g} m",
+        )
+    for q in ("qy", "qx"):
+        if q in ds.coords:
+            _check_spacing(q, ds[q].values, 1.0 / (inten.sizes[q] * px), "1/m")
+    # positions
+    for p in ("scan_y", "scan_x"):
+        if p not in ds.variables:
+            raise ValidationError(p, "missing: probe positions (m) along scan are required")
+        pos = ds[p]
+        if "scan" not in pos.dims:
+            raise ValidationError(p, f"has dims {pos.dims}; expected (..., scan)")
+        if pos.sizes["scan"] != inten.sizes["scan"]:
+            raise ValidationError(
+                p, f"has {pos.sizes['scan']} positions but intensity has {inten.sizes['scan']} patterns")
+        _check_finite(p, pos.values)
+    sy = np.asarray(ds["scan_y"].values, dtype=float)
+    sx = np.asarray(ds["scan_x"].values, dtype=float)
+    span = max(np.ptp(sy) if sy.size else 0.0, np.ptp(sx) if sx.size else 0.0) / px
+    if span > MAX_OBJECT_PIXELS:
+        raise ValidationError(
+            "scan_y/scan_x",
+            f"positions span {span:.3g} pixels of {px:.3g} m, outside any reasonable field of "
+            "view (are the positions in metres?)")
+    fov = a.get("field_of_view")
+    if fov is not None:
+        y0, y1, x0, x1 = (float(v) for v in np.asarray(fov).reshape(4))
+        tol = 1e-3 * px
+        outside = (sy < y0 - tol) | (sy > y1 + tol) | (sx < x0 - tol) | (sx > x1 + tol)
+        if np.any(outside):
+            raise ValidationError(
+                "scan_y/scan_x",
+                f"{int(np.count_nonzero(outside))} position(s) lie outside the field of view "
+                f"y in [{y0:.4g}, {y1:.4g}] m, x in [{x0:.4g}, {x1:.4g}] m")
+    if "mask" in ds:
+        m = ds["mask"]
+        if tuple(m.dims) != ("qy", "qx"):
+            raise ValidationError("mask", f"has dims {m.dims}; expected (qy, qx)")
+        if m.dtype != bool:
+            raise ValidationError("mask", f"must be boolean (True = valid pixel), got {m.dtype}")
+        if not bool(m.any()):
+            raise ValidationError("mask", "marks every detector pixel invalid")
+
+
+def _validate_reconstruction(ds: xr.Dataset):
+    for v, tail in (("object", ("slice", "y", "x")), ("probe", ("mode", "py", "px"))):
+        if v not in ds:
+            raise ValidationError(v, "missing from the reconstruction dataset")
+        _check_dims(v, ds[v], tail, allowed_lead=("beam", "angle"))
+        if not np.iscomplexobj(ds[v].values):
+            raise ValidationError(v, f"must be complex, got {ds[v].dtype}")
+        _check_finite(v, ds[v].values)
+    px = _positive("pixel_size", ds.attrs.get("pixel_size"))
+    if px is None:
+        raise ValidationError("pixel_size", "missing from attrs")
+    for c in ("y", "x", "py", "px"):
+        if c in ds.coords:
+            _check_spacing(c, ds[c].values, px, "m")
+    if "scan_y" in ds and "y" in ds.coords:
+        half_y = ds.sizes["py"] * px / 2
+        half_x = ds.sizes["px"] * px / 2
+        y = ds["y"].values
+        x = ds["x"].values
+        sy, sx = ds["scan_y"].values, ds["scan_x"].values
+        out = ((sy - half_y < y[0] - px) | (sy + half_y > y[-1] + 2 * px)
+               | (sx - half_x < x[0] - px) | (sx + half_x > x[-1] + 2 * px))
+        if np.any(out):
+            raise ValidationError(
+                "scan_y/scan_x",
+                f"{int(np.count_nonzero(out))} probe position(s) put the probe window outside "
+                "the object field of view")
+
+
+def _validate_image(da: xr.DataArray, kind: str):
+    name = da.name or kind
+    tail = ("angle", "y", "x") if kind == "projections" else ("z", "y", "x")
+    if tuple(da.dims) != tail:
+        raise ValidationError(str(name), f"has dims {da.dims}; expected {tail}")
+    _check_finite(str(name), da.data)
+    for d in tail:
+        if d not in da.coords:
+            raise ValidationError(d, f"coordinate missing on {name}")
+    if kind == "projections":
+        ang = da["angle"].values
+        if not np.all(np.isfinite(ang)):
+            raise ValidationError("angle", "contains NaN or inf")
+
+
+def validate(obj) -> Any:
+    """Check a ptynb dataset and return it unchanged; raise :class:`ValidationError` if bad.
+
+    Accepts a measurement or reconstruction Dataset, a projections or volume DataArray, or a
+    DataTree (every node with data is checked, with attrs inherited from its ancestors).
+
+    Checks: required dims (in order), NaN/inf, negative intensities, complex intensities,
+    positions count vs patterns, positions outside the field of view (or a span so large it
+    must be a unit error), missing radiation/energy/geometry attrs, pixel size inconsistent
+    with the detector geometry or the coordinates, an all-invalid detector mask. Data are
+    never modified.
+    """
+    if isinstance(obj, xr.DataTree):
+        for node in obj.subtree:
+            if node.has_data:
+                ds = node.to_dataset(inherit=True)
+                attrs = node_attrs(obj, node.path) if node is not obj else dict(obj.attrs)
+                try:
+                    validate(ds.assign_attrs(attrs))
+                except ValidationError as e:
+                    raise ValidationError(f"{node.path}:{e.variable}", e.problem) from None
+        return obj
+    if not isinstance(obj, (xr.Dataset, xr.DataArray)):
+        raise ValidationError("input", f"expected an xarray Dataset/DataArray/DataTree, got {type(obj).__name__}")
+    kind = _kind(obj)
+    if kind == "measurement":
+        _validate_measurement(obj)
+    elif kind == "reconstruction":
+        _validate_reconstruction(obj)
+    elif kind in ("projections", "volume"):
+        if isinstance(obj, xr.Dataset):
+            for v in obj.data_vars.values():
+                _validate_image(v, kind)
+        else:
+            _validate_image(obj, kind)
+    elif kind == "experiment":
+        pass
+    else:
+        raise ValidationError(
+            "kind", "cannot tell what this dataset is: expected attrs['kind'] in "
+            "{'measurement', 'reconstruction', 'projections', 'volume'} or an 'intensity'/'object' variable")
+    return obj
+
+
+# ----------------------------------------------------------------------------- accessor
+class PtyAccessor:
+    """``obj.pty``: thin access to ptynb functions (validate, save, views)."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def validate(self):
+        """Validate and return the object (see :func:`ptynb.data.validate`)."""
+        return validate(self._obj)
+
+    @property
+    def kind(self) -> str:
+        """Dataset kind: measurement, reconstruction, projections, volume or experiment."""
+        return _kind(self._obj)
+
+    @property
+    def wavelength(self) -> float:
+        """Wavelength (m) from the ``radiation``/``energy_eV`` attrs."""
+        from .physics.units import wavelength as _wl
+
+        a = self._obj.attrs
+        if "energy_eV" not in a or "radiation" not in a:
+            raise ValidationError("energy_eV", "missing from attrs")
+        return _wl(a["energy_eV"], a["radiation"])
+
+    def save(self, path, **kwargs):
+        """Save with :func:`ptynb.io.save` (HDF5 ``.h5``/``.nc`` or Zarr ``.zarr``)."""
+        from . import io
+
+        return io.save(self._obj, path, **kwargs)
+
+    def show(self, **kwargs):
+        """An interactive holoviews/panel view suited to the dataset kind."""
+        from . import viz
+
+        return viz.show(self._obj, **kwargs)
+
+
+for _reg in (xr.register_dataset_accessor, xr.register_dataarray_accessor, xr.register_datatree_accessor):
+    try:
+        _reg("pty")(PtyAccessor)
+    except Exception:  # pragma: no cover - accessor registration differences across versions
+        pass
