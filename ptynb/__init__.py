@@ -1,2 +1,29 @@
-"""ptynb: labelled data, physics, engines and workflows for 3D ptychography."""
+"""ptynb: labelled data, physics, engines and workflows for 3D ptychography.
+
+Submodules load on first use (``ptynb.io``, ``ptynb.tomo``, ...), so ``import ptynb`` stays
+fast and never imports panel, holoviews, torch or cupy.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_SUBMODULES = (
+    "apps", "backend", "cli", "data", "io", "learn", "metrics", "parallel", "physics",
+    "ptycho", "simulate", "tomo", "viz", "workflows",
+)
+
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        mod = importlib.import_module(f".{name}", __name__)
+        globals()[name] = mod
+        return mod
+    raise AttributeError(f"module 'ptynb' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))

@@ -675,7 +675,7 @@ def _validate_measurement(ds: xr.Dataset):
         raise ValidationError("energy_eV", "missing from attrs (photon or electron energy in eV)")
     energy = _positive("energy_eV", a["energy_eV"], allow_none=False)
     lam = _wl(energy, rad)
-    if "wavelength" in a and not np.isclose(float(a["wavelength"]), lam, rtol=_REL_TOL):
+    if "wavelength" in a and not np.isclose(float(a["wavelength"]), lam, rtol=_REL_TOL, atol=0.0):
         raise ValidationError("wavelength", f"attr {a['wavelength']!r} m disagrees with energy_eV ({lam:.6g} m)")
     ny = inten.sizes["qy"]
     derived = derived_pixel_size(
@@ -691,7 +691,7 @@ def _validate_measurement(ds: xr.Dataset):
             "(detector_distance + detector_pixel_size, or reciprocal_pixel_size)")
     if px is None:
         px = derived
-    if derived is not None and not np.isclose(px, derived, rtol=_REL_TOL):
+    if derived is not None and not np.isclose(px, derived, rtol=_REL_TOL, atol=0.0):
         raise ValidationError(
             "pixel_size",
             f"{px:.6g} m is inconsistent with the detector geometry, which implies {derived:.6g} m",
