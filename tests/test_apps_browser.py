@@ -1,0 +1,99 @@
+"""Served apps in headless Chromium (Playwright): index, explorer, errors shown in the page."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    data = tmp_path_factory.mktemp("data")
+    (data / "not_a_measurement.h5").write_bytes(b"this is not HDF5")
+    env = dict(os.environ, PTYNB_DATA_DIR=str(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ptynb.cli", "serve", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("ptynb serve exited:\n" + proc.stdout.read())
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("ptynb serve did not start in 60 s")
+    yield {"url": url, "data": data}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _collect_errors(page):
+    errors = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def test_serve_binds_loopback_only(server):
+    from urllib.parse import urlparse
+
+    assert urlparse(server["url"]).hostname == "127.0.0.1"
+
+
+def test_index_lists_apps(server, page):
+    errors = _collect_errors(page)
+    page.goto(server["url"] + "/")
+    page.get_by_text("Getting started: measurement explorer").wait_for(timeout=30000)
+    link = page.locator("a", has_text="Getting started: measurement explorer")
+    assert link.get_attribute("href").endswith("explorer")
+    assert not errors, errors
+
+
+def test_explorer_loads_demo_and_switches(server, page):
+    errors = _collect_errors(page)
+    page.goto(server["url"] + "/explorer")
+    info = page.locator(".ptynb-info")
+    info.get_by_text("xray").wait_for(timeout=60000)
+    assert "positions" in info.inner_text()
+    page.locator(".bk-Canvas, canvas").first.wait_for(timeout=30000)
+    # switch to the electron demo and load it
+    page.locator(".ptynb-source select").select_option(label="Electron demo (300 keV, 4D-STEM)")
+    page.locator(".ptynb-load button").click()
+    info.get_by_text("electron").wait_for(timeout=60000)
+    assert "300.0 keV" in info.inner_text()
+    assert not errors, errors
+
+
+def test_explorer_shows_clear_error_for_bad_file(server, page):
+    page.goto(server["url"] + "/explorer")
+    page.locator(".ptynb-info").get_by_text("xray").wait_for(timeout=60000)
+    page.locator(".ptynb-source select").select_option(label="file from the data directory")
+    page.locator(".ptynb-load button").click()  # nothing chosen yet
+    err = page.locator(".ptynb-error")
+    err.get_by_text("choose a file").wait_for(timeout=20000)
+    # the app keeps working: the demo still loads afterwards
+    page.locator(".ptynb-source select").select_option(label="X-ray demo (8 keV, zone-plate probe)")
+    page.locator(".ptynb-load button").click()
+    page.locator(".ptynb-info").get_by_text("xray").wait_for(timeout=60000)
