@@ -7,7 +7,6 @@ import shutil
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("BOKEH_RESOURCES", "inline")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,7 +15,7 @@ import xarray as xr
 
 from ._task import TaskRunner
 
-DEMOS = {"X-ray demo (8 keV, zone-plate probe)": "xray", "Electron demo (300 keV, 4D-STEM)": "electron"}
+DEMOS = {"X-ray demo (8 keV, zone-plate probe)": "xray", "Electron demo (200 keV, 4D-STEM)": "electron"}
 FILE_SUFFIXES = (".h5", ".hdf5", ".nc", ".cxi", ".zarr")
 
 
