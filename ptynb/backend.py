@@ -169,7 +169,7 @@ def cpu_workers() -> int:
 # ---------------------------------------------------------------------------- FFT
 _FFT_CHOICES = ("pyfftw", "scipy", "numpy")
 _fft_choice: str | None = None
-_plan_lock = threading.Lock()
+_plan_lock = threading.RLock()
 
 
 def _pyfftw_ok() -> bool:
@@ -205,33 +205,55 @@ def set_fft_backend(name: str) -> None:
 
 
 _PLANS: dict = {}
+#: a shape's plan is re-made with FFTW_MEASURE after this many uses (ESTIMATE before that)
+MEASURE_AFTER = 32
+
+
+def _fftw_effort_default() -> str:
+    return os.environ.get("PTYNB_FFTW_EFFORT", "adaptive").strip().lower()
 
 
 def _fftw_plan(shape, dtype, axes, inverse):
-    """A cached pyfftw.FFTW object for (shape, dtype, axes, direction)."""
+    """A cached pyfftw.FFTW object for (shape, dtype, axes, direction).
+
+    Planning effort (``PTYNB_FFTW_EFFORT``): ``adaptive`` (default) plans with
+    FFTW_ESTIMATE (instant) and re-plans with FFTW_MEASURE once the same transform has been
+    used ``MEASURE_AFTER`` times, so short jobs and tests never wait for planning while
+    iterative reconstructions get measured plans; ``estimate`` or ``measure`` force one.
+    """
     import pyfftw
 
     key = (shape, np.dtype(dtype).str, axes, inverse, cpu_workers())
-    plan = _PLANS.get(key)
-    if plan is None:
-        with _plan_lock:
-            plan = _PLANS.get(key)
-            if plan is None:
-                a = pyfftw.empty_aligned(shape, dtype=dtype)
-                b = pyfftw.empty_aligned(shape, dtype=dtype)
-                plan = pyfftw.FFTW(
-                    a,
-                    b,
-                    axes=axes,
-                    direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
-                    flags=("FFTW_MEASURE",),
-                    threads=cpu_workers(),
-                    normalise_idft=False,
-                    ortho=False,
-                )
-                if len(_PLANS) > 64:
-                    _PLANS.clear()
-                _PLANS[key] = plan
+    entry = _PLANS.get(key)
+    effort = _fftw_effort_default()
+    if entry is not None:
+        entry[1] += 1
+        if not (effort == "adaptive" and entry[2] == "FFTW_ESTIMATE" and entry[1] >= MEASURE_AFTER):
+            return entry[0]
+    with _plan_lock:
+        entry = _PLANS.get(key)
+        if entry is not None and not (effort == "adaptive" and entry[2] == "FFTW_ESTIMATE"
+                                      and entry[1] >= MEASURE_AFTER):
+            return entry[0]
+        if effort == "measure" or (effort == "adaptive" and entry is not None):
+            flag = "FFTW_MEASURE"
+        else:
+            flag = "FFTW_ESTIMATE"
+        a = pyfftw.empty_aligned(shape, dtype=dtype)
+        b = pyfftw.empty_aligned(shape, dtype=dtype)
+        plan = pyfftw.FFTW(
+            a,
+            b,
+            axes=axes,
+            direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
+            flags=(flag,),
+            threads=cpu_workers(),
+            normalise_idft=False,
+            ortho=False,
+        )
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        _PLANS[key] = [plan, entry[1] if entry else 1, flag]
     return plan
 
 
@@ -254,11 +276,16 @@ def _cpu_fft(x, axes, norm, inverse, overwrite):
         x = x.astype(np.complex64 if x.dtype == np.float32 else np.complex128)
     if choice == "pyfftw" and x.dtype in (np.complex64, np.complex128):
         axes_n = tuple(ax % x.ndim for ax in axes)
+        import pyfftw
+
         plan = _fftw_plan(x.shape, x.dtype, axes_n, inverse)
-        # FFTW requires the plan's alignment; copy into the plan's own buffers.
-        plan.input_array[...] = x
-        plan.execute()
-        out = plan.output_array.copy()
+        with _plan_lock:  # a plan's buffers are shared: one caller at a time
+            # FFTW needs the plan's alignment: copy into its input buffer, write straight into a
+            # fresh aligned output (returned to the caller, so no copy back out)
+            plan.input_array[...] = x
+            out = pyfftw.empty_aligned(x.shape, dtype=x.dtype)
+            plan.update_arrays(plan.input_array, out)
+            plan.execute()
         f = _norm_factor(x.shape, axes_n, norm, inverse)
         if f != 1.0:
             out *= out.real.dtype.type(f)

@@ -1,4 +1,92 @@
 """Physics: units and wavelengths, probes, propagation, multislice, scan patterns, phantoms."""
-from .units import wavelength, energy_from_wavelength, interaction_constant, check_radiation
+from .atoms import crystal_volume, projected_potential, rotate_atoms, scattering_factor
+from .materials import phase_from_thickness, refractive_index, thickness_from_phase
+from .multislice import (
+    electron_transmission,
+    multislice,
+    slice_kernels,
+    transmission,
+    xray_transmission,
+)
+from .probes import (
+    aberration_function,
+    airy_first_zero,
+    depth_of_focus,
+    electron_probe,
+    gaussian_probe,
+    mixed_state_probe,
+    numerical_aperture,
+    orthogonalize_modes,
+    probe_power,
+    zone_plate_focal_length,
+    zone_plate_probe,
+)
+from .propagation import (
+    angular_spectrum_kernel,
+    band_limit_frequency,
+    detector_pixel_size_for,
+    far_field,
+    far_field_intensity,
+    fresnel_kernel,
+    inverse_far_field,
+    pixel_size_for,
+    pixel_size_from_reciprocal,
+    propagate,
+    reciprocal_pixel_size_for,
+    spatial_frequencies,
+)
+from .phantoms import (
+    ellipsoid_line_integrals,
+    ellipsoids_phantom,
+    ic_labels,
+    ic_volume,
+    layered_stack,
+    shepp_logan_3d,
+    spinel_co3o4_nanocube,
+    stereo_two_layer,
+)
+from .scan import fermat_spiral, overlap_fraction, raster_scan, step_for_overlap
+from .units import check_radiation, energy_from_wavelength, interaction_constant, wavelength
 
-__all__ = ["wavelength", "energy_from_wavelength", "interaction_constant", "check_radiation"]
+__all__ = [
+    "crystal_volume", "projected_potential", "rotate_atoms", "scattering_factor",
+    "phase_from_thickness", "refractive_index", "thickness_from_phase",
+    "ellipsoid_line_integrals", "ellipsoids_phantom", "ic_labels", "ic_volume", "layered_stack",
+    "shepp_logan_3d", "spinel_co3o4_nanocube", "stereo_two_layer",
+    "aberration_function",
+    "airy_first_zero",
+    "angular_spectrum_kernel",
+    "band_limit_frequency",
+    "check_radiation",
+    "depth_of_focus",
+    "detector_pixel_size_for",
+    "electron_probe",
+    "electron_transmission",
+    "energy_from_wavelength",
+    "far_field",
+    "far_field_intensity",
+    "fermat_spiral",
+    "fresnel_kernel",
+    "gaussian_probe",
+    "interaction_constant",
+    "inverse_far_field",
+    "mixed_state_probe",
+    "multislice",
+    "numerical_aperture",
+    "orthogonalize_modes",
+    "overlap_fraction",
+    "pixel_size_for",
+    "pixel_size_from_reciprocal",
+    "probe_power",
+    "propagate",
+    "raster_scan",
+    "reciprocal_pixel_size_for",
+    "slice_kernels",
+    "spatial_frequencies",
+    "step_for_overlap",
+    "transmission",
+    "wavelength",
+    "xray_transmission",
+    "zone_plate_focal_length",
+    "zone_plate_probe",
+]

@@ -84,7 +84,7 @@ def interaction_constant(energy_eV) -> float:
 
     The phase shift of a thin specimen with projected potential V_p (V m) is ``sigma * V_p``.
     ``sigma = 2 pi m e lambda / h^2`` with the relativistic mass ``m = m0 (1 + E / m0 c^2)``;
-    about 7.29e-4 rad/(V nm) at 200 keV.
+    about 7.29e-4 rad/(V Angstrom) (7.29e6 rad/(V m)) at 200 keV.
     """
     e = float(_check_energy(energy_eV))
     lam = wavelength(e, "electron")
