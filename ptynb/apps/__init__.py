@@ -16,6 +16,13 @@ APPS: dict[str, tuple[str, str, str]] = {
         "their diffraction patterns, look at the probe and object as amplitude and phase.",
         "ptynb.apps.explorer:app",
     ),
+    "stereo": (
+        "Stereo hard X-ray ptychography",
+        "Two or three inclined nanobeams scan the sample at once: reconstruct each beam, characterise "
+        "the beams (caustics, focus, astigmatism), align the views, look at anaglyphs, and separate "
+        "layers that are closer than the multislice depth limit.",
+        "ptynb.apps.stereo:app",
+    ),
 }
 
 

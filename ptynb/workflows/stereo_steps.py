@@ -187,17 +187,25 @@ def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign
         warm["x"] = r["x"]
         return r["objective"]
 
+    # coarse scan on 2x2-binned views (shifts halve), then refine at full resolution
+    ny2, nx2 = (t.shape[1] // 2) * 2, (t.shape[2] // 2) * 2
+    binned = t[:, :ny2, :nx2].reshape(2, ny2 // 2, 2, nx2 // 2, 2).mean(axis=(2, 4))
+
+    def coarse_objective(shift):
+        sh = np.zeros((2, 2, 2))
+        sh[0, 0, ax] = shift / 4
+        sh[1, 0, ax] = -shift / 4
+        r = recover_layers(binned, sh, sign=sign, smoothness=smoothness,
+                           iterations=max(iterations // 2, 20), border=border // 2 + 2, tol=0)
+        return r["objective"]
+
     grid = np.arange(-max_shift, max_shift + 1e-9, coarse_step)
     it = grid
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(grid, desc="layer shift scan", leave=False)
-    vals = []
-    for g_ in it:
-        warm.clear()  # coarse scan: independent cold starts
-        vals.append(objective(g_, max(iterations // 2, 20)))
-    vals = np.asarray(vals)
+    vals = np.asarray([coarse_objective(g_) for g_ in it])
     k = int(np.argmin(vals))
     lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
     g = (np.sqrt(5) - 1) / 2
@@ -220,6 +228,7 @@ def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign
 
 # ----------------------------------------------------------------------------- layer recovery
 def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: float = 1e-3,
+                   sparsity: float = 0.0,
                    iterations: int = 300, subpixel: bool = True, border: int | None = None,
                    tol: float = 1e-7, x0=None, progress: bool = False, callback=None):
     """Recover L thin layers from V >= 2 views in which each layer is shifted differently.
@@ -227,6 +236,7 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
     Solves the constrained convex problem (the stereo paper's Eq. 3, generalised)::
 
         min_l  1/2 sum_v || W (sum_l S_{v,l} l_l - t_v) ||^2 + mu/2 sum_l || grad l_l ||^2
+               + lambda sum_l || l_l ||_1
         s.t.   l_l <= 0 (sign="negative") or l_l >= 0 ("positive") or unconstrained (None)
 
     where ``S_{v,l}`` shifts by ``shifts[v, l]`` pixels (sub-pixel Fourier shifts, or
@@ -244,6 +254,11 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
         Sign constraint on every layer.
     smoothness : float
         mu, the weight of the quadratic gradient penalty.
+    sparsity : float
+        lambda, the weight of the L1 penalty. Two views leave the lowest spatial frequencies
+        along the shift direction nearly undetermined (a smooth sheet can move from one layer
+        to the other); an L1 penalty favours the solution with empty background, which is
+        right for sparse structures on a membrane. Units of the views (rad) per pixel.
     iterations : int
     border : int, optional
         Width (px) of the ignored border; default ceil(max |shift|) + 2.
@@ -290,17 +305,19 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
     def forward(lf):  # (L, ny, nx//2+1) spectra -> (V, ny, nx) real images
         return irfft2(np.einsum("vlyx,lyx->vyx", ramps, lf))
 
-    def project(x):
+    def project(x, thr=0.0):
+        # prox of thr*||x||_1 plus the sign constraint
         if sign == "negative":
-            return np.minimum(x, 0.0)
+            return np.minimum(x + thr, 0.0)
         if sign == "positive":
-            return np.maximum(x, 0.0)
-        return x
+            return np.maximum(x - thr, 0.0)
+        return np.sign(x) * np.maximum(np.abs(x) - thr, 0.0) if thr else x
 
     def objective(xf):
         res = W * forward(xf) - W * t
         pen = float(np.sum(lap * np.abs(xf) ** 2 * _rfft_weights(nx)) / (ny * nx))
-        return 0.5 * float(np.sum(res**2)) + 0.5 * smoothness * pen, res
+        l1 = sparsity * float(np.abs(irfft2(xf)).sum()) if sparsity else 0.0
+        return 0.5 * float(np.sum(res**2)) + 0.5 * smoothness * pen + l1, res
 
     step = 1.0 / (V * L + 8.0 * smoothness)
     if x0 is not None:
@@ -323,7 +340,7 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
         r = W * forward(yf) - Wt
         rf = rfft2(W * r)
         gf = np.einsum("vlyx,vyx->lyx", np.conj(ramps), rf) + smoothness * lap * yf
-        x_new = project(y - step * irfft2(gf))
+        x_new = project(y - step * irfft2(gf), step * sparsity)
         cost.append(0.5 * float(np.sum(r**2)))  # data term at the extrapolated point
         if np.sum((y - x_new) * (x_new - x)) > 0:  # gradient restart (O'Donoghue & Candes)
             tk = 1.0
@@ -338,6 +355,18 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
     rms = float(np.sqrt(np.sum(res**2) / (V * W.sum())))
     return {"layers": x.astype(np.float32), "cost": np.asarray(cost), "objective": final,
             "residual": rms, "shifts": s, "border": border, "x": x}
+
+
+def fast_crop_size(n: int) -> int:
+    """Largest size <= n whose prime factors are 2, 3 and 5 (fast FFTs)."""
+    for m in range(int(n), 0, -1):
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+    return 1
 
 
 def _rfft_weights(nx):

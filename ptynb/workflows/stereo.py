@@ -1,0 +1,673 @@
+"""Stereo hard X-ray ptychography, end to end.
+
+Two or three inclined nanobeams (left, centre, right; the outer two deflected by +-theta_s)
+scan the sample at the same time. Each beam's ptychogram is reconstructed on its own; the
+views are aligned by sub-pixel phase cross-correlation; the relative shift of features
+between views encodes their depth (``2 d tan theta_s``), which the layer-recovery step
+inverts (the paper's Eq. 3, with sub-pixel shifts and N layers).
+
+Pipeline (each step takes and returns xarray objects; :func:`run` chains them into an
+:class:`xarray.DataTree`)::
+
+    simulate -> reconstruct_beams -> characterise_beams -> align_views -> separate_layers
+                                                        -> frc_per_beam, depth numbers
+
+All settings live in :class:`Settings` (a ``param.Parameterized``), shared by the notebook,
+the Panel app (:mod:`ptynb.apps.stereo`) and scripts.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import param
+import xarray as xr
+
+from .. import __version__
+from ..data import ValidationError, provenance
+from . import stereo_steps as steps
+from .stereo_steps import (
+    anaglyph,
+    depth_resolution_general,
+    depth_resolution_multislice,
+    depth_resolution_stereo,
+    layer_shift,
+)
+
+__all__ = [
+    "Settings",
+    "simulate",
+    "reconstruct_beams",
+    "characterise_beams",
+    "projection_phase",
+    "align_views",
+    "separate_layers",
+    "frc_per_beam",
+    "depth_numbers",
+    "check_stereo_measurement",
+    "run",
+    "anaglyph",
+]
+
+DEG = np.pi / 180.0
+BEAM_LABELS = {2: ("left", "right"), 3: ("left", "center", "right")}
+
+
+class Settings(param.Parameterized):
+    """All parameters of the stereo workflow (SI units; angles in degrees)."""
+
+    # --- sample and beams
+    sample = param.Selector(objects=["two_layer", "ic_stack"], default="two_layer",
+                            doc="Built-in sample: the paper's two-layer membrane or a layered IC-like stack")
+    n_beams = param.Selector(objects=[2, 3], default=3, doc="Simultaneous beams (left/right or left/center/right)")
+    theta_s = param.Number(default=1.5, bounds=(0.1, 10.0), doc="Deflection of each outer beam (degrees)")
+    separation = param.Number(default=480e-9, bounds=(0, None), doc="Distance between the two layers (m)")
+    energy_eV = param.Number(default=8000.0, bounds=(100.0, 1e5), doc="Photon energy (eV)")
+    pixel_size = param.Number(default=8.1e-9, bounds=(1e-10, 1e-6), doc="Reconstruction pixel (m)")
+    detector = param.Integer(default=64, bounds=(16, 1024), doc="Detector pixels per side")
+    scan_grid = param.Integer(default=14, bounds=(3, 200), doc="Scan points per side (raster)")
+    overlap = param.Number(default=0.7, bounds=(0.3, 0.95), doc="Linear probe overlap between neighbours")
+    jitter = param.Number(default=0.3, bounds=(0.0, 0.9), doc="Random jitter (fraction of the step)")
+    counts_per_pattern = param.Number(default=1e6, bounds=(1.0, None), doc="Incident counts per pattern")
+    astigmatism = param.Number(default=0.0, bounds=(0, None),
+                               doc="Astigmatism of the deflected beams (m, half the line-foci distance)")
+    defocus = param.Number(default=-120e-6, doc="Sample plane relative to the focus (m; negative = upstream)")
+    seed = param.Integer(default=0, bounds=(0, None), doc="Random seed (sample, jitter, noise)")
+    # --- reconstruction (the paper: 900 ePIE + 100 parallel update, position refinement from 650)
+    epie_iterations = param.Integer(default=100, bounds=(0, None), doc="ePIE iterations")
+    lsqml_iterations = param.Integer(default=50, bounds=(0, None), doc="Parallel-update (LSQ-ML) iterations")
+    position_refinement_start = param.Integer(default=-1, bounds=(-1, None),
+                                              doc="Start position refinement at this iteration (-1: off)")
+    upsample = param.Integer(default=1, bounds=(1, 4), doc="Reconstruction-grid upsampling factor")
+    parallel = param.Boolean(default=False, doc="Reconstruct the beams in parallel (dask LocalCluster)")
+    # --- analysis
+    reference_beam = param.String(default="left", doc="Beam that the other views are aligned to")
+    layer_shift_px = param.Number(default=None, allow_None=True,
+                                  doc="Relative layer shift between the outer views (px); None = estimate it")
+    subpixel = param.Boolean(default=True, doc="Sub-pixel shifts in layer recovery (False: integer, as in the paper)")
+    layer_iterations = param.Integer(default=300, bounds=(10, None), doc="Layer-recovery iterations")
+    frc = param.Boolean(default=False, doc="Compute FRC resolution from half datasets (2 extra reconstructions per beam)")
+    caustic_range = param.Number(default=200e-6, bounds=(1e-6, None), doc="Caustic z range around the sample (m)")
+    material = param.String(default="Au", doc="Material for thickness-from-phase")
+
+    @property
+    def beams(self) -> tuple[str, ...]:
+        return BEAM_LABELS[int(self.n_beams)]
+
+    @property
+    def tilts_deg(self) -> tuple[float, ...]:
+        t = float(self.theta_s)
+        return (-t, t) if int(self.n_beams) == 2 else (-t, 0.0, t)
+
+    def as_attrs(self) -> dict:
+        """Settings as JSON-friendly attrs (for provenance)."""
+        out = {}
+        for k, v in self.param.values().items():
+            if k == "name":
+                continue
+            out[f"setting_{k}"] = v if v is not None else "None"
+        return out
+
+
+# ----------------------------------------------------------------------------- utilities
+def _noop_progress(fraction, message=""):
+    return None
+
+
+def _check_cancel(cancel):
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+class Cancelled(Exception):
+    """Raised inside the pipeline when its cancel event is set."""
+
+
+# ----------------------------------------------------------------------------- step 1: data
+def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
+    """The built-in demo: a stereo measurement with a ``beam`` dim and the truth alongside.
+
+    Zone-plate beams (D = 74.9 um, dr = 60 nm, 25 um central stop, as in the paper) at
+    ``settings.defocus`` from focus; the outer beams are tilted by -+theta_s about y (optional
+    astigmatism); the sample is a 2-slice multislice object (layers ``separation`` apart), so
+    the tilted beams see the second layer shifted by ``separation * tan(theta)``.
+
+    Returns
+    -------
+    measurement Dataset: ``intensity`` (beam, scan, qy, qx), ``true_object`` (slice, y, x),
+    ``true_probe`` (beam, mode, py, px), ``true_layers`` (layer, y, x) phase (rad),
+    coords ``beam``/``beam_tilt`` (degrees); attrs with every setting.
+    """
+    from ..physics import phantoms, probes, scan
+    from ..simulate import beams as simulate_beams
+
+    s = settings
+    n = int(s.detector)
+    dx = float(s.pixel_size)
+    win = n * dx
+    # beam diameter at the sample ~ D |defocus| / f; choose the step for the requested overlap
+    zp = dict(diameter=74.9e-6, outer_zone_width=60e-9, central_stop_diameter=25e-6)
+    lam = _wavelength(s.energy_eV)
+    f = zp["diameter"] * zp["outer_zone_width"] / lam
+    beam_d = max(zp["diameter"] * abs(s.defocus) / f, 2.44 * zp["outer_zone_width"])
+    if beam_d > 0.8 * win:
+        raise ValidationError(
+            "defocus", f"the beam ({beam_d * 1e9:.0f} nm) does not fit the {win * 1e9:.0f} nm probe "
+            "window; use a smaller |defocus| or a larger detector")
+    step = (1.0 - s.overlap) * beam_d
+    grid = int(s.scan_grid)
+    margin = n // 2 + int(np.ceil(abs(s.separation) * np.tan(s.theta_s * DEG) / dx)) + 4
+    span = (grid - 1) * step
+    ny = nx = int(np.ceil(span / dx)) + 2 * margin + 1
+    sy, sx = scan.raster_scan(grid, grid, step, jitter=s.jitter, seed=s.seed,
+                              origin=(margin * dx, margin * dx))
+    if s.sample == "two_layer":
+        sample = phantoms.stereo_two_layer((ny, nx), dx, s.energy_eV, separation=s.separation,
+                                           seed=s.seed, n_particles=None)
+    else:
+        sample = phantoms.layered_stack((ny, nx), dx, s.energy_eV, seed=s.seed)
+    layers = np.asarray(sample["layers"].values)  # (layer, y, x) complex transmission
+    z = np.asarray(sample["z"].values, dtype=float)
+    if layers.shape[0] < 2:
+        raise ValidationError("sample", "a stereo sample needs at least two layers")
+    gaps = np.diff(z)
+    probes_list = []
+    for label, tilt in zip(s.beams, s.tilts_deg):
+        astig = float(s.astigmatism) if tilt != 0 else 0.0
+        p = probes.zone_plate_probe(n, dx, s.energy_eV, defocus=s.defocus, astigmatism=astig,
+                                    total_counts=float(s.counts_per_pattern), check_window=False, **zp)
+        probes_list.append(p)
+    ds = simulate_beams(layers, probes_list, sy, sx, labels=s.beams, tilts=s.tilts_deg, tilt_axis="x",
+                        seed=s.seed, progress=progress, pixel_size=dx, radiation="xray",
+                        energy_eV=s.energy_eV, slice_thickness=gaps if gaps.size > 1 else float(gaps[0]),
+                        counts_per_pattern=float(s.counts_per_pattern))
+    true_phase = np.angle(layers).astype(np.float32)
+    ds = ds.assign(true_layers=(("layer", "y", "x"), true_phase,
+                                {"units": "rad", "long_name": "true phase of each layer"}))
+    ds = ds.assign_coords(layer=("layer", np.asarray([str(v) for v in sample["layer"].values])),
+                          layer_z=("layer", z, {"units": "m"}))
+    ds.attrs.update(s.as_attrs())
+    ds.attrs.update(sample=s.sample, separation=float(s.separation), theta_s_deg=float(s.theta_s))
+    return ds
+
+
+def _wavelength(energy_eV):
+    from ..physics import wavelength
+
+    return wavelength(energy_eV, "xray")
+
+
+def check_stereo_measurement(ds) -> xr.Dataset:
+    """Validate a stereo measurement: a ``beam`` dim with >= 2 labelled beams and tilts.
+
+    Raises
+    ------
+    ValidationError
+        If the dataset is not a valid measurement, has no ``beam`` axis, fewer than two beams,
+        no ``beam_tilt`` coordinate, or duplicate beam labels.
+    """
+    from ..data import validate
+
+    if not isinstance(ds, xr.Dataset):
+        raise ValidationError("measurement", f"expected an xarray Dataset, got {type(ds).__name__}")
+    validate(ds)
+    if "beam" not in ds["intensity"].dims:
+        raise ValidationError(
+            "beam", "the measurement has no beam axis: stereo data need intensity (beam, scan, qy, qx) "
+            "(load one file per beam and combine them with ptynb.workflows.stereo.combine_beams)")
+    if ds.sizes["beam"] < 2:
+        raise ValidationError("beam", f"stereo needs at least two beams, got {ds.sizes['beam']}")
+    if "beam_tilt" not in ds.coords:
+        raise ValidationError("beam_tilt", "missing: give each beam's tilt (degrees) as a beam_tilt coordinate")
+    labels = [str(b) for b in ds["beam"].values]
+    if len(set(labels)) != len(labels):
+        raise ValidationError("beam", f"duplicate beam labels {labels}")
+    return ds
+
+
+def combine_beams(measurements: dict[str, xr.Dataset], tilts: dict[str, float]) -> xr.Dataset:
+    """Stack single-beam measurements (e.g. one CXI file per beam) into one with a ``beam`` dim.
+
+    All must share positions, detector shape and energy (checked).
+    """
+    if len(measurements) < 2:
+        raise ValidationError("measurements", "need at least two beams")
+    ref = None
+    parts = []
+    for label, m in measurements.items():
+        if "beam" in m["intensity"].dims:
+            raise ValidationError(label, "already has a beam dim")
+        if ref is None:
+            ref = m
+        else:
+            for key in ("energy_eV", "pixel_size"):
+                if not np.isclose(float(m.attrs.get(key, np.nan)), float(ref.attrs.get(key, np.nan)),
+                                  rtol=1e-6, atol=0):
+                    raise ValidationError(label, f"{key} differs from the first beam's")
+            if m.sizes != ref.sizes:
+                raise ValidationError(label, f"has sizes {dict(m.sizes)}, first beam {dict(ref.sizes)}")
+            if not (np.allclose(m.scan_y.values, ref.scan_y.values) and np.allclose(m.scan_x.values, ref.scan_x.values)):
+                raise ValidationError(label, "scan positions differ from the first beam's")
+        if label not in tilts:
+            raise ValidationError("tilts", f"no tilt given for beam {label!r}")
+        parts.append(m[["intensity"]].expand_dims(beam=[label]))
+    out = xr.concat(parts, dim="beam", combine_attrs="override")
+    out = out.assign_coords(beam_tilt=("beam", [float(tilts[b]) for b in measurements], {"units": "degree"}))
+    if "mask" in ref:
+        out["mask"] = ref["mask"]
+    out.attrs = dict(ref.attrs)
+    return check_stereo_measurement(out)
+
+
+# ----------------------------------------------------------------------------- step 2
+def _engine_chain(settings):
+    chain = []
+    if settings.epie_iterations:
+        chain.append(("epie", int(settings.epie_iterations)))
+    if settings.lsqml_iterations:
+        chain.append(("lsqml", int(settings.lsqml_iterations)))
+    if not chain:
+        raise ValidationError("iterations", "epie_iterations + lsqml_iterations must be > 0")
+    return chain
+
+
+def reconstruct_beams(measurement: xr.Dataset, settings: Settings, *, progress: bool = True,
+                      cancel: threading.Event | None = None, callback=None) -> xr.Dataset:
+    """Reconstruct each beam's ptychogram (ePIE then LSQ-ML, the paper's recipe).
+
+    Returns the reconstruction Dataset with a ``beam`` dim: ``object`` (beam, slice, y, x),
+    ``probe`` (beam, mode, py, px), refined positions and ``cost`` (beam, iteration).
+    """
+    from ..ptycho import reconstruct
+
+    check_stereo_measurement(measurement)
+    pr = settings.position_refinement_start
+    data = measurement[[v for v in ("intensity", "mask") if v in measurement]]
+    rec = reconstruct(data, engine=_engine_chain(settings), upsample=int(settings.upsample),
+                      position_refinement=None if pr is None or pr < 0 else int(pr),
+                      progress=progress, cancel=cancel, callback=callback,
+                      parallel=bool(settings.parallel), seed=int(settings.seed))
+    if "beam_tilt" in measurement.coords and "beam_tilt" not in rec.coords:
+        rec = rec.assign_coords(beam_tilt=measurement["beam_tilt"])
+    return rec
+
+
+# ----------------------------------------------------------------------------- step 3
+def characterise_beams(reconstruction: xr.Dataset, settings: Settings, *, n_planes: int = 41) -> xr.DataTree:
+    """Propagate each retrieved probe along z: caustics, focus, spot size, astigmatism.
+
+    Returns a DataTree with one node per beam (see :func:`stereo_steps.beam_caustic`).
+    """
+    from ..physics import wavelength
+
+    lam = wavelength(reconstruction.attrs.get("energy_eV", settings.energy_eV), "xray")
+    z0 = -float(settings.defocus)  # expected focus distance from the sample plane
+    half = float(settings.caustic_range) / 2
+    z = np.linspace(z0 - half, z0 + half, n_planes)
+    nodes = {}
+    for b in reconstruction["beam"].values:
+        probe = reconstruction["probe"].sel(beam=b)
+        probe = probe.assign_attrs(wavelength=lam)
+        nodes[str(b)] = xr.DataTree(steps.beam_caustic(probe, z))
+    return xr.DataTree(children=nodes)
+
+
+# ----------------------------------------------------------------------------- step 4
+def projection_phase(obj, *, mask=None) -> np.ndarray:
+    """Phase (rad) of a complex projection after removing the global offset and linear ramp.
+
+    The zero level is the 90th percentile of the phase inside ``mask`` (the least
+    phase-shifting, "empty" regions), so material with delta > 0 has negative phase.
+    """
+    from ..tomo.unwrap import remove_phase_ramp
+
+    o = np.asarray(obj)
+    if not np.iscomplexobj(o):
+        raise ValidationError("object", "must be complex (a reconstructed transmission)")
+    flat = np.asarray(remove_phase_ramp(o, mask=mask))
+    ph = np.angle(flat) if np.iscomplexobj(flat) else flat
+    sel = ph[mask] if mask is not None else ph
+    return (ph - np.percentile(sel, 90)).astype(np.float32)
+
+
+def _illuminated_mask(rec, b, fraction=0.2):
+    """Object pixels well covered by the scanned probe (sum of |probe|^2 over positions)."""
+    from scipy import signal
+
+    probe = np.asarray(rec["probe"].sel(beam=b).values)
+    power = np.sum(np.abs(probe) ** 2, axis=0)
+    ny, nx = rec.sizes["y"], rec.sizes["x"]
+    dx = float(rec.attrs["pixel_size"])
+    cov = np.zeros((ny, nx))
+    sy = np.asarray(rec["scan_y"].sel(beam=b).values if "beam" in rec["scan_y"].dims else rec["scan_y"].values)
+    sx = np.asarray(rec["scan_x"].sel(beam=b).values if "beam" in rec["scan_x"].dims else rec["scan_x"].values)
+    iy = np.round((sy - float(rec.y.values[0])) / dx).astype(int)
+    ix = np.round((sx - float(rec.x.values[0])) / dx).astype(int)
+    np.add.at(cov, (np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)), 1.0)
+    cov = signal.fftconvolve(cov, power / power.max(), mode="same")
+    return cov > fraction * cov.max()
+
+
+def align_views(reconstruction: xr.Dataset, settings: Settings) -> xr.Dataset:
+    """Phase images of every beam, aligned to the reference beam by sub-pixel phase
+    cross-correlation over the commonly illuminated area.
+
+    Returns
+    -------
+    Dataset with ``phase`` (beam, y, x) aligned (rad), ``raw_phase`` (beam, y, x),
+    ``valid`` (y, x) bool (illuminated in every view, away from wrapped borders),
+    ``shift_y``/``shift_x`` (beam) in pixels (applied to each view) and attrs.
+    """
+    from ..tomo.align import phase_cross_correlation, shift_image
+
+    beams = [str(b) for b in reconstruction["beam"].values]
+    ref = settings.reference_beam if settings.reference_beam in beams else beams[0]
+    masks = {b: _illuminated_mask(reconstruction, b) for b in beams}
+    common = np.logical_and.reduce(list(masks.values()))
+    if common.sum() < 64:
+        raise ValidationError("reconstruction", "the beams share almost no illuminated area")
+    raw = {}
+    for b in beams:
+        obj = reconstruction["object"].sel(beam=b).isel(slice=0).values
+        raw[b] = projection_phase(obj, mask=common)
+    ys, xs = np.nonzero(common)
+    crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    ref_img = raw[ref][crop] * common[crop]
+    shifts = {}
+    aligned = {}
+    for b in beams:
+        if b == ref:
+            shifts[b] = (0.0, 0.0)
+            aligned[b] = raw[b]
+            continue
+        mov = raw[b][crop] * common[crop]
+        sh = phase_cross_correlation(ref_img, mov, upsample=50)  # shift to apply to `mov`
+        sh = (float(sh[0]), float(sh[1]))
+        shifts[b] = sh
+        aligned[b] = np.asarray(shift_image(raw[b], sh)).real.astype(np.float32)
+    pad = int(np.ceil(max(max(abs(v[0]), abs(v[1])) for v in shifts.values()))) + 2
+    valid = common.copy()
+    valid[:pad] = valid[-pad:] = False
+    valid[:, :pad] = valid[:, -pad:] = False
+    ds = xr.Dataset(
+        {"phase": (("beam", "y", "x"), np.stack([aligned[b] for b in beams]), {"units": "rad"}),
+         "raw_phase": (("beam", "y", "x"), np.stack([raw[b] for b in beams]), {"units": "rad"}),
+         "valid": (("y", "x"), valid),
+         "shift_y": ("beam", [shifts[b][0] for b in beams], {"units": "px"}),
+         "shift_x": ("beam", [shifts[b][1] for b in beams], {"units": "px"})},
+        coords={"beam": beams, "y": reconstruction.y, "x": reconstruction.x},
+        attrs={"reference_beam": ref, "pixel_size": float(reconstruction.attrs["pixel_size"])},
+    )
+    if "beam_tilt" in reconstruction.coords:
+        ds = ds.assign_coords(beam_tilt=("beam", np.asarray(reconstruction["beam_tilt"].values, float)))
+    return ds
+
+
+# ----------------------------------------------------------------------------- step 5
+def _crop_valid(views: xr.Dataset):
+    """Bounding box of the valid area, shrunk (centred) to FFT-friendly sizes."""
+    v = views["valid"].values
+    ys, xs = np.nonzero(v)
+    out = []
+    for lo, hi in ((ys.min(), ys.max() + 1), (xs.min(), xs.max() + 1)):
+        n = steps.fast_crop_size(hi - lo)
+        lo += (hi - lo - n) // 2
+        out.append(slice(int(lo), int(lo + n)))
+    return tuple(out)
+
+
+def separate_layers(views: xr.Dataset, settings: Settings, *, truth: xr.DataArray | None = None,
+                    progress: bool = False) -> xr.Dataset:
+    """Recover two layers from the two outer (most inclined) aligned views.
+
+    The views are aligned on one layer; the other layer moves by ``s`` px between the outer
+    views. ``s`` comes from ``settings.layer_shift_px`` or is estimated from the data
+    (:func:`stereo_steps.estimate_layer_shift`). Then the sign-constrained convex problem is
+    solved (sub-pixel shifts unless ``settings.subpixel`` is False). If ``truth`` (layer, y, x)
+    phases are given, per-layer PCC and cross-talk are reported, matching recovered to true
+    layers by correlation (the layer order along the beam is what the data decide).
+
+    Returns
+    -------
+    Dataset with ``layers`` (layer, y, x) (rad), attrs ``layer_shift_px``,
+    ``layer_shift_estimated``, ``separation_estimate`` (m, from the shift and the beam tilts)
+    and, with truth, ``pcc_<k>``, ``crosstalk_<k>``.
+    """
+    tilts = np.asarray(views["beam_tilt"].values, dtype=float) if "beam_tilt" in views.coords else None
+    beams = list(views["beam"].values)
+    if tilts is not None:
+        i0, i1 = int(np.argmin(tilts)), int(np.argmax(tilts))
+    else:
+        i0, i1 = 0, len(beams) - 1
+    ys, xs = _crop_valid(views)
+    pair = np.stack([views["phase"].values[i0][ys, xs], views["phase"].values[i1][ys, xs]]).astype(np.float64)
+    estimated = settings.layer_shift_px is None
+    if estimated:
+        est = steps.estimate_layer_shift(pair, max_shift=6.0, axis="x", progress=progress)
+        s = est["shift"]
+    else:
+        s = float(settings.layer_shift_px)
+    shifts = np.zeros((2, 2, 2))
+    shifts[1, 1, 1] = s  # layer 1 ("moving") shifts by s from the first view to the second
+    res = steps.recover_layers(pair, shifts, iterations=int(settings.layer_iterations),
+                               subpixel=bool(settings.subpixel), progress=progress)
+    layers = np.zeros((2,) + views["phase"].shape[1:], np.float32)
+    layers[:, ys, xs] = res["layers"]
+    attrs = {"layer_shift_px": float(s), "layer_shift_estimated": int(estimated),
+             "subpixel": int(bool(settings.subpixel)), "residual_rms": res["residual"],
+             "views": [str(beams[i0]), str(beams[i1])]}
+    if tilts is not None:
+        dt = np.tan(tilts[i1] * DEG) - np.tan(tilts[i0] * DEG)
+        attrs["separation_estimate"] = float(abs(s) * float(views.attrs["pixel_size"]) / dt) if dt else float("nan")
+    out = xr.Dataset({"layers": (("layer", "y", "x"), layers, {"units": "rad"})},
+                     coords={"layer": ["static", "moving"], "y": views.y, "x": views.x}, attrs=attrs)
+    if truth is not None:
+        out.attrs.update(_layer_scores(out, views, truth, (ys, xs)))
+    return out
+
+
+def _layer_scores(out, views, truth, crop):
+    """Compare recovered with true layers: PCC and cross-talk after registration.
+
+    Independent reconstructions are only defined up to a global translation (the
+    object/probe ambiguity), so each recovered layer is registered to each true layer by
+    sub-pixel phase cross-correlation before the PCC; recovered layers are matched to true
+    ones by the larger total PCC. Cross-talk is the |PCC| of a recovered layer with the
+    *other* true layer, using the registration of its matched pair.
+    """
+    from ..metrics import pcc
+    from ..tomo.align import phase_cross_correlation, shift_image
+
+    ys, xs = crop
+    rec = out["layers"].values[:, ys, xs].astype(np.float64)
+    tr = truth.interp(y=views.y, x=views.x, method="linear").values[:, ys, xs]
+    b = int(np.ceil(abs(out.attrs["layer_shift_px"]))) + 8
+    inner = (slice(b, -b), slice(b, -b))
+    n = rec.shape[0]
+    shifts = np.zeros((n, tr.shape[0], 2))
+    m = np.zeros((n, tr.shape[0]))
+    for i in range(n):
+        for j in range(tr.shape[0]):
+            shifts[i, j] = phase_cross_correlation(tr[j], rec[i], upsample=20, normalization=None)
+            m[i, j] = pcc(np.real(shift_image(rec[i], shifts[i, j]))[inner], tr[j][inner])
+    order = (0, 1) if m[0, 0] + m[1, 1] >= m[0, 1] + m[1, 0] else (1, 0)
+    names = [str(v) for v in truth["layer"].values] if "layer" in truth.coords else ["0", "1"]
+    scores = {}
+    for i, j in enumerate(order):
+        reg = np.real(shift_image(rec[i], shifts[i, j]))[inner]
+        scores[f"pcc_{names[j]}"] = float(m[i, j])
+        scores[f"crosstalk_{names[j]}"] = float(abs(pcc(reg, tr[1 - j][inner])))
+        scores[f"layer_{i}_is"] = names[j]
+    return scores
+
+
+# ----------------------------------------------------------------------------- FRC + numbers
+def frc_per_beam(measurement: xr.Dataset, settings: Settings, *, progress: bool = False,
+                 cancel: threading.Event | None = None) -> xr.Dataset:
+    """FRC resolution of each beam from two half datasets (alternate scan positions).
+
+    Each half is reconstructed independently with the same recipe; the two phase images are
+    aligned by cross-correlation and compared with :func:`ptynb.metrics.frc`.
+
+    Returns
+    -------
+    Dataset with ``frc`` (beam, q) and ``resolution`` (beam) in m (half-bit threshold).
+    """
+    from ..metrics import frc
+    from ..ptycho import reconstruct
+    from ..tomo.align import phase_cross_correlation, shift_image
+
+    check_stereo_measurement(measurement)
+    data = measurement[[v for v in ("intensity", "mask") if v in measurement]]
+    halves = [data.isel(scan=slice(k, None, 2)) for k in (0, 1)]
+    recs = [reconstruct(h, engine=_engine_chain(settings), progress=progress, cancel=cancel,
+                        seed=int(settings.seed) + k) for k, h in enumerate(halves)]
+    curves, res = [], []
+    for b in measurement["beam"].values:
+        # compare on the common grid (same object frame, same coordinates)
+        o1 = recs[0]["object"].sel(beam=b).isel(slice=0)
+        o2 = recs[1]["object"].sel(beam=b).isel(slice=0).interp_like(o1, method="nearest")
+        rtmp = recs[0].sel(beam=b).expand_dims(beam=[b])
+        mask = _illuminated_mask(rtmp, b, fraction=0.5)
+        ys, xs = np.nonzero(mask)
+        crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        p1 = projection_phase(o1.values, mask=mask)[crop]
+        p2 = projection_phase(np.nan_to_num(o2.values, nan=1.0), mask=mask)[crop]
+        sh = phase_cross_correlation(p1, p2, upsample=20)
+        p2 = np.asarray(shift_image(p2, (float(sh[0]), float(sh[1])))).real
+        w = np.outer(np.hanning(p1.shape[0]), np.hanning(p1.shape[1]))
+        c = frc((p1 - p1.mean()) * w, (p2 - p2.mean()) * w, pixel_size=float(recs[0].attrs["pixel_size"]))
+        curves.append(c)
+        res.append(float(c.attrs.get("resolution_half_bit", np.nan)))
+    n = min(c.sizes["q"] for c in curves)
+    q = curves[0]["q"].values[:n]
+    return xr.Dataset({"frc": (("beam", "q"), np.stack([c.values[:n] for c in curves])),
+                       "resolution": ("beam", np.asarray(res), {"units": "m"})},
+                      coords={"beam": measurement["beam"].values, "q": ("q", q, {"units": "1/m"})})
+
+
+def depth_numbers(settings: Settings, resolution: float | None = None, mean_phase: float | None = None) -> dict:
+    """The paper's depth numbers for these settings.
+
+    ``resolution`` (m) defaults to two pixels (the paper's conservative choice). Returns a
+    dict (SI units): multislice limit (Eq. 1), stereo limit (Eq. 2), general form, layer shift
+    ``2 d tan theta_s`` (m and px), and thickness from ``mean_phase`` (rad) if given.
+    """
+    from ..physics import materials
+
+    lam = _wavelength(settings.energy_eV)
+    delta = float(resolution) if resolution else 2 * float(settings.pixel_size)
+    th = float(settings.theta_s) * DEG
+    shift_m, shift_px = layer_shift(settings.separation, th, settings.pixel_size)
+    out = {
+        "resolution": delta,
+        "wavelength": lam,
+        "multislice_depth_limit": depth_resolution_multislice(delta, lam),
+        "stereo_depth_limit": depth_resolution_stereo(delta, th),
+        "stereo_depth_limit_general": depth_resolution_general(delta, th, th),
+        "layer_shift_m": shift_m,
+        "layer_shift_px": shift_px,
+    }
+    if mean_phase is not None:
+        out["thickness_from_phase"] = float(materials.thickness_from_phase(mean_phase, settings.material,
+                                                                           settings.energy_eV))
+    return out
+
+
+# ----------------------------------------------------------------------------- pipeline
+STEPS = ("simulate", "reconstruct", "caustics", "align", "layers", "frc")
+
+
+def run(settings: Settings | None = None, measurement: xr.Dataset | None = None, *,
+        progress: bool = True, report: Callable[[float, str], None] | None = None,
+        cancel: threading.Event | None = None) -> xr.DataTree:
+    """Run the whole stereo workflow and return an :class:`xarray.DataTree`.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Defaults are CI-small (about a minute on 2 cores).
+    measurement : Dataset, optional
+        A stereo measurement (``beam`` dim); default: :func:`simulate` with ``settings``.
+    progress : bool
+        tqdm progress bars.
+    report : callable(fraction, message), optional
+        Progress callback for apps (fraction in [0, 1]).
+    cancel : threading.Event, optional
+        When set, the run stops at the next check; a partial tree (status "cancelled") is
+        returned with whatever is finished.
+
+    Returns
+    -------
+    DataTree with nodes ``measurement``, ``reconstruction``, ``views`` (aligned phases),
+    ``caustics/<beam>``, ``layers``, and ``frc`` (if enabled); root attrs hold the depth
+    numbers, the status and the settings.
+    """
+    s = settings or Settings()
+    report = report or _noop_progress
+    tree = xr.DataTree(dataset=xr.Dataset(attrs=provenance(kind="stereo_result", workflow="stereo",
+                                                            **s.as_attrs())))
+    tree.attrs["status"] = "running"
+    try:
+        report(0.0, "simulating the stereo measurement" if measurement is None else "checking the data")
+        if measurement is None:
+            measurement = simulate(s, progress=progress)
+        check_stereo_measurement(measurement)
+        tree["measurement"] = xr.DataTree(measurement)
+        _check_cancel(cancel)
+
+        n_total = (s.epie_iterations + s.lsqml_iterations) or 1
+
+        def cb(it, info):
+            report(0.05 + 0.6 * min(it + 1, n_total) / n_total, f"reconstructing: iteration {it + 1}/{n_total}")
+
+        report(0.05, "reconstructing each beam")
+        rec = reconstruct_beams(measurement, s, progress=progress, cancel=cancel, callback=cb)
+        tree["reconstruction"] = xr.DataTree(rec)
+        if rec.attrs.get("status") == "cancelled" or (cancel is not None and cancel.is_set()):
+            raise Cancelled("cancelled during reconstruction")
+
+        report(0.7, "beam caustics")
+        tree["caustics"] = characterise_beams(rec, s)
+        _check_cancel(cancel)
+
+        report(0.75, "aligning the views")
+        views = align_views(rec, s)
+        tree["views"] = xr.DataTree(views)
+        _check_cancel(cancel)
+
+        report(0.8, "separating the layers")
+        truth = measurement["true_layers"] if "true_layers" in measurement else None
+        layers = separate_layers(views, s, truth=truth, progress=progress)
+        tree["layers"] = xr.DataTree(layers)
+        _check_cancel(cancel)
+
+        resolution = None
+        if s.frc:
+            report(0.85, "FRC from half datasets")
+            fr = frc_per_beam(measurement, s, progress=progress, cancel=cancel)
+            tree["frc"] = xr.DataTree(fr)
+            r = fr["resolution"].values
+            resolution = float(np.nanmean(r)) if np.isfinite(r).any() else None
+        mean_phase = _mean_material_phase(views)
+        nums = depth_numbers(s, resolution=resolution, mean_phase=mean_phase)
+        nums["mean_material_phase"] = mean_phase
+        nums["measured_layer_shift_px"] = float(layers.attrs["layer_shift_px"])
+        tree.attrs.update(nums)
+        tree.attrs["status"] = "complete"
+        report(1.0, "done")
+    except Cancelled:
+        tree.attrs["status"] = "cancelled"
+        report(1.0, "cancelled")
+    return tree
+
+
+def _mean_material_phase(views: xr.Dataset) -> float:
+    """Mean phase (rad) of the strongly phase-shifting pixels (two-class EM threshold)."""
+    from ..metrics import em_threshold
+
+    ph = views["phase"].values[0][views["valid"].values]
+    t, _params = em_threshold(ph)
+    sel = ph[ph < t]
+    return float(sel.mean()) if sel.size else float("nan")
