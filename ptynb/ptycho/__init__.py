@@ -1,0 +1,13 @@
+"""Ptychographic reconstruction engines.
+
+Public API
+----------
+- :func:`reconstruct` -- run ePIE / rPIE / LSQ-ML (chained, multislice, mixed states,
+  position refinement, upsampling) on a measurement Dataset; returns a reconstruction Dataset.
+- :class:`DivergenceError` -- raised when the cost becomes NaN/inf (``err.last_good``).
+- :data:`ENGINE_NAMES` -- available engines.
+- :mod:`.operators` -- the array-level forward model (numpy/cupy).
+"""
+from .reconstruct import ENGINE_NAMES, DivergenceError, initial_probe, reconstruct
+
+__all__ = ["ENGINE_NAMES", "DivergenceError", "initial_probe", "reconstruct"]

@@ -1,0 +1,631 @@
+"""Reconstruction engines: ePIE / rPIE (sequential) and LSQ-ML (batched), all multislice and
+mixed-state capable, with position refinement.
+
+Each engine is a function ``engine(problem, state, iteration) -> float`` that performs one full
+iteration (one pass over every diffraction pattern) in place on ``state`` and returns the
+normalised data misfit measured during that pass. ``problem`` holds the fixed, device-resident
+data (:class:`Problem`); ``state`` the variables (:class:`ptynb.ptycho.state.State`).
+
+Algorithms
+----------
+ePIE (Maiden & Rodenburg 2009) and rPIE (Maiden, Johnson & Li 2017), with the multislice
+extension 3PIE (Maiden, Humphry & Rodenburg 2012): for each pattern in a random order, the exit
+wave is replaced by its Fourier-constrained version and the difference is propagated back through
+the slices, updating each slice and finally the probe (all modes jointly).
+
+LSQ-ML (Odstrcil, Menzel & Guizar-Sicairos, Opt. Express 26, 3108, 2018): for each batch of
+patterns the exit-wave update ``chi`` is computed for the chosen noise model; object and probe
+update directions are the preconditioned sums ``sum conj(P) chi / (sum |P|^2 + delta)`` and
+``sum conj(O) chi / (sum |O|^2 + delta)``, and the step lengths solve, per pattern, the 2x2
+least-squares problem ``min || chi - a_O dO P - a_P O dP ||^2``; the batch uses the mean step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .operators import (
+    FFT2,
+    bin_intensity,
+    data_cost,
+    empty,
+    expand_ratio,
+    extract_patches,
+    fourier_shift_ramps,
+    fourier_update_factor,
+    scatter_add_patches,
+    shift_waves,
+)
+
+__all__ = ["ENGINES", "Problem", "epie_iteration", "lsqml_iteration", "rpie_iteration"]
+
+
+@dataclass
+class Problem:
+    """Fixed data of one reconstruction, on the compute device.
+
+    Attributes
+    ----------
+    xp : module
+        numpy or cupy.
+    intensity : float32 (J, N, N)
+        Measured patterns, unshifted FFT order, ortho-FFT units.
+    mask : bool (N, N) or None
+        Valid detector pixels (unshifted), None if all valid.
+    upsample : int
+        Model pixels per detector pixel per side (``s``); probe window ``n = s N``.
+    kernel : complex64 (n, n) or None
+        Angular-spectrum transfer function between slices (unshifted).
+    noise : {"poisson", "gaussian"}
+    norm : float
+        Sum of valid measured counts (cost normalisation).
+    options : dict
+        Engine knobs (alpha, beta, reg_object, reg_probe, ...).
+    """
+
+    xp: Any
+    intensity: Any
+    mask: Any
+    upsample: int
+    kernel: Any
+    noise: str
+    norm: float
+    options: dict = field(default_factory=dict)
+    fft: Any = None
+    fft1: Any = None
+
+    @property
+    def n(self) -> int:
+        return self.intensity.shape[-1] * self.upsample
+
+    def __post_init__(self):
+        if self.fft is None:
+            self.fft = FFT2(self.xp)
+        if self.fft1 is None:
+            self.fft1 = FFT2(self.xp, threads=1)
+
+
+def _split(pos):
+    """Float top-left positions (J, 2) -> integer corners and fractional shifts."""
+    ipos = np.floor(pos + 0.5).astype(np.int64)
+    return ipos[:, 0], ipos[:, 1], pos[:, 0] - ipos[:, 0], pos[:, 1] - ipos[:, 1]
+
+
+def _subpixel(problem, state) -> bool:
+    mode = problem.options.get("subpixel", "auto")
+    if mode in (True, "fourier"):
+        return True
+    if mode in (False, "round", "none"):
+        return False
+    frac = state.positions - np.floor(state.positions + 0.5)
+    return bool(np.max(np.abs(frac)) > 1e-3) or state.refining
+
+
+def _refine_step(problem, state, grads):
+    """Apply position updates (J, 2) in pixels: clip and add, after projecting out the global
+    components that are ambiguities or should come from the known geometry.
+
+    By default (``position_affine=False``) the part of the update that is an affine function
+    of the positions (mean shift, scale, rotation, shear) is removed: a mean shift just moves
+    the object, and a global scale trades off against the probe's defocus curvature (with an
+    imperfect probe the positions would slowly shrink or grow, measured ~1 % per 40
+    iterations). With ``position_affine=True`` only the mean is removed.
+    """
+    if problem.options.get("position_affine", False) or grads.shape[0] < 4:
+        g = grads - grads.mean(axis=0, keepdims=True)
+    else:
+        p = state.positions
+        A = np.c_[p - p.mean(axis=0), np.ones(p.shape[0])]
+        coef = np.linalg.lstsq(A, grads, rcond=None)[0]
+        g = grads - A @ coef
+    lim = float(problem.options.get("position_step", 0.5))
+    g = np.clip(g, -lim, lim)
+
+    state.positions += g
+    return g
+
+
+# ============================================================================ PIE family
+class _PieBuffers:
+    """Preallocated work arrays and per-pattern constants of the sequential engines."""
+
+    def __init__(self, problem, L, M, n):
+        xp = problem.xp
+        N = problem.intensity.shape[-1]
+        self.key = (L, M, n)
+        self.psi = empty((L, M, n, n), xp)
+        self.chi = empty((L, M, n, n), xp)
+        self.W = empty((M, n, n), xp)
+        self.phat = empty((M, n, n), xp)
+        self.tmp = empty((M, n, n), xp)
+        self.dpsi = empty((M, n, n), xp)
+        self.num = empty((n, n), xp)
+        self.model = xp.empty((N, N), np.float32)
+        self.r = xp.empty((N, N), np.float32)
+        self.t = xp.empty((N, N), np.float32)
+        # work in unnormalised FFT units: intensities x npix (the misfit is scaled back)
+        self.npix = float(n * n)
+        I = problem.intensity * np.float32(self.npix)
+        self.I = I
+        self.amp = xp.sqrt(I) if problem.noise == "gaussian" else None
+        self.amp_s = self.amp * np.float32(1.0 / self.npix) if self.amp is not None else None
+        if problem.noise == "poisson":  # constant part of the Poisson deviance per pattern
+            m = problem.mask if problem.mask is not None else 1.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ilogi = xp.where(I > 0, I * xp.log(xp.maximum(I, 1e-30)), 0.0)
+            self.const = _host(((ilogi - I) * m).sum(axis=(-2, -1), dtype=np.float64))
+        self.invmask = None if problem.mask is None else ~problem.mask
+
+
+def _abs2(a, xp):
+    """|a|^2 as float32 (abs then square: the fastest numpy route, measured)."""
+    b = xp.abs(a)
+    b *= b
+    return b
+
+
+def _fourier_step(problem, buf, j, W, s, npix):
+    """Apply the detector constraint to the unnormalised far field ``W`` (M, n, n) of
+    pattern ``j`` in place (including the 1/npix of the inverse FFT); return its misfit."""
+    xp = problem.xp
+    M = W.shape[0]
+    if problem.noise == "gaussian" and M == 1 and s == 1:
+        # fast path: amplitudes only (abs, subtract, dot, divide, multiply)
+        A = buf.amp[j]
+        amp = xp.abs(W[0])
+        diff = amp - A
+        if problem.mask is not None:
+            diff *= problem.mask
+        cost = float(xp.vdot(diff.ravel(), diff.ravel()).real)
+        amp += np.float32(1e-6 * np.sqrt(npix))
+        f = xp.divide(buf.amp_s[j], amp, out=amp)  # amp_s = A / npix
+        if buf.invmask is not None:
+            xp.copyto(f, np.float32(1.0 / npix), where=buf.invmask)
+        W *= f
+        return cost / npix
+    model = _abs2(W, xp)  # unnormalised units (npix x ortho)
+    if M > 1:
+        model = model.sum(axis=0)
+    else:
+        model = model[0]
+    if s > 1:
+        model = bin_intensity(model, s)
+    model += np.float32(1e-6 * npix)
+    I = buf.I[j]
+    mask = problem.mask
+    if problem.noise == "gaussian":
+        A = buf.amp[j]
+        sq = xp.sqrt(model)
+        diff = sq - A
+        if mask is not None:
+            diff *= mask
+        cost = float(xp.vdot(diff.ravel(), diff.ravel()).real)
+        f = xp.divide(A, sq, out=sq)
+        if s == 1:
+            f *= np.float32(1.0 / npix)
+    else:
+        g = xp.divide(I, model, out=buf.r)
+        xp.subtract(np.float32(1.0), g, out=g)
+        xp.maximum(g, np.float32(-1.0), out=g)
+        if mask is not None:
+            g *= mask
+        t = xp.multiply(g, model, out=buf.t)
+        num = float(xp.dot(t.ravel(), g.ravel()))
+        xp.multiply(g, I, out=t)
+        den = num + float(xp.dot(t.ravel(), g.ravel())) + 1e-12
+        a = min(max(num / den, 0.0), 1.0)
+        logm = xp.log(model)
+        if mask is not None:
+            logm *= mask
+            msum = float(xp.dot(model.ravel(), mask.ravel().astype(np.float32)))
+        else:
+            msum = float(model.sum(dtype=np.float64))
+        cost = msum - float(xp.dot(I.ravel(), logm.ravel())) + float(buf.const[j])
+        if s == 1:
+            g *= np.float32(-a / npix)
+            g += np.float32(1.0 / npix)
+        else:
+            g *= np.float32(-a)
+            g += np.float32(1.0)
+        f = g
+    if buf.invmask is not None:
+        xp.copyto(f, np.float32(1.0 / npix if s == 1 else 1.0), where=buf.invmask)
+    if s > 1:
+        f = expand_ratio(f, s) * np.float32(1.0 / npix)
+    W *= f
+    return cost / npix
+
+
+def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -> float:
+    xp = problem.xp
+    opts = problem.options
+    alpha = float(opts.get("alpha", 0.25 if regularized else 1.0))
+    beta = float(opts.get("beta", 0.25 if regularized else 1.0))
+    update_probe = iteration >= int(opts.get("probe_update_start", 0))
+    fft = problem.fft1
+    s = problem.upsample
+    obj, probe = state.object, state.probe
+    L, M, n = obj.shape[0], probe.shape[0], probe.shape[-1]
+    npix = float(n * n)
+    inv_npix = np.float32(1.0 / npix)
+    H = problem.kernel
+    Hc = xp.conj(H) if H is not None else None
+    J = problem.intensity.shape[0]
+    buf = getattr(problem, "_pie_buf", None)
+    if buf is None or buf.key != (L, M, n):
+        buf = problem._pie_buf = _PieBuffers(problem, L, M, n)
+    sub = _subpixel(problem, state)
+    refine = state.refining
+    iy_all, ix_all, fy_all, fx_all = _split(state.positions)
+    order = state.rng.permutation(J)
+    psi, chi, W, tmp = buf.psi, buf.chi, buf.W, buf.tmp
+    if sub:
+        phat = buf.phat
+        phat[...] = probe
+        fft.forward(phat, norm=None)  # unnormalised spectrum of the probe
+        ry_all, rx_all = fourier_shift_ramps(fy_all, fx_all, n, xp)
+    cost = 0.0
+    pos_grad = np.zeros_like(state.positions) if refine else None
+    Y, X = obj.shape[1:]
+
+    if L == 1 and M == 1 and not sub and not refine and xp is np:
+        c = _pie_fast_sweep(problem, buf, obj[0], probe[0], order, iy_all.tolist(),
+                            ix_all.tolist(), alpha, beta, regularized, update_probe, npix)
+        return c / problem.norm
+
+    for j in order.tolist():
+        y, x = int(iy_all[j]), int(ix_all[j])
+        Ov = obj[:, y:y + n, x:x + n]
+        # ---- incident probe at this position
+        if sub:
+            ramp = xp.multiply(ry_all[j][:, None], rx_all[j][None, :])
+            xp.multiply(phat, ramp, out=psi[0])
+            fft.inverse(psi[0], norm=None)
+            psi[0] *= inv_npix
+        elif L > 1:
+            psi[0] = probe
+        # ---- forward through the slices
+        for k in range(L):
+            xp.multiply(psi[k] if (k or sub or L > 1) else probe, Ov[k], out=chi[k])
+            if k < L - 1:
+                psi[k + 1] = chi[k]
+                fft.forward(psi[k + 1], norm=None)
+                psi[k + 1] *= H
+                fft.inverse(psi[k + 1], norm=None)
+                psi[k + 1] *= inv_npix
+        W[...] = chi[L - 1]
+        fft.forward(W, norm=None)
+        cost += _fourier_step(problem, buf, j, W, s, npix)
+        fft.inverse(W, norm=None)
+        d = W
+        d -= chi[L - 1]  # exit-wave update (M, n, n)
+        # ---- position gradient (last slice, before the object changes)
+        if refine and 1 <= y and y + n + 1 <= Y and 1 <= x and x + n + 1 <= X:
+            Ok = obj[L - 1]
+            gy = (Ok[y + 1:y + n + 1, x:x + n] - Ok[y - 1:y + n - 1, x:x + n])
+            gx = (Ok[y:y + n, x + 1:x + n + 1] - Ok[y:y + n, x - 1:x + n - 1])
+            for c, g in ((0, gy), (1, gx)):
+                G = psi[L - 1] * g  # 2 x the derivative
+                den = float(xp.vdot(G.ravel(), G.ravel()).real) + 1e-12
+                pos_grad[j, c] = 2.0 * float(xp.vdot(G.ravel(), d.ravel()).real) / den
+        # ---- back through the slices
+        for k in range(L - 1, -1, -1):
+            Ok = Ov[k]
+            pk = psi[k] if (k or sub or L > 1) else probe
+            do_psi = k > 0 or update_probe
+            if do_psi:
+                # incident-wave update (before O changes):
+                # dpsi = beta conj(O) d / max |O|^2 (ePIE), or the rPIE weighting
+                oa = xp.abs(Ok)
+                omax = float(oa.max()) ** 2 + 1e-12
+                dpsi = xp.multiply(xp.conj(Ok)[None], d, out=buf.dpsi)
+                if regularized:
+                    oa *= oa
+                    oa *= np.float32(1.0 - beta)
+                    oa += np.float32(beta * omax)
+                    dpsi /= oa
+                else:
+                    dpsi *= np.float32(beta / omax)
+            # object update: O += alpha * sum_m conj(P_m) d_m / max(sum_m |P_m|^2)
+            xp.conjugate(pk, out=tmp)
+            tmp *= d
+            num = tmp.sum(axis=0) if M > 1 else tmp[0]
+            if regularized:
+                p2 = _abs2(pk, xp)
+                p2 = p2.sum(axis=0) if M > 1 else p2[0]
+                pmax = float(p2.max())
+                p2 *= np.float32(1.0 - alpha)
+                p2 += np.float32(alpha * pmax + 1e-12)
+                num /= p2
+            else:
+                pa = xp.abs(pk) if M == 1 else xp.sqrt(_abs2(pk, xp).sum(axis=0))
+                pmax = float(pa.max()) ** 2 + 1e-12
+                num *= np.float32(alpha / pmax)
+            Ok += num
+            if not do_psi:
+                break
+            if k > 0:
+                fft.forward(dpsi, norm=None)
+                dpsi *= Hc
+                fft.inverse(dpsi, norm=None)
+                dpsi *= inv_npix
+                d[...] = dpsi
+            elif sub:
+                fft.forward(dpsi, norm=None)
+                dpsi *= xp.conj(ramp)
+                phat += dpsi
+            else:
+                probe += dpsi
+    if sub and update_probe:
+        fft.inverse(phat, norm=None)
+        phat *= inv_npix
+        probe[...] = phat
+    if refine:
+        _refine_step(problem, state, pos_grad)
+    return cost / problem.norm
+
+
+def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
+                    update_probe, npix):
+    """The PIE sweep for one slice, one mode, whole-pixel positions on the CPU.
+
+    Same arithmetic as the general loop, with the per-step Python overhead cut (local
+    bindings, no branches on slices/modes, the Gaussian detector constraint inlined): at
+    128 x 128 the elementwise work is ~1.5x the two FFTs, so overhead matters.
+    """
+    n = P.shape[-1]
+    fft = problem.fft1
+    import pyfftw
+
+    W = buf.W
+    W0 = W[0]
+    chi = buf.chi[0, 0]
+    key = ("oop", n)
+    plans = getattr(fft, "_oop", None)
+    if plans is None or plans[0] != key:
+        # out-of-place forward chi -> W (c2c preserves its input: no copy), in-place inverse
+        fwd = pyfftw.FFTW(chi, W0, axes=(-2, -1), direction="FFTW_FORWARD",
+                          flags=("FFTW_MEASURE",), threads=fft.threads)
+        fft._oop = plans = (key, fwd)
+    fwd_plan = plans[1]
+    fwd_plan.update_arrays(chi, W0)
+    inv_plan = fft._plan(W, True)
+    inv_plan.update_arrays(W, W)  # the cached plan runs in place on this buffer
+    dpsi = buf.dpsi[0]
+    tmp = buf.tmp[0]
+    mul, absf, conj, div, vdot = np.multiply, np.abs, np.conjugate, np.divide, np.vdot
+    f32 = np.float32
+    gaussian = problem.noise == "gaussian" and problem.upsample == 1
+    mask = problem.mask
+    invmask = buf.invmask
+    amp_all, amps_all = buf.amp, buf.amp_s
+    eps = f32(1e-6 * np.sqrt(npix))
+    inv1 = f32(1.0 / npix)
+    cost = 0.0
+    for j in order.tolist():
+        y = iy[j]
+        x = ix[j]
+        Ov = O[y:y + n, x:x + n]
+        mul(P, Ov, out=chi)
+        fwd_plan.execute()
+        if gaussian:
+            amp = absf(W0)
+            A = amp_all[j]
+            diff = amp - A
+            if mask is not None:
+                diff *= mask
+            cost += float(vdot(diff.ravel(), diff.ravel())) / npix
+            amp += eps
+            f = div(amps_all[j], amp, out=amp)
+            if invmask is not None:
+                np.copyto(f, inv1, where=invmask)
+            W0 *= f
+        else:
+            cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
+        inv_plan.execute()
+        W0 -= chi  # exit-wave update d
+        # incident-wave (probe) update, from the object before it changes
+        if update_probe:
+            oa = absf(Ov)
+            omax = float(oa.max()) ** 2 + 1e-12
+            mul(conj(Ov), W0, out=dpsi)
+            if regularized:
+                oa *= oa
+                oa *= f32(1.0 - beta)
+                oa += f32(beta * omax)
+                dpsi /= oa
+            else:
+                dpsi *= f32(beta / omax)
+        # object update
+        conj(P, out=tmp)
+        tmp *= W0
+        if regularized:
+            p2 = absf(P)
+            p2 *= p2
+            pmax = float(p2.max())
+            p2 *= f32(1.0 - alpha)
+            p2 += f32(alpha * pmax + 1e-12)
+            tmp /= p2
+        else:
+            pmax = float(absf(P).max()) ** 2 + 1e-12
+            tmp *= f32(alpha / pmax)
+        Ov += tmp
+        if update_probe:
+            P += dpsi
+    return cost
+
+
+def epie_iteration(problem, state, iteration):
+    """One ePIE / 3PIE sweep (random order); returns the normalised misfit."""
+    return _pie_iteration(problem, state, iteration, regularized=False)
+
+
+def rpie_iteration(problem, state, iteration):
+    """One rPIE sweep (regularised PIE, Maiden et al. 2017); returns the normalised misfit."""
+    return _pie_iteration(problem, state, iteration, regularized=True)
+
+
+# ============================================================================ LSQ-ML
+def _propagate(w, H, fft):
+    w = fft.forward(w)
+    w *= H
+    return fft.inverse(w)
+
+
+def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
+    """One LSQ-ML epoch in random mini-batches of ``batch_size``; returns the normalised misfit."""
+    xp = problem.xp
+    opts = problem.options
+    fft = problem.fft
+    s = problem.upsample
+    obj, probe = state.object, state.probe
+    L, M, n = obj.shape[0], probe.shape[0], probe.shape[-1]
+    J = problem.intensity.shape[0]
+    bs = max(1, min(int(opts.get("batch_size") or 16), J))
+    reg_o = float(opts.get("reg_object", 0.3))
+    reg_p = float(opts.get("reg_probe", 1e-2))
+    max_step = float(opts.get("max_step", 2.0))
+    step_rule = str(opts.get("step_rule", "global"))
+    update_probe = iteration >= int(opts.get("probe_update_start", 0))
+    H = problem.kernel
+    Hc = xp.conj(H) if H is not None else None
+    sub = _subpixel(problem, state)
+    refine = state.refining
+    iy_all, ix_all, fy_all, fx_all = _split(state.positions)
+    order = state.rng.permutation(J)
+    cost = 0.0
+    pos_grad = np.zeros_like(state.positions) if refine else None
+    bufs = (xp.zeros(obj.shape[1:], dtype=np.complex64), xp.zeros(obj.shape[1:], dtype=np.float32))
+
+    for b0 in range(0, J, bs):
+        idx = np.sort(order[b0:b0 + bs])
+        B = idx.size
+        iy, ix = iy_all[idx], ix_all[idx]
+        iy_d, ix_d = (xp.asarray(iy), xp.asarray(ix)) if xp is not np else (iy, ix)
+        Opat = extract_patches(obj, iy_d, ix_d, n)  # (B, L, n, n)
+        if sub:
+            ry, rx = fourier_shift_ramps(fy_all[idx], fx_all[idx], n, xp)
+            P = shift_waves(xp.broadcast_to(probe[None], (B, M, n, n)), ry, rx, fft)
+        else:
+            P = xp.broadcast_to(probe[None], (B, M, n, n))
+        psis = [P]
+        chi = None
+        for k in range(L):
+            chi = psis[k] * Opat[:, k, None]
+            if k < L - 1:
+                w = empty(chi.shape, xp)
+                w[...] = chi
+                psis.append(_propagate(w, H, fft))
+        Psi = empty(chi.shape, xp)
+        Psi[...] = chi
+        Psi = fft.forward(Psi)
+        model = _abs2(Psi, xp)
+        model = model.sum(axis=1) if M > 1 else model[:, 0]  # (B, n, n)
+        if s > 1:
+            model = bin_intensity(model, s)
+        meas = problem.intensity[xp.asarray(idx) if xp is not np else idx]
+        cost += float(data_cost(model, meas, problem.mask, problem.noise).sum())
+        f = fourier_update_factor(model, meas, problem.mask, problem.noise)
+        if s > 1:
+            f = expand_ratio(f, s)
+        Psi *= f[:, None]
+        d = fft.inverse(Psi)
+        d -= chi  # (B, M, n, n) exit-wave update
+        if refine:
+            ey = xp.clip(iy_d - 1, 0, obj.shape[1] - n - 2)
+            ex = xp.clip(ix_d - 1, 0, obj.shape[2] - n - 2)
+            Oe = extract_patches(obj[L - 1:L], ey, ex, n + 2)[:, 0]  # (B, n+2, n+2)
+            gy = (Oe[:, 2:, 1:-1] - Oe[:, :-2, 1:-1]) * np.float32(0.5)
+            gx = (Oe[:, 1:-1, 2:] - Oe[:, 1:-1, :-2]) * np.float32(0.5)
+            for c, g in ((0, gy), (1, gx)):
+                G = psis[L - 1] * g[:, None]
+                num = (xp.conj(G) * d).real.sum(axis=(1, 2, 3))
+                den = (G.real ** 2 + G.imag ** 2).sum(axis=(1, 2, 3)) + 1e-12
+                pos_grad[idx, c] = _host(num / den)
+        numO, denO = bufs
+        for k in range(L - 1, -1, -1):
+            pk = psis[k]
+            Ok = Opat[:, k]
+            gO = xp.conj(pk)
+            gO *= d
+            gO = gO.sum(axis=1) if M > 1 else gO[:, 0]  # (B, n, n)
+            numO.fill(0)
+            denO.fill(0)
+            scatter_add_patches(numO, gO, iy, ix)
+            if k == 0 and not sub:  # the same illumination at every position
+                w1 = _abs2(probe, xp).sum(axis=0)
+                scatter_add_patches(denO, xp.broadcast_to(w1, (B, n, n)), iy, ix)
+            else:
+                wO = _abs2(pk, xp)
+                scatter_add_patches(denO, wO.sum(axis=1) if M > 1 else wO[:, 0], iy, ix)
+            denO += np.float32(reg_o * float(denO.max()) + 1e-12)
+            numO /= denO  # numO is now the object direction dO
+            dOp = extract_patches(numO[None], iy_d, ix_d, n)[:, 0]  # (B, n, n)
+            a = dOp[:, None] * pk  # (B, M, n, n)
+            do_probe = k == 0 and update_probe
+            if do_probe:
+                gP = xp.conj(Ok)[:, None] * d
+                if sub:
+                    gP = shift_waves(gP, ry, rx, fft, conj=True)
+                den = _abs2(Ok, xp).sum(axis=0)
+                den += np.float32(reg_p * float(den.max()) + 1e-12)
+                dP = gP.sum(axis=0)
+                dP /= den
+                bvec = Ok[:, None] * dP[None]
+                if step_rule == "mean":
+                    red = lambda u, v: (xp.conj(u) * v).real.sum(axis=(1, 2, 3))
+                else:  # batch totals: one BLAS inner product each
+                    red = lambda u, v: xp.vdot(u.ravel(), v.ravel()).real
+                aO, aP = _steps2(xp, red(a, a), red(a, bvec), red(bvec, bvec), red(a, d),
+                                 red(bvec, d), step_rule)
+                aP = float(xp.clip(xp.nan_to_num(aP, nan=0.0, posinf=0.0), 0, max_step))
+            else:
+                if step_rule == "mean":
+                    A11 = (a.real ** 2 + a.imag ** 2).sum(axis=(1, 2, 3)) + 1e-30
+                    aO = ((xp.conj(a) * d).real.sum(axis=(1, 2, 3)) / A11).mean()
+                else:
+                    aO = xp.vdot(a.ravel(), d.ravel()).real / (xp.vdot(a.ravel(), a.ravel()).real + 1e-30)
+            aO = float(xp.clip(xp.nan_to_num(aO, nan=0.0, posinf=0.0), 0, max_step))
+            if k > 0:
+                o2 = Ok.real ** 2 + Ok.imag ** 2
+                omax = o2.reshape(B, -1).max(axis=1).reshape(B, 1, 1) + 1e-12
+                dpsi = (xp.conj(Ok) / omax)[:, None] * d
+                d = _propagate(dpsi, Hc, fft)
+            numO *= np.float32(aO)
+            obj[k] += numO
+            if do_probe:
+                dP *= np.float32(aP)
+                probe += dP
+    if refine:
+        _refine_step(problem, state, pos_grad)
+    return cost / problem.norm
+
+
+def _steps2(xp, A11, A12, A22, r1, r2, rule):
+    """Object/probe step lengths from the per-pattern 2x2 normal equations.
+
+    ``rule="global"``: solve the equations summed over the batch (the least-squares optimum
+    of the batch's linearised misfit); ``"mean"``: solve per pattern and average.
+    """
+    if rule != "mean":
+        A11, A12, A22, r1, r2 = (v.sum() for v in (A11, A12, A22, r1, r2))
+    det = A11 * A22 - A12 ** 2
+    det = xp.where(det > 1e-9 * (A11 * A22 + 1e-30), det, xp.inf)
+    aO = (A22 * r1 - A12 * r2) / det
+    aP = (A11 * r2 - A12 * r1) / det
+    if rule == "mean":
+        aO, aP = aO.mean(), aP.mean()
+    return aO, aP
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+ENGINES = {
+    "epie": epie_iteration,
+    "rpie": rpie_iteration,
+    "lsqml": lsqml_iteration,
+}

@@ -1,0 +1,605 @@
+"""``reconstruct``: the public entry point of the ptychography engines.
+
+Takes a measurement Dataset (``intensity`` (..., scan, qy, qx)), runs a schedule of engines
+(``"epie"``, ``"rpie"``, ``"lsqml"``) and returns a reconstruction Dataset (see
+:func:`ptynb.data.reconstruction`). Leading ``beam``/``angle`` dims are reconstructed
+independently (serially, or on a dask cluster through :func:`ptynb.parallel.map_blocks`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+
+import numpy as np
+import xarray as xr
+
+from .. import __version__
+from ..backend import get_xp, resolve_device, to_host
+from ..data import ValidationError, reconstruction, validate
+from .engines import ENGINES, Problem
+from .operators import orthogonalize_modes, unshift_data
+from .state import State
+
+__all__ = ["ENGINE_NAMES", "DivergenceError", "initial_probe", "reconstruct"]
+
+ENGINE_NAMES = tuple(ENGINES)
+_NOISE = ("poisson", "gaussian")
+_LEAD = ("beam", "angle")
+
+
+class DivergenceError(FloatingPointError):
+    """The cost became NaN/inf. ``last_good`` holds the last finite reconstruction Dataset."""
+
+    def __init__(self, message: str, last_good: xr.Dataset | None = None, iteration: int = -1):
+        super().__init__(message)
+        self.last_good = last_good
+        self.iteration = iteration
+
+
+# ============================================================================ helpers
+def _schedule(engine, iterations):
+    """Normalise ``engine`` to a list of (name, iterations)."""
+    if isinstance(engine, str):
+        sched = [(engine, iterations)]
+    else:
+        try:
+            sched = [(str(e), int(n)) for e, n in engine]
+        except (TypeError, ValueError):
+            raise ValidationError(
+                "engine", f"must be a name or a list of (name, iterations), got {engine!r}") from None
+    out = []
+    for name, n in sched:
+        key = name.strip().lower().replace("-", "").replace("_", "")
+        if key not in ENGINES:
+            raise ValidationError("engine", f"unknown engine {name!r}; choose from {ENGINE_NAMES}")
+        try:
+            n = int(n)
+        except (TypeError, ValueError):
+            raise ValidationError("iterations", f"must be an integer, got {n!r}") from None
+        if n < 0:
+            raise ValidationError("iterations", f"must be >= 0, got {n}")
+        out.append((key, n))
+    return out
+
+
+def _engine_at(sched, it):
+    k = 0
+    for name, n in sched:
+        if it < k + n:
+            return name
+        k += n
+    return sched[-1][0]
+
+
+def _refine_start(position_refinement):
+    if position_refinement is None or position_refinement is False:
+        return None, {}
+    if position_refinement is True:
+        return 0, {}
+    if isinstance(position_refinement, dict):
+        opts = dict(position_refinement)
+        start = int(opts.pop("start", 0))
+        return start, opts
+    return int(position_refinement), {}
+
+
+def initial_probe(measurement: xr.Dataset, n: int, modes: int = 1, upsample: int = 1,
+                  probe=None, seed: int = 0) -> np.ndarray:
+    """Initial probe modes (mode, n, n) complex64, power matched to the mean pattern.
+
+    Sources, in order: ``probe`` (array or DataArray (py, px) or (mode, py, px)); an electron
+    probe from the attrs ``convergence_semiangle`` (rad) and optional ``defocus`` (m) and
+    ``Cs`` (m) (or ``probe_defocus``/``probe_Cs`` as written by :mod:`ptynb.simulate`) via
+    :func:`ptynb.physics.electron_probe`; an X-ray zone-plate probe from the attrs
+    ``probe_diameter``, ``probe_outer_zone_width`` and optional
+    ``probe_central_stop_diameter``, ``probe_defocus`` (m) via
+    :func:`ptynb.physics.zone_plate_probe`; otherwise the inverse FFT of the mean diffraction
+    amplitude with a flat phase (a focused, aberration-free guess centred in the window: fine
+    for a focused probe, slow to converge for a strongly defocused one -- then pass ``probe``). Missing modes are added as the first mode times low-order
+    polynomials (y, x, xy, ...) at 10% of its power and then orthogonalised. The total power
+    ``sum |P|^2`` is set to the mean measured counts per pattern, except for a given ``probe``
+    whose power is already within a factor 2 of it (then it is used as is).
+    """
+    attrs = measurement.attrs
+    inten = measurement["intensity"]
+    dx = float(attrs["pixel_size"])
+    if probe is not None:
+        p = np.asarray(to_host(probe.data if isinstance(probe, xr.DataArray) else probe))
+        if p.ndim == 2:
+            p = p[None]
+        if p.ndim != 3:
+            raise ValidationError("probe", f"has shape {p.shape}; expected (py, px) or (mode, py, px)")
+        if p.shape[-1] > n or p.shape[-2] > n:
+            raise ValidationError(
+                "probe", f"window {p.shape[-2:]} is larger than the detector-limited window "
+                f"({n}, {n}) = upsample x detector pixels")
+        if p.shape[-2:] != (n, n):
+            raise ValidationError(
+                "probe", f"window {p.shape[-2:]} must equal ({n}, {n}) = upsample x detector pixels")
+        if p.shape[0] > modes:
+            raise ValidationError("probe", f"has {p.shape[0]} modes but modes={modes}")
+        if not np.all(np.isfinite(p)):
+            raise ValidationError("probe", "contains NaN or inf")
+        p = p.astype(np.complex64)
+    else:
+        p = None
+        semi = attrs.get("convergence_semiangle")
+        if semi is not None and attrs.get("radiation") == "electron":
+            try:
+                from ..physics import probes as _probes
+
+                p = np.asarray(to_host(_probes.electron_probe(
+                    (n, n), dx, float(attrs["energy_eV"]), float(semi),
+                    defocus=float(attrs.get("defocus", attrs.get("probe_defocus", 0.0))),
+                    Cs=float(attrs.get("Cs", attrs.get("probe_Cs", 0.0))))))
+                p = p.astype(np.complex64)[None]
+            except ImportError:  # pragma: no cover
+                p = None
+        zp = (attrs.get("radiation") == "xray" and attrs.get("probe_diameter") is not None
+              and attrs.get("probe_outer_zone_width") is not None)
+        if p is None and zp:
+            from ..physics import probes as _probes
+
+            csd = attrs.get("probe_central_stop_diameter")
+            p = np.asarray(to_host(_probes.zone_plate_probe(
+                n, dx, float(attrs["energy_eV"]), diameter=float(attrs["probe_diameter"]),
+                outer_zone_width=float(attrs["probe_outer_zone_width"]),
+                central_stop_diameter=None if csd is None else float(csd),
+                defocus=float(attrs.get("probe_defocus", 0.0)), check_window=False)))
+            p = p.astype(np.complex64)[None]
+        if p is None:
+            mean = np.asarray(inten.mean(dim=[d for d in inten.dims if d not in ("qy", "qx")]))
+            amp = np.sqrt(np.maximum(mean, 0)).astype(np.float32)
+            if upsample > 1:
+                amp = np.repeat(np.repeat(amp, upsample, 0), upsample, 1) / upsample
+            p0 = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp), norm="ortho"))
+            p = p0.astype(np.complex64)[None]
+    if p.shape[0] < modes:
+        yy, xx = np.mgrid[:n, :n].astype(np.float32)
+        yy = (yy - n // 2) / (n / 4)
+        xx = (xx - n // 2) / (n / 4)
+        polys = [yy, xx, yy * xx, yy ** 2 - xx ** 2, yy ** 2 + xx ** 2 - 1]
+        extra = []
+        for m in range(modes - p.shape[0]):
+            q = p[0] * polys[m % len(polys)] * (1.0 + m // len(polys))
+            q = q * np.sqrt(0.1 * np.sum(np.abs(p[0]) ** 2) / max(np.sum(np.abs(q) ** 2), 1e-30))
+            extra.append(q.astype(np.complex64))
+        p = np.concatenate([p, np.stack(extra)], axis=0)
+        p = orthogonalize_modes(p)
+    total = float(np.asarray(inten.sum(dim=("qy", "qx")).mean()))
+    power = float(np.sum(np.abs(p) ** 2))
+    rescale = probe is None or not (0.5 < power / max(total, 1e-30) < 2.0)
+    if rescale and power > 0 and total > 0:
+        p = p * np.float32(np.sqrt(total / power))
+    return p.astype(np.complex64)
+
+
+def _object_frame(sy, sx, dx, n, margin):
+    """(origin_y, origin_x, Y, X) in pixels for windows of ``n`` centred at the positions."""
+    cy, cx = np.asarray(sy) / dx, np.asarray(sx) / dx
+    oy = int(math.floor(np.min(cy))) - n // 2 - margin
+    ox = int(math.floor(np.min(cx))) - n // 2 - margin
+    Y = int(math.ceil(np.max(cy))) - n // 2 + n + margin - oy + 1
+    X = int(math.ceil(np.max(cx))) - n // 2 + n + margin - ox + 1
+    return oy, ox, Y, X
+
+
+def _fingerprint(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ============================================================================ public API
+def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, slices: int = 1,
+                slice_thickness: float | None = None, modes: int = 1, *, object=None,
+                upsample: int = 1, position_refinement=None, noise: str = "poisson",
+                batch_size: int | None = None, device: str | None = None, seed: int = 0,
+                callback=None, callback_every: int = 1, progress: bool = True,
+                checkpoint=None, checkpoint_every: int | None = None, resume=None,
+                cancel: threading.Event | None = None, client=None, parallel: bool = False,
+                **options) -> xr.Dataset:
+    """Reconstruct object and probe from a ptychographic measurement.
+
+    Parameters
+    ----------
+    measurement : xarray.Dataset
+        ptynb measurement: ``intensity`` (..., scan, qy, qx) in counts, detector centred,
+        positions ``scan_y``/``scan_x`` (m, probe centres), attrs ``pixel_size`` (m),
+        ``energy_eV``, ``radiation``; optional ``mask`` (qy, qx), True = valid pixel. Leading
+        dims ``beam``/``angle`` are reconstructed independently.
+    engine : str or list of (str, int)
+        ``"epie"``, ``"rpie"`` (sequential, random order each iteration) or ``"lsqml"``
+        (batched, optimal step sizes); a list chains engines, e.g.
+        ``[("epie", 900), ("lsqml", 100)]`` (then ``iterations`` is ignored).
+    iterations : int
+        Iterations (full passes over the data) for a single engine.
+    probe : array or DataArray, optional
+        Initial probe (py, px) or (mode, py, px), complex, window ``upsample * N`` pixels of
+        ``pixel_size``. Default: see :func:`initial_probe`.
+    slices : int
+        Number of object slices (multislice if > 1).
+    slice_thickness : float, optional
+        Slice spacing (m), required when ``slices > 1``.
+    modes : int
+        Mutually incoherent probe modes (orthogonalised every iteration by SVD).
+    object : array or DataArray, optional
+        Initial object (slice, y, x) or (y, x); a DataArray's ``y``/``x`` coords (m) fix the
+        frame, an array's pixel (0, 0) sits at y = x = 0. Default: ones on a grid that
+        covers every probe window (plus a margin).
+    upsample : int
+        Reconstruction-grid upsampling ``s``: probe window ``s N`` pixels of ``pixel_size``,
+        each detector pixel integrating ``s x s`` model pixels (far field sampled ``s`` times
+        finer than the detector; "virtually enlarged illumination").
+    position_refinement : int, True or dict, optional
+        Iteration from which positions are refined (gradient of the exit-wave update with
+        respect to a shift, least-squares per pattern, mean shift removed, step clipped);
+        a dict ``{"start": k, "max_step": 0.5, "affine": False}``: ``max_step`` limits
+        each position's move per iteration (pixels); the affine part of the updates (global
+        scale/rotation/shear, which trades off against the probe's defocus) is removed
+        unless ``affine=True``.
+    noise : {"poisson", "gaussian"}
+        Noise model: Poisson likelihood (Newton step per pattern) or Gaussian on the
+        amplitudes (modulus projection).
+    batch_size : int, optional
+        Patterns per LSQ-ML batch (default 32).
+    device : {"cpu", "gpu"}, optional
+        Compute device; data stay there across iterations.
+    seed : int
+        Seed of the random pattern order / batches.
+    callback : callable, optional
+        ``callback(iteration, info)`` every ``callback_every`` iterations; ``info`` has
+        ``cost`` (list), ``object``, ``probe`` (host numpy), ``scan_y``, ``scan_x`` (m),
+        ``engine``, ``iterations`` (total).
+    progress : bool
+        tqdm progress bar.
+    checkpoint : path, optional
+        HDF5 checkpoint file written atomically every ``checkpoint_every`` iterations (and at
+        the end).
+    resume : path, optional
+        Continue from a checkpoint written by a run with the same settings; the result is
+        identical to an uninterrupted run (on the CPU).
+    cancel : threading.Event, optional
+        Set it to stop after the current iteration; the result has ``status="cancelled"``.
+        KeyboardInterrupt does the same.
+    client, parallel :
+        Run leading ``angle``/``beam`` blocks on a dask cluster
+        (see :func:`ptynb.parallel.map_blocks`).
+    **options
+        Engine knobs: ``alpha``, ``beta`` (PIE step sizes: ePIE 1, 1; rPIE 0.25, 0.25),
+        ``reg_object``, ``reg_probe`` (LSQ-ML preconditioner regularisation, fraction of the
+        maximum, default 0.01), ``max_step`` (LSQ-ML step limit, 2), ``momentum`` (LSQ-ML
+        heavy-ball factor between iterations, 0), ``probe_update_start`` (iteration, 0),
+        ``subpixel`` ("auto", True, False), ``probe_support`` (radius as a fraction of half
+        the window, None), ``probe_power`` (None, "measured" or a number of counts),
+        ``object_amplitude_max`` (e.g. 1.0), ``object_amplitude_min``, ``object_phase_range``
+        ((min, max) rad), ``pure_phase`` (bool), ``tilt`` ((ty, tx) rad, multislice beam
+        tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``threads``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Reconstruction: ``object`` (..., slice, y, x) complex64 with ``y``/``x`` in the
+        scan-position frame (m); ``probe`` (..., mode, py, px); refined ``scan_y``/``scan_x``
+        (..., scan) in m; ``cost`` (..., iteration); attrs with every setting,
+        ``ptynb_version`` and ``status`` ("complete" or "cancelled").
+
+    Raises
+    ------
+    ptynb.data.ValidationError
+        Bad input, found before the first iteration (failing :func:`ptynb.data.validate`,
+        probe window larger than the detector window, positions outside a given object,
+        all-zero patterns, bad dims or options).
+    ptynb.ptycho.memory.InsufficientMemoryError
+        The estimated memory does not fit on the host/device.
+    DivergenceError
+        The cost became NaN/inf; ``err.last_good`` holds the last good reconstruction.
+    """
+    if not isinstance(measurement, xr.Dataset):
+        raise ValidationError("measurement", f"must be an xarray.Dataset, got {type(measurement).__name__}")
+    validate(measurement)
+    settings = dict(engine=engine, iterations=iterations, probe=probe, slices=slices,
+                    slice_thickness=slice_thickness, modes=modes, object=object,
+                    upsample=upsample, position_refinement=position_refinement, noise=noise,
+                    batch_size=batch_size, device=device, seed=seed, **options)
+    inten = measurement["intensity"]
+    lead = [d for d in inten.dims if d in _LEAD]
+    if not lead:
+        return _reconstruct_single(measurement, settings, callback=callback,
+                                   callback_every=callback_every, progress=progress,
+                                   checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                   resume=resume, cancel=cancel)
+    if checkpoint is not None or resume is not None:
+        raise ValidationError("checkpoint", "checkpoints/resume apply to one reconstruction; "
+                              "select a single angle/beam first")
+    # a common object frame for every block so the results stack
+    if object is None:
+        n = int(upsample) * inten.sizes["qy"]
+        dx = float(measurement.attrs["pixel_size"])
+        frame = _object_frame(measurement["scan_y"].values, measurement["scan_x"].values, dx, n,
+                              _margin(position_refinement))
+        settings["_frame"] = frame
+    from ..parallel import map_blocks
+
+    use_cluster = bool(parallel) or client is not None
+    kw = dict(settings=settings)
+    if not use_cluster:
+        kw.update(callback=callback, callback_every=callback_every, block_progress=progress,
+                  cancel=cancel)
+    out = map_blocks(_block, measurement, dims=lead, client=client,
+                     parallel=parallel if use_cluster else False, progress=progress, **kw)
+    return out
+
+
+def _block(block, settings, block_progress=False, **kw):
+    """map_blocks worker: one leading-dim block (module level so dask can pickle it)."""
+    return _reconstruct_single(block, settings, progress=block_progress, **kw)
+
+
+def _margin(position_refinement):
+    return 2 if position_refinement in (None, False) else 10
+
+
+# ============================================================================ one reconstruction
+def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progress=True,
+                        checkpoint=None, checkpoint_every=None, resume=None, cancel=None):
+    s = dict(settings)
+    sched = _schedule(s.pop("engine"), s.pop("iterations"))
+    total = sum(n for _, n in sched)
+    probe_in = s.pop("probe")
+    L = int(s.pop("slices"))
+    dz = s.pop("slice_thickness")
+    M = int(s.pop("modes"))
+    obj_in = s.pop("object")
+    up = int(s.pop("upsample"))
+    refine_start, refine_opts = _refine_start(s.pop("position_refinement"))
+    noise = str(s.pop("noise")).lower()
+    batch_size = s.pop("batch_size")
+    device = resolve_device(s.pop("device"))
+    seed = int(s.pop("seed"))
+    frame = s.pop("_frame", None)
+    options = s  # engine knobs
+    for name, val, lo in (("slices", L, 1), ("modes", M, 1), ("upsample", up, 1)):
+        if val < lo:
+            raise ValidationError(name, f"must be >= {lo}, got {val}")
+    if noise not in _NOISE:
+        raise ValidationError("noise", f"must be one of {_NOISE}, got {noise!r}")
+    if L > 1 and (dz is None or not np.isfinite(dz) or dz <= 0):
+        raise ValidationError("slice_thickness", "a positive slice spacing (m) is required when slices > 1")
+    if callback is not None and not callable(callback):
+        raise ValidationError("callback", "must be callable(iteration, info)")
+    callback_every = max(1, int(callback_every or 1))
+
+    xp = get_xp(device)
+    attrs = ds.attrs
+    inten = ds["intensity"]
+    if tuple(inten.dims) != ("scan", "qy", "qx"):
+        raise ValidationError("intensity", f"has dims {inten.dims}; expected (scan, qy, qx) per block")
+    N = inten.sizes["qy"]
+    if inten.sizes["qx"] != N:
+        raise ValidationError("intensity", f"detector must be square, got {inten.shape[-2:]}")
+    I = np.asarray(to_host(inten.data), dtype=np.float32)
+    sums = I.sum(axis=(1, 2))
+    if np.any(sums <= 0):
+        bad = np.flatnonzero(sums <= 0)
+        raise ValidationError("intensity", f"{bad.size} pattern(s) are all zero (scan index {bad[:5].tolist()}...)")
+    J = I.shape[0]
+    dx = float(attrs["pixel_size"])
+    lam = float(attrs.get("wavelength") or 0.0)
+    n = up * N
+    mask = options.pop("mask", None)
+    if mask is None and "mask" in ds:
+        mask = ds["mask"].values
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (N, N):
+            raise ValidationError("mask", f"has shape {mask.shape}, detector is {(N, N)}")
+        if not mask.any():
+            raise ValidationError("mask", "marks every detector pixel invalid")
+    sy = np.asarray(ds["scan_y"].values, dtype=np.float64).reshape(-1)
+    sx = np.asarray(ds["scan_x"].values, dtype=np.float64).reshape(-1)
+    if sy.size != J or sx.size != J:
+        raise ValidationError("scan_y/scan_x", f"have {sy.size}/{sx.size} positions for {J} patterns")
+
+    # ---------------------------------------------------------------- object frame
+    margin = _margin(refine_start if refine_start is not None else None)
+    if obj_in is not None:
+        o = obj_in
+        if isinstance(o, xr.DataArray):
+            if "y" in o.coords and "x" in o.coords:
+                oy = int(round(float(o["y"].values[0]) / dx))
+                ox = int(round(float(o["x"].values[0]) / dx))
+            else:
+                oy = ox = 0
+            o = o.data
+        else:
+            oy = ox = 0
+        o = np.asarray(to_host(o)).astype(np.complex64)
+        if o.ndim == 2:
+            o = np.repeat(o[None], L, axis=0)
+        if o.ndim != 3 or o.shape[0] != L:
+            raise ValidationError("object", f"has shape {o.shape}; expected (slice={L}, y, x) or (y, x)")
+        Y, X = o.shape[1:]
+        obj0 = o
+    else:
+        if frame is None:
+            frame = _object_frame(sy, sx, dx, n, margin)
+        oy, ox, Y, X = frame
+        obj0 = np.ones((L, Y, X), np.complex64)
+    pos = np.stack([sy / dx - n // 2 - oy, sx / dx - n // 2 - ox], axis=1)
+    ip = np.floor(pos + 0.5)
+    out = (ip[:, 0] < 0) | (ip[:, 1] < 0) | (ip[:, 0] + n > Y) | (ip[:, 1] + n > X)
+    if np.any(out):
+        raise ValidationError(
+            "scan_y/scan_x", f"{int(out.sum())} position(s) put the {n}x{n} probe window outside "
+            f"the object ({Y}x{X} pixels from y={oy * dx:.4g} m, x={ox * dx:.4g} m)")
+
+    # ---------------------------------------------------------------- memory
+    try:
+        from . import memory as _mem
+    except ImportError:  # pragma: no cover - written in parallel by another engineer
+        _mem = None
+    bs_eff = batch_size or (16 if any(e == "lsqml" for e, _ in sched) else 1)
+    if _mem is not None:
+        est = _mem.estimate_memory(
+            n_patterns=J, detector_shape=(N, N), object_shape=(Y, X), n_slices=L, n_modes=M,
+            batch_size=min(int(bs_eff), J), device=device, upsample=up,
+            engine="lsqml" if any(e == "lsqml" for e, _ in sched) else sched[0][0])
+        _mem.check_memory(est, device)
+
+    # ---------------------------------------------------------------- probe + problem
+    p0 = initial_probe(ds, n, M, up, probe=probe_in, seed=seed)
+    kernel = None
+    if L > 1:
+        from ..physics.propagation import angular_spectrum_kernel
+
+        tilt = tuple(options.pop("tilt", (0.0, 0.0)))
+        kernel = xp.asarray(angular_spectrum_kernel((n, n), dx, lam, float(dz), tilt=tilt, xp=np)
+                            .astype(np.complex64))
+    else:
+        options.pop("tilt", None)
+    meas = unshift_data(I, np)
+    m_unshift = unshift_data(mask, np) if mask is not None else None
+    norm = float((I * mask).sum()) if mask is not None else float(I.sum())
+    opts = dict(options)
+    opts["batch_size"] = batch_size
+    opts.update({"position_step": float(refine_opts.get("max_step", 0.5)),
+                 "position_affine": bool(refine_opts.get("affine", False))})
+    threads = opts.pop("threads", None)
+    from .operators import FFT2
+
+    problem = Problem(xp=xp, intensity=xp.asarray(meas), mask=None if m_unshift is None else xp.asarray(m_unshift),
+                      upsample=up, kernel=kernel, noise=noise, norm=norm, options=opts,
+                      fft=FFT2(xp, threads), fft1=FFT2(xp, 1))
+
+    fp = _fingerprint(dict(sched=sched, J=J, N=N, n=n, L=L, M=M, Y=Y, X=X, oy=oy, ox=ox, dz=dz,
+                           noise=noise, seed=seed, refine=refine_start, refine_opts=refine_opts,
+                           options={k: v for k, v in opts.items() if k != "mask"}))
+    if resume is not None:
+        from .checkpoint import load_checkpoint
+
+        arrays, meta = load_checkpoint(resume)
+        if meta.get("fingerprint") != fp:
+            raise ValidationError("resume", f"checkpoint {resume} was written with different settings "
+                                  "or data; cannot continue it")
+        state = State.from_arrays(arrays, meta, xp)
+    else:
+        state = State(object=xp.asarray(obj0), probe=xp.asarray(p0), positions=pos.copy(),
+                      rng=np.random.default_rng(seed))
+
+    def result(st, status):
+        posm = st.positions
+        scan_y = (posm[:, 0] + n // 2 + oy) * dx
+        scan_x = (posm[:, 1] + n // 2 + ox) * dx
+        engine_str = ",".join(f"{e}:{k}" for e, k in sched)
+        extra = {k: (v if isinstance(v, (int, float, str, bool)) else repr(v))
+                 for k, v in opts.items() if v is not None}
+        rec = reconstruction(
+            to_host(st.object), to_host(st.probe), pixel_size=dx, scan_y=scan_y, scan_x=scan_x,
+            origin=(oy * dx, ox * dx), slice_thickness=dz if L > 1 else None,
+            cost=np.asarray(st.cost, dtype=np.float64),
+            engine=engine_str, iterations=int(st.iteration), iterations_requested=total,
+            slices=L, modes=M, upsample=up, noise=noise, seed=seed, device=device,
+            position_refinement=-1 if refine_start is None else refine_start,
+            status=status, radiation=attrs.get("radiation"), energy_eV=attrs.get("energy_eV"),
+            wavelength=lam, **{"option_" + k: v for k, v in extra.items()})
+        rec.attrs["ptynb_version"] = __version__
+        return rec
+
+    # ---------------------------------------------------------------- loop
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=state.iteration, desc="ptycho", leave=False)
+    status = "complete"
+    last_good = state.copy()
+    momentum = float(opts.get("momentum", 0.0) or 0.0)
+    try:
+        while state.iteration < total:
+            if cancel is not None and cancel.is_set():
+                status = "cancelled"
+                break
+            it = state.iteration
+            name = _engine_at(sched, it)
+            state.refining = refine_start is not None and it >= refine_start
+            if momentum > 0 and name == "lsqml":
+                o_start, p_start = state.object.copy(), state.probe.copy()
+            c = ENGINES[name](problem, state, it)
+            if momentum > 0 and name == "lsqml":
+                for key, arr, start in (("object", state.object, o_start), ("probe", state.probe, p_start)):
+                    delta = arr - start
+                    v = state.momentum.get(key)
+                    v = delta if v is None else delta + np.float32(momentum) * v
+                    state.momentum[key] = v
+                    arr += np.float32(momentum) * (v - delta)
+            _constraints(problem, state, opts, ds, xp)
+            finite = np.isfinite(c) and bool(xp.isfinite(state.object.sum()))
+            if not finite:
+                raise DivergenceError(
+                    f"reconstruction diverged at iteration {it} (engine {name}): cost {c}; "
+                    "err.last_good holds the state after the last finite iteration",
+                    last_good=result(last_good, "diverged"), iteration=it)
+            state.cost.append(float(c))
+            state.iteration = it + 1
+            last_good = state.copy()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(engine=name, cost=f"{c:.4g}")
+            if callback is not None and (state.iteration % callback_every == 0 or state.iteration == total):
+                callback(state.iteration, {
+                    "iteration": state.iteration, "iterations": total, "engine": name,
+                    "cost": list(state.cost), "object": np.array(to_host(state.object)),
+                    "probe": np.array(to_host(state.probe)),
+                    "scan_y": (state.positions[:, 0] + n // 2 + oy) * dx,
+                    "scan_x": (state.positions[:, 1] + n // 2 + ox) * dx})
+            if checkpoint is not None and checkpoint_every and state.iteration % int(checkpoint_every) == 0:
+                _save(checkpoint, state, fp)
+    except KeyboardInterrupt:
+        status = "cancelled"
+        state = last_good
+    finally:
+        if bar is not None:
+            bar.close()
+    if checkpoint is not None:
+        _save(checkpoint, state, fp)
+    return result(state, status)
+
+
+def _save(path, state, fp):
+    from .checkpoint import save_checkpoint
+
+    arrays, meta = state.to_arrays()
+    meta["fingerprint"] = fp
+    save_checkpoint(path, arrays, meta)
+
+
+def _constraints(problem, state, opts, ds, xp):
+    """Probe/object constraints applied after every iteration (in place)."""
+    probe, obj = state.probe, state.object
+    n = probe.shape[-1]
+    if probe.shape[0] > 1:
+        probe[...] = orthogonalize_modes(probe)
+    sup = opts.get("probe_support")
+    if sup:
+        yy, xx = np.mgrid[:n, :n]
+        r = np.hypot(yy - n // 2, xx - n // 2)
+        probe *= xp.asarray((r <= float(sup) * n / 2).astype(np.float32))
+    pw = opts.get("probe_power")
+    if pw is not None:
+        target = float(problem.norm / problem.intensity.shape[0]) if pw == "measured" else float(pw)
+        cur = float((probe.real ** 2 + probe.imag ** 2).sum())
+        if cur > 0:
+            probe *= np.float32(math.sqrt(target / cur))
+    amax, amin = opts.get("object_amplitude_max"), opts.get("object_amplitude_min")
+    pr = opts.get("object_phase_range")
+    if opts.get("pure_phase"):
+        a = xp.abs(obj)
+        obj /= xp.maximum(a, 1e-12)
+    elif amax is not None or amin is not None:
+        a = xp.abs(obj)
+        lim = xp.clip(a, amin if amin is not None else 0.0, amax if amax is not None else np.inf)
+        obj *= (lim / xp.maximum(a, 1e-12)).astype(np.float32)
+    if pr is not None:
+        ph = xp.clip(xp.angle(obj), float(pr[0]), float(pr[1]))
+        obj[...] = (xp.abs(obj) * xp.exp(1j * ph)).astype(np.complex64)

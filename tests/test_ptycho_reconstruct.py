@@ -1,0 +1,284 @@
+"""reconstruct(): conventions, observability, safety (cancel, resume, divergence), bad input,
+leading angle/beam dims, GPU parity. Small problems (32 x 32 detector, 16-25 positions)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_ptycho_utils import object_error, two_layer_xray_data, xray_data
+
+import ptynb
+from ptynb.backend import gpu_available
+from ptynb.data import ValidationError, measurement, validate
+from ptynb.ptycho import DivergenceError, reconstruct
+
+
+@pytest.fixture(scope="module")
+def small():
+    return xray_data(n=32, grid=5, counts=1e6)
+
+
+def _clean(ds):
+    return ds.drop_vars([v for v in ("true_object", "true_probe") if v in ds])
+
+
+# ----------------------------------------------------------------------------- conventions
+@pytest.mark.parametrize("kind", ["plain", "wholepixel", "modes", "upsample", "slices"])
+@pytest.mark.parametrize("engine", ["epie", "lsqml"])
+def test_forward_model_matches_simulator(kind, engine):
+    """With the true object and probe on noise-free data the engines' own forward model
+    (positions, sub-pixel shifts, centring, binning, multislice, modes) reproduces the
+    simulator: the misfit of the first pass is zero to float32 precision."""
+    kw = {}
+    if kind == "slices":
+        ds = two_layer_xray_data(n=32, grid=4, noise=None)
+        kw = dict(slices=2, slice_thickness=float(ds.attrs["slice_thickness"]))
+    else:
+        ds = xray_data(n=32, grid=4, noise=None, modes=3 if kind == "modes" else 1,
+                       upsample=2 if kind == "upsample" else 1,
+                       jitter=0.0 if kind == "wholepixel" else 0.3)
+        kw = dict(modes=3 if kind == "modes" else 1, upsample=2 if kind == "upsample" else 1)
+    rec = reconstruct(ds, engine=engine, iterations=1, probe=ds["true_probe"].values,
+                      object=ds["true_object"], noise="gaussian", progress=False, **kw)
+    assert abs(rec["cost"].values[0]) < 1e-9
+    # and a wrong object is seen: misfit many orders larger
+    bad = reconstruct(ds, engine=engine, iterations=1, probe=ds["true_probe"].values,
+                      noise="gaussian", progress=False, **kw)
+    assert bad["cost"].values[0] > 1e-4
+
+
+def test_result_dataset_conventions(small):
+    rec = reconstruct(small, engine="lsqml", iterations=3, progress=False)
+    validate(rec)
+    assert rec.attrs["kind"] == "reconstruction"
+    assert rec["object"].dims == ("slice", "y", "x") and rec["object"].dtype == np.complex64
+    assert rec["probe"].dims == ("mode", "py", "px") and rec.sizes["py"] == 32
+    assert rec["cost"].dims == ("iteration",) and rec.sizes["iteration"] == 3
+    assert rec.attrs["ptynb_version"] == ptynb.__version__
+    for k in ("engine", "noise", "upsample", "modes", "slices", "status", "seed"):
+        assert k in rec.attrs
+    assert rec.attrs["status"] == "complete" and rec.attrs["noise"] == "poisson"
+    # positions untouched without refinement; object frame = scan frame (m)
+    np.testing.assert_allclose(rec["scan_y"].values, small["scan_y"].values, rtol=0, atol=1e-15)
+    dx = small.attrs["pixel_size"]
+    np.testing.assert_allclose(np.diff(rec["y"].values), dx)
+    assert rec["y"].values[0] <= small["scan_y"].values.min() - 16 * dx
+    assert rec["x"].values[-1] >= small["scan_x"].values.max() + 15 * dx
+
+
+def test_initial_probe_power_and_modes(small):
+    from ptynb.ptycho import initial_probe
+
+    mean_counts = float(small["intensity"].sum(("qy", "qx")).mean())
+    p = initial_probe(small, 32, modes=3)
+    assert p.shape == (3, 32, 32) and p.dtype == np.complex64
+    assert abs(np.sum(np.abs(p) ** 2) / mean_counts - 1) < 1e-4
+    g = p.reshape(3, -1).conj() @ p.reshape(3, -1).T
+    assert np.all(np.abs(g[~np.eye(3, dtype=bool)]) < 1e-3 * np.abs(g).max())
+    # a probe in other units (power 1) is rescaled to the data
+    q = initial_probe(small, 32, probe=small["true_probe"].values / 1e3)
+    assert abs(np.sum(np.abs(q) ** 2) / mean_counts - 1) < 1e-4
+
+
+def test_constraints(small):
+    rec = reconstruct(small, engine="epie", iterations=2, object_amplitude_max=1.0,
+                      probe_support=0.8, probe_power=5e5, progress=False)
+    assert np.abs(rec["object"].values).max() <= 1.0 + 1e-6
+    p = rec["probe"].values[0]
+    yy, xx = np.mgrid[:32, :32]
+    assert np.all(p[np.hypot(yy - 16, xx - 16) > 0.8 * 16] == 0)
+    assert abs(np.sum(np.abs(p) ** 2) / 5e5 - 1) < 1e-4
+    rec = reconstruct(small, engine="lsqml", iterations=2, pure_phase=True, progress=False)
+    np.testing.assert_allclose(np.abs(rec["object"].values), 1.0, atol=1e-5)
+
+
+def test_detector_mask_ignores_bad_pixels():
+    ds = xray_data(n=32, grid=5)
+    hot = ds.copy(deep=True)
+    inten = hot["intensity"].values
+    inten[:, 3, 5] = 1e7  # hot pixel
+    inten[:, 20, 11] = 0  # dead pixel
+    mask = np.ones((32, 32), bool)
+    mask[3, 5] = mask[20, 11] = False
+    kw = dict(engine="epie", iterations=15, probe=ds["true_probe"].values, progress=False)
+    e_clean = object_error(reconstruct(ds, **kw), ds)
+    e_mask = object_error(reconstruct(hot, mask=mask, **kw), ds)
+    e_bad = object_error(reconstruct(hot, **kw), ds)
+    assert e_mask < 1.3 * e_clean + 0.005
+    assert e_bad > 2 * e_mask
+
+
+# ----------------------------------------------------------------------------- observability
+def test_callback_every_k_and_cancel_event(small):
+    seen = []
+    ev = threading.Event()
+
+    def cb(it, info):
+        seen.append(it)
+        assert set(info) >= {"cost", "object", "probe", "scan_y", "scan_x", "engine"}
+        assert isinstance(info["object"], np.ndarray) and len(info["cost"]) == it
+        if it == 4:
+            ev.set()
+
+    rec = reconstruct(small, engine="epie", iterations=10, callback=cb, callback_every=2,
+                      cancel=ev, progress=False)
+    assert seen == [2, 4]
+    assert rec.attrs["status"] == "cancelled"
+    assert rec.sizes["iteration"] == 4 and rec.attrs["iterations"] == 4
+
+
+def test_keyboard_interrupt_returns_partial_result(small):
+    def cb(it, info):
+        if it == 3:
+            raise KeyboardInterrupt
+
+    rec = reconstruct(small, engine="lsqml", iterations=10, callback=cb, progress=False)
+    assert rec.attrs["status"] == "cancelled"
+    assert rec.sizes["iteration"] == 3
+    assert np.all(np.isfinite(rec["object"].values))
+
+
+@pytest.mark.parametrize("engine,kw", [
+    ("lsqml", dict(momentum=0.5, position_refinement=2)),
+    ([("epie", 3), ("rpie", 3)], dict(modes=2)),
+])
+def test_resume_equals_uninterrupted(small, tmp_path, engine, kw):
+    full = reconstruct(small, engine=engine, iterations=6, progress=False, **kw)
+    ev = threading.Event()
+    ck = tmp_path / "run.h5"
+    part = reconstruct(small, engine=engine, iterations=6, checkpoint=ck, checkpoint_every=2,
+                       cancel=ev, callback=lambda it, info: ev.set() if it == 3 else None,
+                       progress=False, **kw)
+    assert part.attrs["status"] == "cancelled" and part.sizes["iteration"] == 3
+    assert ck.exists()
+    done = reconstruct(small, engine=engine, iterations=6, resume=ck, progress=False, **kw)
+    assert done.attrs["status"] == "complete"
+    for v in ("object", "probe", "scan_y", "scan_x", "cost"):
+        np.testing.assert_array_equal(done[v].values, full[v].values)
+    # a checkpoint from other settings is refused
+    with pytest.raises(ValidationError, match="different settings"):
+        reconstruct(small, engine=engine, iterations=6, resume=ck, seed=5, progress=False, **kw)
+
+
+def test_divergence_raises_and_keeps_last_good(small):
+    with pytest.warns(RuntimeWarning), pytest.raises(DivergenceError, match="diverged") as ei:
+        reconstruct(small, engine="epie", iterations=5, alpha=1e30, beta=1e30, progress=False)
+    good = ei.value.last_good
+    assert isinstance(good, xr.Dataset) and good.attrs["status"] == "diverged"
+    assert np.all(np.isfinite(good["object"].values))
+    assert good.sizes["iteration"] == ei.value.iteration
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_before_iterating(small, monkeypatch):
+    calls = []
+    cb = lambda it, info: calls.append(it)
+    with pytest.raises(ValidationError, match="measurement"):
+        reconstruct(small["intensity"], iterations=1)
+    nan = small.copy(deep=True)
+    nan["intensity"].values[0, 0, 0] = np.nan
+    with pytest.raises(ValidationError, match="NaN"):
+        reconstruct(nan, iterations=1, callback=cb)
+    with pytest.raises(ValidationError, match="larger than"):
+        reconstruct(small, iterations=1, probe=np.ones((64, 64), np.complex64), callback=cb)
+    with pytest.raises(ValidationError, match="outside the object"):
+        reconstruct(small, iterations=1, object=np.ones((40, 40), np.complex64), callback=cb)
+    zero = small.copy(deep=True)
+    zero["intensity"].values[7] = 0
+    with pytest.raises(ValidationError, match="all zero"):
+        reconstruct(zero, iterations=1, callback=cb)
+    with pytest.raises(ValidationError, match="modes"):
+        reconstruct(small, iterations=1, probe=np.ones((3, 32, 32), np.complex64), callback=cb)
+    with pytest.raises(ValidationError, match="slice_thickness"):
+        reconstruct(small, iterations=1, slices=2, callback=cb)
+    with pytest.raises(ValidationError, match="unknown engine"):
+        reconstruct(small, engine="dm", iterations=1)
+    with pytest.raises(ValidationError, match="noise"):
+        reconstruct(small, iterations=1, noise="cauchy")
+    with pytest.raises(ValidationError, match="mask"):
+        reconstruct(small, iterations=1, mask=np.ones((31, 32), bool))
+    extra = small["intensity"].expand_dims(energy=[1.0]).to_dataset(name="intensity")
+    extra.attrs = small.attrs
+    with pytest.raises(ValidationError, match="unexpected dims"):
+        reconstruct(extra, iterations=1)
+    from ptynb.ptycho import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host": 1000, "device": None})
+    with pytest.raises(memory.InsufficientMemoryError, match="does not fit"):
+        reconstruct(small, iterations=1, callback=cb)
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------- leading dims
+def _angles_measurement(n_angles=4):
+    sets = [xray_data(n=32, grid=4, seed=s) for s in range(n_angles)]
+    I = np.stack([d["intensity"].values for d in sets])
+    a = sets[0].attrs
+    sy = np.stack([d["scan_y"].values for d in sets])  # (angle, scan)
+    sx = np.stack([d["scan_x"].values for d in sets])
+    return measurement(I, sy, sx, radiation="xray",
+                       energy_eV=a["energy_eV"], pixel_size=a["pixel_size"],
+                       angle=np.arange(n_angles) * 30.0,
+                       **{k: v for k, v in a.items() if k.startswith("probe_")}), sets
+
+
+def test_maps_over_angle_dim_serially():
+    ds, sets = _angles_measurement(2)
+    rec = reconstruct(ds, engine="lsqml", iterations=3, progress=False)
+    assert rec["object"].dims == ("angle", "slice", "y", "x")
+    assert rec["probe"].dims[:2] == ("angle", "mode")
+    np.testing.assert_array_equal(rec["angle"].values, [0.0, 30.0])
+    frame = xr.ones_like(rec["object"].isel(angle=0)).drop_vars(["angle"])  # same object grid
+    one = reconstruct(_clean(sets[1]), engine="lsqml", iterations=3, object=frame,
+                      progress=False)
+    np.testing.assert_array_equal(rec["object"].isel(angle=1).values, one["object"].values)
+    np.testing.assert_array_equal(rec["cost"].isel(angle=1).values, one["cost"].values)
+
+
+@pytest.mark.slow
+def test_four_angles_on_local_cluster_equal_serial():
+    ds, _ = _angles_measurement(4)
+    serial = reconstruct(ds, engine="lsqml", iterations=3, progress=False)
+    par = reconstruct(ds, engine="lsqml", iterations=3, progress=False, parallel=True)
+    assert par["object"].dims == serial["object"].dims
+    np.testing.assert_array_equal(par["angle"].values, serial["angle"].values)
+    for v in ("object", "probe", "cost"):
+        a, b = par[v].values, serial[v].values
+        # separate processes plan their own FFTs: equal to float32 round-off
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+# ----------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU with cupy")
+@pytest.mark.parametrize("engine,kw", [("lsqml", {}), ("epie", {}), ("lsqml", dict(modes=2, upsample=1)),
+                                       ("epie", dict(slices=2, slice_thickness=20e-6))])
+def test_gpu_matches_cpu(small, engine, kw):
+    cpu = reconstruct(small, engine=engine, iterations=3, device="cpu", progress=False, **kw)
+    gpu = reconstruct(small, engine=engine, iterations=3, device="gpu", progress=False, **kw)
+    for v in ("object", "probe", "cost"):
+        a, b = gpu[v].values, cpu[v].values
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * np.abs(b).max())
+
+
+def test_initial_probe_from_attrs(small):
+    from ptynb.physics.probes import zone_plate_probe
+    from ptynb.ptycho import initial_probe
+
+    p = initial_probe(small, 32)[0]
+    a = small.attrs
+    ref = zone_plate_probe(32, a["pixel_size"], a["energy_eV"], diameter=a["probe_diameter"],
+                           outer_zone_width=a["probe_outer_zone_width"],
+                           central_stop_diameter=a["probe_central_stop_diameter"],
+                           defocus=a["probe_defocus"], check_window=False).values
+    c = abs(np.vdot(p, ref)) / (np.linalg.norm(p) * np.linalg.norm(ref))
+    assert c > 0.9999
+    # without probe attrs: the mean-amplitude guess, centred in the window
+    bare = small.copy()
+    bare.attrs = {k: v for k, v in small.attrs.items() if not k.startswith("probe_")}
+    q = initial_probe(bare, 32)[0]
+    yy, xx = np.mgrid[:32, :32]
+    w = np.abs(q) ** 2
+    assert abs((w * yy).sum() / w.sum() - 16) < 1 and abs((w * xx).sum() / w.sum() - 16) < 1
