@@ -89,9 +89,14 @@ def test_recover_three_layers_from_three_views():
 
 @pytest.mark.slow
 def test_estimate_layer_shift_subpixel():
+    # sparse blobs over rings, noise 0.01 rad: the data alone determine the shift
     views, _, _ = _two_layers(shift=3.1)
     est = S.estimate_layer_shift(views, max_shift=6)
     assert est["shift"] == pytest.approx(-3.1, abs=0.3)
+    # with the size known, the sign (which layer moves) is decided clearly by the data
+    sign = S.choose_shift_sign(views, 3.1)
+    assert sign["shift"] == -3.1
+    assert sign["scores"][3.1] > 2 * sign["scores"][-3.1]
 
 
 def test_bad_layer_inputs():

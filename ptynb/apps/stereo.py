@@ -152,7 +152,7 @@ class StereoApp(pn.viewable.Viewer):
                               cmap="gray") for k in range(lay.sizes["layer"])]
             a = lay.attrs
             lines = [f"layer shift between the outer views: **{a['layer_shift_px']:.2f} px**"
-                     f" ({'estimated' if a.get('layer_shift_estimated') else 'given'})"]
+                     f" (from {a.get('layer_shift_source', 'value')})"]
             if "separation_estimate" in a:
                 lines.append(f"implied layer separation: **{a['separation_estimate'] * 1e9:.0f} nm**")
             for k, v in a.items():

@@ -63,6 +63,8 @@ class Settings(param.Parameterized):
     n_beams = param.Selector(objects=[2, 3], default=3, doc="Simultaneous beams (left/right or left/center/right)")
     theta_s = param.Number(default=1.5, bounds=(0.1, 10.0), doc="Deflection of each outer beam (degrees)")
     separation = param.Number(default=480e-9, bounds=(0, None), doc="Distance between the two layers (m)")
+    particle_radius = param.Number(default=125e-9, bounds=(5e-9, None),
+                                   doc="Radius of the Au particles of the two-layer sample (m)")
     energy_eV = param.Number(default=8000.0, bounds=(100.0, 1e5), doc="Photon energy (eV)")
     pixel_size = param.Number(default=8.1e-9, bounds=(1e-10, 1e-6), doc="Reconstruction pixel (m)")
     detector = param.Integer(default=64, bounds=(16, 1024), doc="Detector pixels per side")
@@ -83,8 +85,12 @@ class Settings(param.Parameterized):
     parallel = param.Boolean(default=False, doc="Reconstruct the beams in parallel (dask LocalCluster)")
     # --- analysis
     reference_beam = param.String(default="left", doc="Beam that the other views are aligned to")
+    shift_source = param.Selector(
+        objects=["geometry", "estimate"], default="geometry",
+        doc="Layer shift between the outer views: from the layer separation and beam tilts (the sign, "
+            "i.e. which layer moves, is decided by the data), or estimated from the data alone")
     layer_shift_px = param.Number(default=None, allow_None=True,
-                                  doc="Relative layer shift between the outer views (px); None = estimate it")
+                                  doc="Explicit layer shift between the outer views (px); overrides shift_source")
     subpixel = param.Boolean(default=True, doc="Sub-pixel shifts in layer recovery (False: integer, as in the paper)")
     layer_iterations = param.Integer(default=300, bounds=(10, None), doc="Layer-recovery iterations")
     frc = param.Boolean(default=False, doc="Compute FRC resolution from half datasets (2 extra reconstructions per beam)")
@@ -164,7 +170,7 @@ def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
                               origin=(margin * dx, margin * dx))
     if s.sample == "two_layer":
         sample = phantoms.stereo_two_layer((ny, nx), dx, s.energy_eV, separation=s.separation,
-                                           seed=s.seed, n_particles=None)
+                                           particle_radius=s.particle_radius, seed=s.seed)
     else:
         sample = phantoms.layered_stack((ny, nx), dx, s.energy_eV, seed=s.seed)
     layers = np.asarray(sample["layers"].values)  # (layer, y, x) complex transmission
@@ -422,8 +428,12 @@ def separate_layers(views: xr.Dataset, settings: Settings, *, truth: xr.DataArra
     """Recover two layers from the two outer (most inclined) aligned views.
 
     The views are aligned on one layer; the other layer moves by ``s`` px between the outer
-    views. ``s`` comes from ``settings.layer_shift_px`` or is estimated from the data
-    (:func:`stereo_steps.estimate_layer_shift`). Then the sign-constrained convex problem is
+    views. ``s`` comes from ``settings.layer_shift_px`` if given; else with
+    ``shift_source="geometry"`` (default) its size is ``separation * (tan t1 - tan t0) / px``
+    and the data decide its sign (which layer the alignment locked on,
+    :func:`stereo_steps.choose_shift_sign`); with ``"estimate"`` it is estimated from the data
+    alone (:func:`stereo_steps.estimate_layer_shift`: reliable on sparse features, not on dense
+    periodic ones such as zone-plate rings whose period is near 2 s). Then the sign-constrained convex problem is
     solved (sub-pixel shifts unless ``settings.subpixel`` is False). If ``truth`` (layer, y, x)
     phases are given, per-layer PCC and cross-talk are reported, matching recovered to true
     layers by correlation (the layer order along the beam is what the data decide).
@@ -442,19 +452,25 @@ def separate_layers(views: xr.Dataset, settings: Settings, *, truth: xr.DataArra
         i0, i1 = 0, len(beams) - 1
     ys, xs = _crop_valid(views)
     pair = np.stack([views["phase"].values[i0][ys, xs], views["phase"].values[i1][ys, xs]]).astype(np.float64)
-    estimated = settings.layer_shift_px is None
-    if estimated:
-        est = steps.estimate_layer_shift(pair, max_shift=6.0, axis="x", progress=progress)
-        s = est["shift"]
+    if settings.layer_shift_px is not None:
+        source, s = "value", float(settings.layer_shift_px)
+    elif settings.shift_source == "geometry":
+        if tilts is None:
+            raise ValidationError("beam_tilt", "the geometric layer shift needs the beam tilts")
+        px = float(views.attrs["pixel_size"])
+        mag = abs(float(settings.separation) * (np.tan(tilts[i1] * DEG) - np.tan(tilts[i0] * DEG)) / px)
+        source, s = "geometry", steps.choose_shift_sign(pair, mag, axis="x")["shift"]
     else:
-        s = float(settings.layer_shift_px)
+        source = "estimate"
+        s = steps.estimate_layer_shift(pair, max_shift=6.0, axis="x", progress=progress)["shift"]
+    estimated = source == "estimate"
     shifts = np.zeros((2, 2, 2))
     shifts[1, 1, 1] = s  # layer 1 ("moving") shifts by s from the first view to the second
     res = steps.recover_layers(pair, shifts, iterations=int(settings.layer_iterations),
                                subpixel=bool(settings.subpixel), progress=progress)
     layers = np.zeros((2,) + views["phase"].shape[1:], np.float32)
     layers[:, ys, xs] = res["layers"]
-    attrs = {"layer_shift_px": float(s), "layer_shift_estimated": int(estimated),
+    attrs = {"layer_shift_px": float(s), "layer_shift_estimated": int(estimated), "layer_shift_source": source,
              "subpixel": int(bool(settings.subpixel)), "residual_rms": res["residual"],
              "views": [str(beams[i0]), str(beams[i1])]}
     if tilts is not None:

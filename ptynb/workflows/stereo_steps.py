@@ -148,15 +148,19 @@ def fourier_shift(img, shift, *, xp=None):
 
 
 def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign: str | None = "negative",
-                         smoothness: float = 1e-3, coarse_step: float = 1.0, tol: float = 0.02,
-                         iterations: int = 120, progress: bool = False) -> dict:
+                         smoothness: float = 0.05, coarse_step: float = 1.0, tol: float = 0.02,
+                         iterations: int = 100, holdout: float = 0.3, folds: int = 1, seed: int = 0,
+                         progress: bool = False) -> dict:
     """Relative shift of the moving layer between two views aligned on the other layer.
 
-    With the views aligned on one layer, the other layer appears shifted by ``s`` (pixels,
-    along ``axis``) from the first view to the second. ``s`` is found as the minimiser of
-    the constrained two-layer fit of :func:`recover_layers` (sign-constrained, smooth layers
-    only explain both views at the true shift): a coarse scan over ``[-max_shift,
-    max_shift]`` in ``coarse_step`` px, then a golden-section search to ``tol`` px.
+    With the views aligned on one layer, the other layer appears shifted by ``s`` pixels
+    (along ``axis``) from the first view to the second. ``s`` is chosen by cross-validation:
+    for each candidate, the two-layer model of :func:`recover_layers` is fitted to a random
+    ``1 - holdout`` fraction of the pixels (a different random set in each view) and scored by
+    its prediction error on the held-out pixels. A wrong shift predicts the held-out pixels
+    badly, while the noise in them is independent of the fit, so (unlike the fit residual)
+    the score is not biased by how much noise a candidate can absorb. Coarse scan over
+    ``[-max_shift, max_shift]`` in ``coarse_step`` px, then a golden-section search to ``tol``.
 
     Parameters
     ----------
@@ -165,72 +169,104 @@ def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign
 
     Returns
     -------
-    dict with ``shift`` (px, first view to second), ``objective`` (at the minimum),
-    ``scan`` (shift, objective) array of the coarse scan.
+    dict with ``shift`` (px, displacement of the moving layer from the first view to the
+    second), ``score`` (held-out mean squared error at the minimum, rad^2) and ``scan``
+    (shift, score) array of the coarse scan.
     """
     t = np.asarray(views, dtype=np.float64)
     if t.ndim != 3 or t.shape[0] != 2:
         raise ValidationError("views", f"need two aligned views (2, y, x), got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ValidationError("views", "contain NaN or inf")
     if axis not in ("x", "y"):
         raise ValidationError("axis", f"must be 'x' or 'y', not {axis!r}")
-    ax = 1 if axis == "x" else 0
-    border = int(np.ceil(max_shift / 2)) + 2
-
-    warm = {}
-
-    def objective(shift, n_iter=iterations):
-        sh = np.zeros((2, 2, 2))
-        sh[0, 0, ax] = shift / 2
-        sh[1, 0, ax] = -shift / 2
-        r = recover_layers(t, sh, sign=sign, smoothness=smoothness, iterations=n_iter,
-                           border=border, tol=0, x0=warm.get("x"))
-        warm["x"] = r["x"]
-        return r["objective"]
-
-    # coarse scan on 2x2-binned views (shifts halve), then refine at full resolution
-    ny2, nx2 = (t.shape[1] // 2) * 2, (t.shape[2] // 2) * 2
-    binned = t[:, :ny2, :nx2].reshape(2, ny2 // 2, 2, nx2 // 2, 2).mean(axis=(2, 4))
-
-    def coarse_objective(shift):
-        sh = np.zeros((2, 2, 2))
-        sh[0, 0, ax] = shift / 4
-        sh[1, 0, ax] = -shift / 4
-        r = recover_layers(binned, sh, sign=sign, smoothness=smoothness,
-                           iterations=max(iterations // 2, 20), border=border // 2 + 2, tol=0)
-        return r["objective"]
+    if not 0 < holdout < 1:
+        raise ValidationError("holdout", f"must be in (0, 1), got {holdout}")
+    score = _cv_scorer(t, axis=axis, sign=sign, smoothness=smoothness, iterations=iterations,
+                       holdout=holdout, folds=folds, seed=seed, border=int(np.ceil(max_shift)) + 2)
 
     grid = np.arange(-max_shift, max_shift + 1e-9, coarse_step)
+    grid = grid[np.abs(grid) >= 0.5]  # a zero shift cannot separate layers
     it = grid
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(grid, desc="layer shift scan", leave=False)
-    vals = np.asarray([coarse_objective(g_) for g_ in it])
+        it = tqdm(grid, desc="layer shift (cross-validation)", leave=False)
+    vals = np.asarray([score(g_) for g_ in it])
     k = int(np.argmin(vals))
     lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
     g = (np.sqrt(5) - 1) / 2
     c, d = hi - g * (hi - lo), lo + g * (hi - lo)
-    fc, fd = objective(c), objective(d)
+    fc, fd = score(c), score(d)
     while hi - lo > tol:
         if fc < fd:
             hi, d, fd = d, c, fc
             c = hi - g * (hi - lo)
-            fc = objective(c)
+            fc = score(c)
         else:
             lo, c, fc = c, d, fd
             d = lo + g * (hi - lo)
-            fd = objective(d)
-    best = 0.5 * (lo + hi)
-    # the model puts the layer at +s/2 in view 0 and -s/2 in view 1: it moves by -s
-    return {"shift": -float(best), "objective": float(min(fc, fd)),
-            "scan": np.stack([-grid, vals], axis=1)}
+            fd = score(d)
+    return {"shift": float(0.5 * (lo + hi)), "score": float(min(fc, fd)),
+            "scan": np.stack([grid, vals], axis=1)}
+
+
+def _cv_scorer(t, *, axis, sign, smoothness, iterations, holdout, folds, seed, border):
+    """Held-out prediction error of the two-layer model as a function of the shift."""
+    if not 0 < holdout < 1:
+        raise ValidationError("holdout", f"must be in (0, 1), got {holdout}")
+    ax = 1 if axis == "x" else 0
+    rng = np.random.default_rng(seed)
+    masks = [rng.random(t.shape) >= holdout for _ in range(folds)]
+
+    def score(shift):
+        sh = np.zeros((2, 2, 2))
+        sh[1, 1, ax] = shift  # layer 1 moves by `shift` from view 0 to view 1
+        err, n = 0.0, 0
+        for m in masks:
+            r = recover_layers(t, sh, sign=sign, smoothness=smoothness, iterations=iterations,
+                               border=border, tol=0, weights=m)
+            pred = r["predict"]()
+            held = ~m
+            held[:, :border] = held[:, -border:] = False
+            held[:, :, :border] = held[:, :, -border:] = False
+            err += float(np.sum((pred - t)[held] ** 2))
+            n += int(held.sum())
+        return err / max(n, 1)
+
+    return score
+
+
+def choose_shift_sign(views, magnitude: float, *, axis: str = "x", seed: int = 0, **kw) -> dict:
+    """Which layer moves: the sign of a known shift magnitude, decided by the data.
+
+    With the views aligned on one layer, the other layer moves by ``+magnitude`` or
+    ``-magnitude`` px (the geometry gives the size, not which layer the alignment locked on).
+    Both are scored by the cross-validated prediction error (see
+    :func:`estimate_layer_shift`); the lower wins.
+
+    Returns
+    -------
+    dict with ``shift`` (signed, px) and ``scores`` {+magnitude: err, -magnitude: err}.
+    """
+    t = np.asarray(views, dtype=np.float64)
+    if t.ndim != 3 or t.shape[0] != 2:
+        raise ValidationError("views", f"need two aligned views (2, y, x), got shape {t.shape}")
+    m = abs(float(magnitude))
+    if m < 0.1:
+        raise ValidationError("magnitude", f"a shift of {m:.3g} px cannot separate layers")
+    params = dict(sign="negative", smoothness=0.05, iterations=100, holdout=0.3, folds=1)
+    params.update(kw)
+    score = _cv_scorer(t, axis=axis, seed=seed, border=int(np.ceil(m)) + 2, **params)
+    sp, sm = score(m), score(-m)
+    return {"shift": m if sp <= sm else -m, "scores": {m: sp, -m: sm}}
 
 
 # ----------------------------------------------------------------------------- layer recovery
 def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: float = 1e-3,
                    sparsity: float = 0.0,
                    iterations: int = 300, subpixel: bool = True, border: int | None = None,
-                   tol: float = 1e-7, x0=None, progress: bool = False, callback=None):
+                   tol: float = 1e-7, x0=None, weights=None, progress: bool = False, callback=None):
     """Recover L thin layers from V >= 2 views in which each layer is shifted differently.
 
     Solves the constrained convex problem (the stereo paper's Eq. 3, generalised)::
@@ -262,6 +298,8 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
     iterations : int
     border : int, optional
         Width (px) of the ignored border; default ceil(max |shift|) + 2.
+    weights : array (V, y, x) or (y, x), optional
+        Extra per-pixel weights (0 = ignore), e.g. a mask of pixels held out for validation.
 
     Returns
     -------
@@ -294,6 +332,11 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
     W[border:ny - border, border:nx - border] = 1.0
     if W.sum() == 0:
         raise ValidationError("border", f"border {border} px leaves no pixels in a {ny}x{nx} image")
+    if weights is not None:
+        wts = np.asarray(weights, dtype=np.float64)
+        if wts.shape not in ((ny, nx), (V, ny, nx)):
+            raise ValidationError("weights", f"need shape {(V, ny, nx)} or {(ny, nx)}, got {wts.shape}")
+        W = W * wts
     ky = np.fft.fftfreq(ny)[:, None]
     kx = np.fft.rfftfreq(nx)[None, :]
     ramps = np.exp(-2j * np.pi * (ky[None, None] * s[..., 0, None, None]
@@ -319,7 +362,7 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
         l1 = sparsity * float(np.abs(irfft2(xf)).sum()) if sparsity else 0.0
         return 0.5 * float(np.sum(res**2)) + 0.5 * smoothness * pen + l1, res
 
-    step = 1.0 / (V * L + 8.0 * smoothness)
+    step = 1.0 / (V * L * float(np.max(W)) ** 2 + 8.0 * smoothness)
     if x0 is not None:
         x = project(np.asarray(x0, dtype=np.float64).copy())
         if x.shape != (L, ny, nx):
@@ -352,9 +395,10 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
         if tol > 0 and it > 10 and abs(cost[-2] - cost[-1]) <= tol * max(abs(cost[-1]), 1e-30):
             break
     final, res = objective(rfft2(x))
-    rms = float(np.sqrt(np.sum(res**2) / (V * W.sum())))
+    rms = float(np.sqrt(np.sum(res**2) / max(float(np.sum(np.broadcast_to(W, res.shape))), 1.0)))
     return {"layers": x.astype(np.float32), "cost": np.asarray(cost), "objective": final,
-            "residual": rms, "shifts": s, "border": border, "x": x}
+            "residual": rms, "shifts": s, "border": border, "x": x,
+            "predict": lambda: forward(rfft2(x))}
 
 
 def fast_crop_size(n: int) -> int:
