@@ -32,7 +32,7 @@ class StereoApp(pn.viewable.Viewer):
     left_view = param.Selector(objects=["left", "right"], default="left")
     right_view = param.Selector(objects=["left", "right"], default="right")
 
-    def __init__(self, settings: wf.Settings | None = None, **params):
+    def __init__(self, settings: wf.Settings | None = None, result: xr.DataTree | None = None, **params):
         super().__init__(**params)
         self.settings = settings or wf.Settings()
         self.result: xr.DataTree | None = None
@@ -56,6 +56,8 @@ class StereoApp(pn.viewable.Viewer):
         self.frc_pane = pn.Column()
         self.param.watch(lambda e: setattr(self.files, "visible", e.new != "simulated demo"), "source")
         self.param.watch(self._update_anaglyph, ["anaglyph_shift", "left_view", "right_view"])
+        if result is not None:
+            self._done(result)
 
     # ------------------------------------------------------------------ actions
     def _show_error(self, exc):

@@ -47,6 +47,8 @@ __all__ = [
     "depth_numbers",
     "check_stereo_measurement",
     "run",
+    "assemble",
+    "combine_beams",
     "anaglyph",
 ]
 
@@ -592,6 +594,32 @@ def depth_numbers(settings: Settings, resolution: float | None = None, mean_phas
 
 
 # ----------------------------------------------------------------------------- pipeline
+def assemble(settings: Settings, *, measurement=None, reconstruction=None, caustics=None, views=None,
+             layers=None, frc=None, status: str = "complete") -> xr.DataTree:
+    """Collect step results (from a notebook run step by step) into the result DataTree that
+    :func:`run` returns and the app displays."""
+    tree = xr.DataTree(dataset=xr.Dataset(attrs=provenance(kind="stereo_result", workflow="stereo",
+                                                            **settings.as_attrs())))
+    for name, part in (("measurement", measurement), ("reconstruction", reconstruction),
+                       ("views", views), ("layers", layers), ("frc", frc)):
+        if part is not None:
+            tree[name] = xr.DataTree(part)
+    if caustics is not None:
+        tree["caustics"] = caustics
+    resolution = None
+    if frc is not None and np.isfinite(frc["resolution"].values).any():
+        resolution = float(np.nanmean(frc["resolution"].values))
+    mean_phase = _mean_material_phase(views) if views is not None else None
+    nums = depth_numbers(settings, resolution=resolution, mean_phase=mean_phase)
+    if mean_phase is not None:
+        nums["mean_material_phase"] = mean_phase
+    if layers is not None:
+        nums["measured_layer_shift_px"] = float(layers.attrs["layer_shift_px"])
+    tree.attrs.update(nums)
+    tree.attrs["status"] = status
+    return tree
+
+
 STEPS = ("simulate", "reconstruct", "caustics", "align", "layers", "frc")
 
 
