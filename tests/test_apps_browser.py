@@ -25,6 +25,13 @@ def server(tmp_path_factory):
     port = _free_port()
     data = tmp_path_factory.mktemp("data")
     (data / "not_a_measurement.h5").write_bytes(b"this is not HDF5")
+    import ptynb
+    from ptynb.workflows import stereo
+
+    ptynb.io.save(ptynb.simulate.demo(kind="xray"), data / "single_beam.h5")
+    bad = stereo.simulate(stereo.Settings(n_beams=2, scan_grid=4))
+    bad.intensity.values[0, 0, 0, 0] = float("nan")
+    ptynb.io.save(bad, data / "stereo_with_nan.h5")
     env = dict(os.environ, PTYNB_DATA_DIR=str(data))
     proc = subprocess.Popen(
         [sys.executable, "-m", "ptynb.cli", "serve", "--port", str(port), "--address", "127.0.0.1"],
@@ -92,8 +99,65 @@ def test_explorer_shows_clear_error_for_bad_file(server, page):
     page.locator(".ptynb-source select").select_option(label="file from the data directory")
     page.locator(".ptynb-load button").click()  # nothing chosen yet
     err = page.locator(".ptynb-error")
-    err.get_by_text("choose a file").wait_for(timeout=20000)
+    err.get_by_text(re.compile("choose a file")).wait_for(timeout=20000)
+    page.locator(".ptynb-file select").select_option(label="not_a_measurement.h5")
+    page.locator(".ptynb-load button").click()
+    err.get_by_text(re.compile(r"FileFormatError: .*not_a_measurement\.h5")).wait_for(timeout=20000)
     # the app keeps working: the demo still loads afterwards
     page.locator(".ptynb-source select").select_option(label="X-ray demo (8 keV, zone-plate probe)")
     page.locator(".ptynb-load button").click()
     page.locator(".ptynb-info").get_by_text(re.compile("xray")).wait_for(timeout=60000)
+
+
+# ----------------------------------------------------------------------------- stereo app
+def _stereo(page, server, preset="quick look (seconds)"):
+    errors = _collect_errors(page)
+    page.goto(server["url"] + "/stereo")
+    page.locator(".ptynb-run button").wait_for(timeout=60000)
+    page.locator(".ptynb-preset select").select_option(label=preset)
+    return errors
+
+
+def test_stereo_run_progress_and_anaglyph_slider(server, page):
+    errors = _stereo(page, server)
+    page.locator(".ptynb-run button").click()
+    page.locator(".ptynb-progress").first.wait_for(state="visible", timeout=20000)
+    page.locator(".ptynb-message").get_by_text("run complete").wait_for(timeout=120000)
+    page.get_by_text("Views and anaglyph").click()
+    caption = page.locator(".ptynb-anaglyph-caption")
+    caption.get_by_text(re.compile(r"extra shift \+0\.0 px; difference rms (\d\.\d+)")).wait_for(timeout=30000)
+    before = page.get_by_text(re.compile("difference rms")).inner_text()
+    handle = page.locator(".ptynb-shift .noUi-handle").first
+    handle.focus()
+    for _ in range(5):
+        handle.press("ArrowRight")
+    page.get_by_text(re.compile(r"extra shift \+0\.5 px; difference rms")).wait_for(timeout=30000)
+    after = page.get_by_text(re.compile("difference rms")).inner_text()
+    assert after != before
+    page.get_by_text("Depth numbers").click()
+    page.get_by_text(re.compile("stereo depth limit")).wait_for(timeout=10000)
+    assert not errors, errors
+
+
+def test_stereo_cancel_stops_a_run(server, page):
+    _stereo(page, server, preset="standard (about a minute)")
+    page.locator(".ptynb-run button").click()
+    page.locator(".ptynb-progress").first.wait_for(state="visible", timeout=20000)
+    page.locator(".ptynb-cancel button").click()
+    page.locator(".ptynb-message").get_by_text("run cancelled").wait_for(timeout=120000)
+
+
+def test_stereo_bad_files_give_specific_errors(server, page):
+    _stereo(page, server)
+    page.locator(".ptynb-source select").select_option(label="file from the data directory")
+    err = page.locator(".ptynb-error")
+    page.locator(".ptynb-file select").select_option(label="single_beam.h5")
+    page.locator(".ptynb-run button").click()
+    err.get_by_text(re.compile("no beam axis")).wait_for(timeout=30000)
+    page.locator(".ptynb-file select").select_option(label="stereo_with_nan.h5")
+    page.locator(".ptynb-run button").click()
+    err.get_by_text(re.compile(r"intensity: contains 1 NaN")).wait_for(timeout=30000)
+    # the app keeps working: the demo still runs
+    page.locator(".ptynb-source select").select_option(label="simulated demo")
+    page.locator(".ptynb-run button").click()
+    page.locator(".ptynb-message").get_by_text("run complete").wait_for(timeout=120000)

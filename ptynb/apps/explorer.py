@@ -5,26 +5,16 @@ amplitude + phase; the object (ground truth for simulated data) as amplitude + p
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import panel as pn
 import param
 import xarray as xr
 
+from ._files import FILE_SUFFIXES, DataFilePicker, data_dir  # noqa: F401  (re-exported)
 from ._task import TaskRunner
 
 DEMOS = {"X-ray demo (8 keV, zone-plate probe)": "xray", "Electron demo (200 keV, 4D-STEM)": "electron"}
-FILE_SUFFIXES = (".h5", ".hdf5", ".nc", ".cxi", ".zarr")
-
-
-def data_dir() -> Path:
-    """Root of the app file pickers: ``PTYNB_DATA_DIR`` or ``~/ptynb-data`` (created if missing)."""
-    d = Path(os.environ.get("PTYNB_DATA_DIR", Path.home() / "ptynb-data")).expanduser().resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
 
 def load_any(path) -> xr.Dataset:
     """Load a measurement from a ptynb HDF5/Zarr file or a CXI file (by suffix)."""
@@ -59,9 +49,8 @@ class Explorer(pn.viewable.Viewer):
         super().__init__(**params)
         self.measurement: xr.Dataset | None = None
         self.runner = TaskRunner()
-        self.files = pn.widgets.FileSelector(directory=str(data_dir()), root_directory=str(data_dir()),
-                                             file_pattern="*", only_files=False, visible=False,
-                                             height=250)
+        self.files = DataFilePicker()
+        self.files.visible = False
         self.load_button = pn.widgets.Button(name="Load", button_type="primary", width=100,
                                              css_classes=["ptynb-load"])
         self.load_button.on_click(self._load)
@@ -86,11 +75,10 @@ class Explorer(pn.viewable.Viewer):
                 progress(0.1, f"simulating the {kind} demo...")
                 return simulate.demo(kind=kind, seed=seed, progress=False)
         else:
-            chosen = [p for p in self.files.value if Path(p).suffix.lower() in FILE_SUFFIXES]
-            if not chosen:
-                self._show_error(f"choose a file ending in one of {', '.join(FILE_SUFFIXES)}")
+            path = self.files.path
+            if path is None:
+                self._show_error(f"choose a file (one of {', '.join(FILE_SUFFIXES)}) in {data_dir()}")
                 return
-            path = chosen[0]
 
             def job(progress, cancel):
                 progress(0.1, f"loading {Path(path).name}...")

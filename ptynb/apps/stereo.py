@@ -4,8 +4,6 @@ separate the layers. Served at ``/stereo`` by ``ptynb serve``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import panel as pn
 import param
@@ -13,7 +11,14 @@ import xarray as xr
 
 from ..workflows import stereo as wf
 from ._task import TaskRunner
-from .explorer import FILE_SUFFIXES, data_dir, load_any
+from ._files import FILE_SUFFIXES, DataFilePicker, data_dir
+from .explorer import load_any
+
+PRESETS = {
+    "standard (about a minute)": {},
+    "quick look (seconds)": dict(n_beams=2, scan_grid=8, epie_iterations=15, lsqml_iterations=5,
+                                 layer_iterations=100),
+}
 
 SETTING_GROUPS = {
     "Sample and beams": ["sample", "n_beams", "theta_s", "separation", "astigmatism", "scan_grid", "seed"],
@@ -27,6 +32,8 @@ class StereoApp(pn.viewable.Viewer):
 
     source = param.Selector(objects=["simulated demo", "file from the data directory"],
                             default="simulated demo")
+    preset = param.Selector(objects=list(PRESETS), default=list(PRESETS)[0],
+                            doc="Size of the run: standard, or a quick look with fewer positions and iterations")
     anaglyph_shift = param.Number(default=0.0, bounds=(-10.0, 10.0), step=0.1,
                                   doc="Extra horizontal shift (px) of the second view")
     left_view = param.Selector(objects=["left", "right"], default="left")
@@ -37,8 +44,9 @@ class StereoApp(pn.viewable.Viewer):
         self.settings = settings or wf.Settings()
         self.result: xr.DataTree | None = None
         self.runner = TaskRunner()
-        self.files = pn.widgets.FileSelector(directory=str(data_dir()), root_directory=str(data_dir()),
-                                             visible=False, height=220)
+        self.files = DataFilePicker()
+        self.files.visible = False
+        self._defaults = {k: v for k, v in self.settings.param.values().items() if k != "name"}
         self.run_button = pn.widgets.Button(name="Run", button_type="primary", width=100,
                                             css_classes=["ptynb-run"])
         self.run_button.on_click(self._run)
@@ -55,11 +63,16 @@ class StereoApp(pn.viewable.Viewer):
         self.layers_pane = pn.Column()
         self.frc_pane = pn.Column()
         self.param.watch(lambda e: setattr(self.files, "visible", e.new != "simulated demo"), "source")
+        self.param.watch(self._apply_preset, "preset")
         self.param.watch(self._update_anaglyph, ["anaglyph_shift", "left_view", "right_view"])
         if result is not None:
             self._done(result)
 
     # ------------------------------------------------------------------ actions
+    def _apply_preset(self, event):
+        values = dict(self._defaults)
+        values.update(PRESETS[event.new])
+        self.settings.param.update(**values)
     def _show_error(self, exc):
         self.error.object = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
         self.error.visible = True
@@ -69,13 +82,13 @@ class StereoApp(pn.viewable.Viewer):
         s = self.settings
         measurement = None
         if self.source != "simulated demo":
-            chosen = [p for p in self.files.value if Path(p).suffix.lower() in FILE_SUFFIXES]
-            if not chosen:
-                self._show_error(f"choose a stereo measurement file ({', '.join(FILE_SUFFIXES)}) "
-                                 "in the data directory")
-                return
             try:
-                measurement = load_any(chosen[0])
+                path = self.files.path
+                if path is None:
+                    self._show_error(f"choose a stereo measurement file ({', '.join(FILE_SUFFIXES)}) "
+                                     f"in {data_dir()}")
+                    return
+                measurement = load_any(path)
                 wf.check_stereo_measurement(measurement)
             except Exception as exc:  # shown in the page; the app keeps working
                 self._show_error(exc)
@@ -227,7 +240,9 @@ class StereoApp(pn.viewable.Viewer):
         controls = pn.Column(
             "## Stereo ptychography",
             pn.widgets.Select.from_param(self.param.source, css_classes=["ptynb-source"]),
-            self.files, *setting_cards,
+            self.files,
+            pn.widgets.Select.from_param(self.param.preset, css_classes=["ptynb-preset"]),
+            *setting_cards,
             pn.Row(self.run_button, self.save_format), self.save_button,
             self.runner, self.error, self.message, width=350,
         )
