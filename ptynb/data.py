@@ -85,6 +85,10 @@ DIMS = {
     "py": "probe window rows (m), zero at index n//2",
     "px": "probe window columns (m), zero at index n//2",
     "iteration": "convergence history index",
+    "layer": "thin sample layers (stereo layer recovery); coordinate layer_z (m)",
+    "q": "FRC/FSC shell or ring spatial frequency (1/m)",
+    "qz": "volume power-spectrum axis along z (1/m)",
+    "r": "radial-profile radius",
 }
 
 #: Largest object dimension (pixels) accepted before positions are treated as a unit error.

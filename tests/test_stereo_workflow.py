@@ -167,3 +167,19 @@ def test_bad_input_is_specific():
         st.combine_beams(moved, {"left": -1.5, "right": 1.5})
     with pytest.raises(ValidationError, match="defocus: the beam"):
         st.simulate(st.Settings(defocus=-5e-3))
+
+
+@pytest.mark.slow
+def test_three_layers_from_three_beams():
+    """The paper's stated future work: N layers from >= 2 beams (here an IC-like stack of three
+    Cu wiring layers 500 nm apart, seen by three beams)."""
+    s = st.Settings(sample="ic_stack", n_beams=3, n_layers=3, separation=500e-9, scan_grid=12,
+                    epie_iterations=60, lsqml_iterations=30)
+    tree = st.run(s, progress=False)
+    lay = tree["layers"].to_dataset()
+    assert lay.sizes["layer"] == 3 and lay.attrs["layer_shift_source"] == "geometry"
+    assert lay.attrs["views"] == ["left", "center", "right"]
+    pccs = [lay.attrs[f"pcc_{k}"] for k in ("0", "1", "2")]
+    assert min(pccs) >= 0.7, pccs
+    # each recovered layer matches a different true layer
+    assert sorted(lay.attrs[f"layer_{k}_is"] for k in range(3)) == ["0", "1", "2"]

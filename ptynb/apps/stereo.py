@@ -21,7 +21,7 @@ PRESETS = {
 }
 
 SETTING_GROUPS = {
-    "Sample and beams": ["sample", "n_beams", "theta_s", "separation", "astigmatism", "scan_grid", "seed"],
+    "Sample and beams": ["sample", "n_beams", "theta_s", "separation", "n_layers", "astigmatism", "scan_grid", "seed"],
     "Reconstruction": ["epie_iterations", "lsqml_iterations", "position_refinement_start", "upsample"],
     "Analysis": ["reference_beam", "layer_shift_px", "subpixel", "frc"],
 }
@@ -163,8 +163,10 @@ class StereoApp(pn.viewable.Viewer):
             self._update_anaglyph()
         if "layers" in t:
             lay = t["layers"].to_dataset()
-            imgs = [viz.image(lay["layers"].isel(layer=k), title=f"recovered layer: {lay.layer.values[k]}",
-                              cmap="gray") for k in range(lay.sizes["layer"])]
+            imgs = [viz.image(lay["layers"].isel(layer=k), cmap="gray",
+                              title=f"recovered layer {k} (z = {float(lay.layer_z[k]) * 1e9:.0f} nm)"
+                                    + (f": {lay.attrs[f'layer_{k}_is']}" if f"layer_{k}_is" in lay.attrs else ""))
+                    for k in range(lay.sizes["layer"])]
             a = lay.attrs
             lines = [f"layer shift between the outer views: **{a['layer_shift_px']:.2f} px**"
                      f" (from {a.get('layer_shift_source', 'value')})"]

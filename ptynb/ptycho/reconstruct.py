@@ -441,10 +441,11 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
         _mem = None
     bs_eff = batch_size or (16 if any(e == "lsqml" for e, _ in sched) else 1)
     if _mem is not None:
+        lazy_input = hasattr(ds["intensity"].data, "dask")
         est = _mem.estimate_memory(
             n_patterns=J, detector_shape=(N, N), object_shape=(Y, X), n_slices=L, n_modes=M,
-            batch_size=min(int(bs_eff), J), device=device, upsample=up,
-            engine="lsqml" if any(e == "lsqml" for e, _ in sched) else sched[0][0])
+            batch_size=min(int(bs_eff), J), device=device, upsample=up, engine=list(sched),
+            momentum=bool(options.get("momentum")), include_input=lazy_input)
         _mem.check_memory(est, device)
 
     # ---------------------------------------------------------------- probe + problem

@@ -220,7 +220,7 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
     vo = torch.as_tensor(np.asarray(vol_origin, dtype=np.float64), dtype=rdt, device=dev)
     vst = torch.as_tensor(np.array(vs), dtype=rdt, device=dev)
     shape_t = torch.as_tensor([nz, ny, nx], dtype=rdt, device=dev)
-    ang = torch.as_tensor(np.asarray(angles_deg, dtype=np.float64) if not torch.is_tensor(angles_deg)
+    ang = torch.as_tensor(np.array(angles_deg, dtype=np.float64, copy=True) if not torch.is_tensor(angles_deg)
                           else angles_deg, dtype=rdt, device=dev).reshape(-1)
     na = ang.numel()
     eul = None if euler_deg is None else torch.as_tensor(euler_deg, dtype=rdt, device=dev).reshape(na, 3)

@@ -67,6 +67,8 @@ class Settings(param.Parameterized):
     separation = param.Number(default=480e-9, bounds=(0, None), doc="Distance between the two layers (m)")
     particle_radius = param.Number(default=125e-9, bounds=(5e-9, None),
                                    doc="Radius of the Au particles of the two-layer sample (m)")
+    n_layers = param.Integer(default=2, bounds=(2, 8),
+                             doc="Layers of the sample model (the IC-like stack: equally spaced by `separation`)")
     energy_eV = param.Number(default=8000.0, bounds=(100.0, 1e5), doc="Photon energy (eV)")
     pixel_size = param.Number(default=8.1e-9, bounds=(1e-10, 1e-6), doc="Reconstruction pixel (m)")
     detector = param.Integer(default=64, bounds=(16, 1024), doc="Detector pixels per side")
@@ -165,7 +167,7 @@ def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
             "window; use a smaller |defocus| or a larger detector")
     step = (1.0 - s.overlap) * beam_d
     grid = int(s.scan_grid)
-    margin = n // 2 + int(np.ceil(abs(s.separation) * np.tan(s.theta_s * DEG) / dx)) + 4
+    margin = n // 2 + int(np.ceil(layer_depths(s)[-1] * np.tan(s.theta_s * DEG) / dx)) + 4
     span = (grid - 1) * step
     ny = nx = int(np.ceil(span / dx)) + 2 * margin + 1
     sy, sx = scan.raster_scan(grid, grid, step, jitter=s.jitter, seed=s.seed,
@@ -174,7 +176,8 @@ def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
         sample = phantoms.stereo_two_layer((ny, nx), dx, s.energy_eV, separation=s.separation,
                                            particle_radius=s.particle_radius, seed=s.seed)
     else:
-        sample = phantoms.layered_stack((ny, nx), dx, s.energy_eV, seed=s.seed)
+        sample = phantoms.layered_stack((ny, nx), dx, s.energy_eV, n_layers=int(s.n_layers),
+                                        spacing=float(s.separation), seed=s.seed)
     layers = np.asarray(sample["layers"].values)  # (layer, y, x) complex transmission
     z = np.asarray(sample["z"].values, dtype=float)
     if layers.shape[0] < 2:
@@ -198,6 +201,13 @@ def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
     ds.attrs.update(s.as_attrs())
     ds.attrs.update(sample=s.sample, separation=float(s.separation), theta_s_deg=float(s.theta_s))
     return ds
+
+
+def layer_depths(settings: Settings) -> np.ndarray:
+    """Depths (m) of the sample model's layers: two layers ``separation`` apart for the
+    two-layer sample, else ``n_layers`` layers equally spaced by ``separation``."""
+    n = 2 if settings.sample == "two_layer" else int(settings.n_layers)
+    return np.arange(n) * float(settings.separation)
 
 
 def _wavelength(energy_eV):
@@ -426,60 +436,77 @@ def _crop_valid(views: xr.Dataset):
 
 
 def separate_layers(views: xr.Dataset, settings: Settings, *, truth: xr.DataArray | None = None,
-                    progress: bool = False) -> xr.Dataset:
-    """Recover two layers from the two outer (most inclined) aligned views.
+                    depths=None, progress: bool = False) -> xr.Dataset:
+    """Recover the sample's layers from the aligned views (the paper's Eq. 3, generalised).
 
-    The views are aligned on one layer; the other layer moves by ``s`` px between the outer
-    views. ``s`` comes from ``settings.layer_shift_px`` if given; else with
-    ``shift_source="geometry"`` (default) its size is ``separation * (tan t1 - tan t0) / px``
-    and the data decide its sign (which layer the alignment locked on,
-    :func:`stereo_steps.choose_shift_sign`); with ``"estimate"`` it is estimated from the data
-    alone (:func:`stereo_steps.estimate_layer_shift`: reliable on sparse features, not on dense
-    periodic ones such as zone-plate rings whose period is near 2 s). Then the sign-constrained convex problem is
-    solved (sub-pixel shifts unless ``settings.subpixel`` is False). If ``truth`` (layer, y, x)
-    phases are given, per-layer PCC and cross-talk are reported, matching recovered to true
-    layers by correlation (the layer order along the beam is what the data decide).
+    Model: view ``v`` is the sum of the layers, layer ``l`` shifted by
+    ``(z_l - z_ref) tan(theta_v) / px`` along x, where ``z_ref`` is the layer the views were
+    aligned on. The shifts come from:
+
+    - ``settings.layer_shift_px`` (two layers, outer views): the moving layer's shift between
+      the outer views, as given;
+    - ``shift_source="geometry"`` (default): the layer depths (``depths`` or
+      :func:`layer_depths`) and beam tilts; the reference layer and the direction are chosen by
+      cross-validation (:func:`stereo_steps.choose_layer_geometry`) and all views are used;
+    - ``shift_source="estimate"`` (two layers): the shift between the outer views estimated from
+      the data alone (:func:`stereo_steps.estimate_layer_shift`; reliable on sparse features, not
+      on dense periodic ones such as zone-plate rings whose period is near twice the shift).
+
+    The sign-constrained convex problem is then solved with sub-pixel shifts (rounded to whole
+    pixels if ``settings.subpixel`` is False, as in the paper's original algorithm). With
+    ``truth`` (layer, y, x) phases, per-layer PCC and cross-talk are reported (recovered and true
+    layers matched by correlation, after registration).
 
     Returns
     -------
-    Dataset with ``layers`` (layer, y, x) (rad), attrs ``layer_shift_px``,
-    ``layer_shift_estimated``, ``separation_estimate`` (m, from the shift and the beam tilts)
-    and, with truth, ``pcc_<k>``, ``crosstalk_<k>``.
+    Dataset with ``layers`` (layer, y, x) (rad) and coords ``layer``, ``layer_z`` (m); attrs
+    ``layer_shift_px`` (largest relative shift between the outer views), ``layer_shift_source``,
+    ``separation_estimate`` (m, two layers), and with truth ``pcc_<name>``, ``crosstalk_<name>``.
     """
-    tilts = np.asarray(views["beam_tilt"].values, dtype=float) if "beam_tilt" in views.coords else None
+    if "beam_tilt" not in views.coords:
+        raise ValidationError("beam_tilt", "the views need each beam's tilt (degrees) as a beam_tilt coordinate")
+    tilts = np.asarray(views["beam_tilt"].values, dtype=float)
     beams = list(views["beam"].values)
-    if tilts is not None:
-        i0, i1 = int(np.argmin(tilts)), int(np.argmax(tilts))
-    else:
-        i0, i1 = 0, len(beams) - 1
+    i0, i1 = int(np.argmin(tilts)), int(np.argmax(tilts))
+    px = float(views.attrs["pixel_size"])
+    z = np.asarray(layer_depths(settings) if depths is None else depths, dtype=float)
     ys, xs = _crop_valid(views)
-    pair = np.stack([views["phase"].values[i0][ys, xs], views["phase"].values[i1][ys, xs]]).astype(np.float64)
-    if settings.layer_shift_px is not None:
-        source, s = "value", float(settings.layer_shift_px)
-    elif settings.shift_source == "geometry":
-        if tilts is None:
-            raise ValidationError("beam_tilt", "the geometric layer shift needs the beam tilts")
-        px = float(views.attrs["pixel_size"])
-        mag = abs(float(settings.separation) * (np.tan(tilts[i1] * DEG) - np.tan(tilts[i0] * DEG)) / px)
-        source, s = "geometry", steps.choose_shift_sign(pair, mag, axis="x")["shift"]
+    allv = views["phase"].values[:, ys, xs].astype(np.float64)
+    if settings.layer_shift_px is not None or settings.shift_source == "estimate":
+        if z.size != 2:
+            raise ValidationError("layer_shift_px", "a single layer shift describes two layers only; "
+                                  "use shift_source='geometry' with the layer depths")
+        pair = allv[[i0, i1]]
+        if settings.layer_shift_px is not None:
+            source, sft = "value", float(settings.layer_shift_px)
+        else:
+            source = "estimate"
+            sft = steps.estimate_layer_shift(pair, max_shift=6.0, axis="x", progress=progress)["shift"]
+        data = pair
+        shifts = np.zeros((2, 2, 2))
+        shifts[1, 1, 1] = sft
+        used = [beams[i0], beams[i1]]
     else:
-        source = "estimate"
-        s = steps.estimate_layer_shift(pair, max_shift=6.0, axis="x", progress=progress)["shift"]
-    estimated = source == "estimate"
-    shifts = np.zeros((2, 2, 2))
-    shifts[1, 1, 1] = s  # layer 1 ("moving") shifts by s from the first view to the second
-    res = steps.recover_layers(pair, shifts, iterations=int(settings.layer_iterations),
+        source = "geometry"
+        choice = steps.choose_layer_geometry(allv, z, tilts * DEG, px)
+        data, shifts, used = allv, choice["shifts"], beams
+    res = steps.recover_layers(data, shifts, iterations=int(settings.layer_iterations),
                                subpixel=bool(settings.subpixel), progress=progress)
-    layers = np.zeros((2,) + views["phase"].shape[1:], np.float32)
+    rel = shifts[-1, :, 1] - shifts[0, :, 1] if source != "geometry" else shifts[i1, :, 1] - shifts[i0, :, 1]
+    k = int(np.argmax(np.abs(rel)))
+    layers = np.zeros((shifts.shape[1],) + views["phase"].shape[1:], np.float32)
     layers[:, ys, xs] = res["layers"]
-    attrs = {"layer_shift_px": float(s), "layer_shift_estimated": int(estimated), "layer_shift_source": source,
-             "subpixel": int(bool(settings.subpixel)), "residual_rms": res["residual"],
-             "views": [str(beams[i0]), str(beams[i1])]}
-    if tilts is not None:
-        dt = np.tan(tilts[i1] * DEG) - np.tan(tilts[i0] * DEG)
-        attrs["separation_estimate"] = float(abs(s) * float(views.attrs["pixel_size"]) / dt) if dt else float("nan")
+    attrs = {"layer_shift_px": float(rel[k]), "layer_shift_estimated": int(source == "estimate"),
+             "layer_shift_source": source, "subpixel": int(bool(settings.subpixel)),
+             "residual_rms": res["residual"], "views": [str(b) for b in used],
+             "shifts_x_px": np.asarray(shifts[..., 1], dtype=float).ravel()}
+    dt = np.tan(tilts[i1] * DEG) - np.tan(tilts[i0] * DEG)
+    if shifts.shape[1] == 2 and dt:
+        attrs["separation_estimate"] = float(abs(rel[k]) * px / dt)
+    lz = z if z.size == shifts.shape[1] else np.arange(shifts.shape[1], dtype=float)
     out = xr.Dataset({"layers": (("layer", "y", "x"), layers, {"units": "rad"})},
-                     coords={"layer": ["static", "moving"], "y": views.y, "x": views.x}, attrs=attrs)
+                     coords={"layer": np.arange(shifts.shape[1]), "layer_z": ("layer", lz, {"units": "m"}),
+                             "y": views.y, "x": views.x}, attrs=attrs)
     if truth is not None:
         out.attrs.update(_layer_scores(out, views, truth, (ys, xs)))
     return out
@@ -490,32 +517,35 @@ def _layer_scores(out, views, truth, crop):
 
     Independent reconstructions are only defined up to a global translation (the
     object/probe ambiguity), so each recovered layer is registered to each true layer by
-    sub-pixel phase cross-correlation before the PCC; recovered layers are matched to true
-    ones by the larger total PCC. Cross-talk is the |PCC| of a recovered layer with the
-    *other* true layer, using the registration of its matched pair.
+    sub-pixel cross-correlation before the PCC; recovered layers are matched to true ones by
+    maximising the total PCC (Hungarian assignment). Cross-talk of a layer is the largest |PCC|
+    of its recovered layer with any *other* true layer, using the matched registration.
     """
+    from scipy.optimize import linear_sum_assignment
+
     from ..metrics import pcc
     from ..tomo.align import phase_cross_correlation, shift_image
 
     ys, xs = crop
     rec = out["layers"].values[:, ys, xs].astype(np.float64)
     tr = truth.interp(y=views.y, x=views.x, method="linear").values[:, ys, xs]
-    b = int(np.ceil(abs(out.attrs["layer_shift_px"]))) + 8
+    b = int(np.ceil(np.abs(np.asarray(out.attrs.get("shifts_x_px", [0.0]))).max())) + 8
     inner = (slice(b, -b), slice(b, -b))
-    n = rec.shape[0]
-    shifts = np.zeros((n, tr.shape[0], 2))
-    m = np.zeros((n, tr.shape[0]))
+    n, nt = rec.shape[0], tr.shape[0]
+    shifts = np.zeros((n, nt, 2))
+    m = np.zeros((n, nt))
     for i in range(n):
-        for j in range(tr.shape[0]):
+        for j in range(nt):
             shifts[i, j] = phase_cross_correlation(tr[j], rec[i], upsample=20, normalization=None)
             m[i, j] = pcc(np.real(shift_image(rec[i], shifts[i, j]))[inner], tr[j][inner])
-    order = (0, 1) if m[0, 0] + m[1, 1] >= m[0, 1] + m[1, 0] else (1, 0)
-    names = [str(v) for v in truth["layer"].values] if "layer" in truth.coords else ["0", "1"]
+    rows, cols = linear_sum_assignment(-m)
+    names = [str(v) for v in truth["layer"].values] if "layer" in truth.coords else [str(j) for j in range(nt)]
     scores = {}
-    for i, j in enumerate(order):
+    for i, j in zip(rows, cols):
         reg = np.real(shift_image(rec[i], shifts[i, j]))[inner]
         scores[f"pcc_{names[j]}"] = float(m[i, j])
-        scores[f"crosstalk_{names[j]}"] = float(abs(pcc(reg, tr[1 - j][inner])))
+        others = [abs(pcc(reg, tr[k][inner])) for k in range(nt) if k != j]
+        scores[f"crosstalk_{names[j]}"] = float(max(others)) if others else 0.0
         scores[f"layer_{i}_is"] = names[j]
     return scores
 
@@ -683,7 +713,8 @@ def run(settings: Settings | None = None, measurement: xr.Dataset | None = None,
 
         report(0.8, "separating the layers")
         truth = measurement["true_layers"] if "true_layers" in measurement else None
-        layers = separate_layers(views, s, truth=truth, progress=progress)
+        depths = measurement["layer_z"].values if "layer_z" in measurement.coords else None
+        layers = separate_layers(views, s, truth=truth, depths=depths, progress=progress)
         tree["layers"] = xr.DataTree(layers)
         _check_cancel(cancel)
 

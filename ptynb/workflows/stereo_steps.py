@@ -211,30 +211,86 @@ def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign
             "scan": np.stack([grid, vals], axis=1)}
 
 
-def _cv_scorer(t, *, axis, sign, smoothness, iterations, holdout, folds, seed, border):
-    """Held-out prediction error of the two-layer model as a function of the shift."""
+def _cv_masks(shape, holdout, folds, seed):
     if not 0 < holdout < 1:
         raise ValidationError("holdout", f"must be in (0, 1), got {holdout}")
-    ax = 1 if axis == "x" else 0
     rng = np.random.default_rng(seed)
-    masks = [rng.random(t.shape) >= holdout for _ in range(folds)]
+    return [rng.random(shape) >= holdout for _ in range(folds)]
+
+
+def cv_score(views, shifts, *, sign="negative", smoothness=0.05, iterations=100, holdout=0.3,
+             folds=1, seed=0, border=None) -> float:
+    """Cross-validated prediction error (mean squared, units of the views squared) of the
+    layer model with ``shifts`` (V, L, 2): fit on a random ``1 - holdout`` of the pixels
+    (independently per view), predict the rest."""
+    t = np.asarray(views, dtype=np.float64)
+    sh = np.asarray(shifts, dtype=np.float64)
+    border = int(np.ceil(np.abs(sh).max())) + 2 if border is None else int(border)
+    err, n = 0.0, 0
+    for m in _cv_masks(t.shape, holdout, folds, seed):
+        r = recover_layers(t, sh, sign=sign, smoothness=smoothness, iterations=iterations,
+                           border=border, tol=0, weights=m)
+        pred = r["predict"]()
+        held = ~m
+        held[:, :border] = held[:, -border:] = False
+        held[:, :, :border] = held[:, :, -border:] = False
+        err += float(np.sum((pred - t)[held] ** 2))
+        n += int(held.sum())
+    return err / max(n, 1)
+
+
+def _cv_scorer(t, *, axis, sign, smoothness, iterations, holdout, folds, seed, border):
+    """Held-out prediction error of the two-layer model as a function of the shift."""
+    ax = 1 if axis == "x" else 0
 
     def score(shift):
         sh = np.zeros((2, 2, 2))
         sh[1, 1, ax] = shift  # layer 1 moves by `shift` from view 0 to view 1
-        err, n = 0.0, 0
-        for m in masks:
-            r = recover_layers(t, sh, sign=sign, smoothness=smoothness, iterations=iterations,
-                               border=border, tol=0, weights=m)
-            pred = r["predict"]()
-            held = ~m
-            held[:, :border] = held[:, -border:] = False
-            held[:, :, :border] = held[:, :, -border:] = False
-            err += float(np.sum((pred - t)[held] ** 2))
-            n += int(held.sum())
-        return err / max(n, 1)
+        return cv_score(t, sh, sign=sign, smoothness=smoothness, iterations=iterations,
+                        holdout=holdout, folds=folds, seed=seed, border=border)
 
     return score
+
+
+def choose_layer_geometry(views, depths, tilts, pixel_size, *, seed: int = 0, **kw) -> dict:
+    """Layer shifts in every view from known layer depths and beam tilts.
+
+    The views were aligned on one layer (whichever dominated the cross-correlation), so the
+    depths are known only relative to an unknown reference layer; the direction in which depth
+    shifts features is also fixed only up to the sign convention of the set-up. Every candidate
+    (reference layer, direction) gives shifts ``+-(z_l - z_ref) tan(theta_v) / px``; the one with
+    the lowest cross-validated prediction error (:func:`cv_score`) wins.
+
+    Parameters
+    ----------
+    views : real array (V, y, x), aligned
+    depths : (L,) layer depths (m), any origin
+    tilts : (V,) beam tilts (rad)
+    pixel_size : float (m)
+
+    Returns
+    -------
+    dict with ``shifts`` (V, L, 2) px, ``reference`` (layer index), ``direction`` (+1/-1),
+    ``scores`` {(reference, direction): error}.
+    """
+    t = np.asarray(views, dtype=np.float64)
+    z = np.asarray(depths, dtype=float)
+    th = np.asarray(tilts, dtype=float)
+    if t.ndim != 3 or t.shape[0] != th.size:
+        raise ValidationError("views", f"need (V={th.size}, y, x) views, got shape {t.shape}")
+    if z.size < 2:
+        raise ValidationError("depths", "need at least two layers")
+    params = dict(sign="negative", smoothness=0.05, iterations=100, holdout=0.3, folds=1)
+    params.update(kw)
+    scores, cands = {}, {}
+    for ref in range(z.size):
+        base = layer_shifts(z, th, pixel_size, reference_depth=z[ref])
+        for direction in (1, -1):
+            sh = direction * base
+            scores[(ref, direction)] = cv_score(t, sh, seed=seed, **params)
+            cands[(ref, direction)] = sh
+    best = min(scores, key=scores.get)
+    return {"shifts": cands[best], "reference": best[0], "direction": best[1], "scores": scores}
 
 
 def choose_shift_sign(views, magnitude: float, *, axis: str = "x", seed: int = 0, **kw) -> dict:
