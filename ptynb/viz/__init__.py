@@ -274,7 +274,6 @@ def cost_curve(cost, *, title="cost", logy=True):
 def show(obj, **kwargs):
     """A view suited to a ptynb object: measurement -> scan explorer, reconstruction -> object
     + probe + cost, 2D complex -> amplitude/phase, real 2D -> image."""
-    hv = _hv()
     if isinstance(obj, xr.Dataset):
         kind = obj.attrs.get("kind")
         if kind == "measurement" or "intensity" in obj:

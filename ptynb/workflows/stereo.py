@@ -24,7 +24,6 @@ import numpy as np
 import param
 import xarray as xr
 
-from .. import __version__
 from ..data import ValidationError, provenance
 from . import stereo_steps as steps
 from .stereo_steps import (

@@ -131,20 +131,13 @@ def anaglyph(left, right, *, shift=(0.0, 0.0), percentiles=(1.0, 99.0)) -> np.nd
     return np.stack([a, b, b], axis=-1).astype(np.float32)
 
 
-def fourier_shift(img, shift, *, xp=None):
+def fourier_shift(img, shift):
     """Shift a real or complex image (..., y, x) by ``shift = (dy, dx)`` pixels (periodic,
-    sub-pixel, via the Fourier shift theorem). Positive shifts move content to larger indices."""
-    from ..backend import fft2, ifft2, xp_of
+    sub-pixel, Fourier shift theorem); positive shifts move content to larger indices.
+    Same as :func:`ptynb.tomo.align.shift_image` (kept here as the stereo steps' name)."""
+    from ..tomo.align import shift_image
 
-    xp = xp or xp_of(img)
-    a = xp.asarray(img)
-    real = not xp.iscomplexobj(a)
-    ny, nx = a.shape[-2:]
-    ky = xp.fft.fftfreq(ny)[:, None]
-    kx = xp.fft.fftfreq(nx)[None, :]
-    ramp = xp.exp(-2j * np.pi * (ky * float(shift[0]) + kx * float(shift[1])))
-    out = ifft2(fft2(a.astype(xp.complex128)) * ramp)
-    return out.real if real else out.astype(a.dtype if a.dtype.kind == "c" else xp.complex64)
+    return shift_image(img, shift)
 
 
 def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign: str | None = "negative",
