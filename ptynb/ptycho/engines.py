@@ -403,6 +403,9 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     amp_all, amps_all = buf.amp, buf.amp_s
     eps = f32(1e-6 * np.sqrt(npix))
     inv1 = f32(1.0 / npix)
+    # real work arrays (n, n), reused every step instead of allocating temporaries
+    ra, rb, ro, rp = (np.empty((n, n), np.float32) for _ in range(4))
+    sub_ = np.subtract
     cost = 0.0
     for j in order.tolist():
         y = iy[j]
@@ -411,9 +414,9 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         mul(P, Ov, out=chi)
         fwd_plan.execute()
         if gaussian:
-            amp = absf(W0)
+            amp = absf(W0, out=ra)
             A = amp_all[j]
-            diff = amp - A
+            diff = sub_(amp, A, out=rb)
             if mask is not None:
                 diff *= mask
             cost += float(vdot(diff.ravel(), diff.ravel())) / npix
@@ -428,9 +431,10 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         W0 -= chi  # exit-wave update d
         # incident-wave (probe) update, from the object before it changes
         if update_probe:
-            oa = absf(Ov)
+            oa = absf(Ov, out=ro)
             omax = float(oa.max()) ** 2 + 1e-12
-            mul(conj(Ov), W0, out=dpsi)
+            conj(Ov, out=dpsi)
+            dpsi *= W0
             if regularized:
                 oa *= oa
                 oa *= f32(1.0 - beta)
@@ -442,14 +446,14 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         conj(P, out=tmp)
         tmp *= W0
         if regularized:
-            p2 = absf(P)
+            p2 = absf(P, out=rp)
             p2 *= p2
             pmax = float(p2.max())
             p2 *= f32(1.0 - alpha)
             p2 += f32(alpha * pmax + 1e-12)
             tmp /= p2
         else:
-            pmax = float(absf(P).max()) ** 2 + 1e-12
+            pmax = float(absf(P, out=rp).max()) ** 2 + 1e-12
             tmp *= f32(alpha / pmax)
         Ov += tmp
         if update_probe:
