@@ -340,18 +340,20 @@ def test_joint_refinement_recovers_shifts_and_rotations(rng):
         P.attrs.pop(k, None)
     losses = []
     out, info = A.align(P, method="joint", iterations=2, progress=False,
-                        schedule=(("shifts", 0.1, 1), ("rotations", 0.2, 2), ("all", 1.0, 2)),
-                        pose_steps=15, volume_steps=5,
+                        schedule=(("shifts", 0.1, 1), ("rotations", 0.2, 2), ("all", 1.0, 4)),
+                        pose_steps=25, volume_steps=5,
                         callback=lambda i, d: losses.append(d["loss"]))
     shifts = np.stack([out["shift_y"].values, out["shift_x"].values], axis=1)
     poses = np.stack([out["pose_rx"].values, out["pose_ry"].values, out["pose_rz"].values], axis=1)
     shift_err = np.sqrt(np.mean(np.sum((shifts + S) ** 2, axis=1)))
     rot_err = np.sqrt(np.mean((poses - E) ** 2))
     assert shift_err < 0.3
-    # from 1.0 deg rms; this short schedule (CI budget) reaches ~0.3-0.4 deg, a longer one
-    # (4 full-scale rounds of 25 pose steps) ~0.2 deg: the 0.2 deg target is not met yet
-    assert rot_err < 0.5
-    assert len(losses) == 5 and losses[-1] < losses[0]
+    # from 1.0 deg rms this schedule reaches 0.17-0.26 deg over random draws (35 s on 2 cores):
+    # the 0.2 deg target is met only sometimes; rotation about the tomographic axis is weakest
+    assert rot_err < 0.4
+    assert len(losses) == 7
+    # every round ends lower than it started at full scale (monotone volume steps)
+    assert losses[-1] < losses[-2] < losses[-3] < losses[-4]
     pcc_joint = metrics.pcc(vol, info["volume"])
     print(f"joint refinement: shift error {shift_err:.3f} px rms, rotation error {rot_err:.3f} deg rms, "
           f"volume PCC {pcc_joint:.4f}")

@@ -620,7 +620,12 @@ def _blur3d(v, sigma, torch):
 
 def _cgls(A, b, x0, iterations, torch):
     """``iterations`` of CGLS for ``min ||A x - b||^2`` from ``x0``; ``A`` linear (torch), its
-    adjoint taken by autograd on one retained graph (valid for any point, A being linear)."""
+    adjoint taken by autograd on one retained graph (valid for any point, A being linear).
+
+    The residual is recomputed from ``x`` every iteration (not updated recursively), and a step
+    that would raise it is undone and ends the run: in float32 the recursive residual of CG
+    drifts near convergence, and without this guard a warm-started solve could leave the
+    volume worse than it found it. The result is never worse than ``x0``."""
     z = torch.zeros_like(x0, requires_grad=True)
     graph = A(z)
 
@@ -630,6 +635,7 @@ def _cgls(A, b, x0, iterations, torch):
     x = x0.detach().clone()
     with torch.no_grad():
         r = b - A(x)
+        rr = float(torch.sum(r * r))
     s_ = AT(r)
     p = s_.clone()
     gamma = float(torch.sum(s_ * s_))
@@ -643,7 +649,12 @@ def _cgls(A, b, x0, iterations, torch):
                 break
             alpha = gamma / qq
             x += alpha * p
-            r -= alpha * q
+            r_new = b - A(x)
+            rr_new = float(torch.sum(r_new * r_new))
+            if not rr_new < rr:
+                x -= alpha * p
+                break
+            r, rr = r_new, rr_new
         s_ = AT(r)
         gnew = float(torch.sum(s_ * s_))
         p = s_ + (gnew / gamma) * p
