@@ -50,7 +50,7 @@ class StereoApp(pn.viewable.Viewer):
         self.run_button = pn.widgets.Button(name="Run", button_type="primary", width=100,
                                             css_classes=["ptynb-run"])
         self.run_button.on_click(self._run)
-        self.save_button = pn.widgets.Button(name="Save result (HDF5)", width=160, disabled=True,
+        self.save_button = pn.widgets.Button(name="Save result", width=160, disabled=True,
                                              css_classes=["ptynb-save"])
         self.save_button.on_click(self._save)
         self.save_format = pn.widgets.RadioButtonGroup(options=[".h5", ".zarr"], value=".h5", width=120)
@@ -58,7 +58,7 @@ class StereoApp(pn.viewable.Viewer):
         self.message = pn.pane.Markdown("", css_classes=["ptynb-message"])
         self.numbers = pn.pane.Markdown("", css_classes=["ptynb-numbers"])
         self.anaglyph_caption = pn.pane.Markdown("", css_classes=["ptynb-anaglyph-caption"])
-        self.anaglyph_pane = pn.pane.HoloViews(None, css_classes=["ptynb-anaglyph"])
+        self.anaglyph_pane = pn.pane.HoloViews(None, css_classes=["ptynb-anaglyph"], linked_axes=False)
         self.probes_pane = pn.Column()
         self.layers_pane = pn.Column()
         self.frc_pane = pn.Column()
@@ -134,8 +134,8 @@ class StereoApp(pn.viewable.Viewer):
             self.param.left_view.objects = beams
             self.param.right_view.objects = beams
             self.left_view, self.right_view = beams[0], beams[-1]
-            probes = [pn.pane.HoloViews(viz.probe_view(rec["probe"].sel(beam=b), title=f"{b} probe"))
-                      for b in beams]
+            probes = [pn.pane.HoloViews(viz.probe_view(rec["probe"].sel(beam=b), title=f"{b} probe"),
+                                        linked_axes=False) for b in beams]
             if "caustics" in t:
                 import holoviews as hv
 
@@ -152,7 +152,7 @@ class StereoApp(pn.viewable.Viewer):
                                                                   frame_width=300, frame_height=150)
                     a = c.attrs
                     probes.append(pn.Column(
-                        pn.pane.HoloViews(h + v),
+                        pn.pane.HoloViews(h + v, linked_axes=False),
                         pn.pane.Markdown(
                             f"**{b}**: focus x {a['focus_x'] * 1e3:.3f} mm, y {a['focus_y'] * 1e3:.3f} mm "
                             f"(astigmatic offset {a['astigmatic_offset'] * 1e6:.1f} um); spot FWHM "
@@ -163,6 +163,10 @@ class StereoApp(pn.viewable.Viewer):
             self._update_anaglyph()
         if "layers" in t:
             lay = t["layers"].to_dataset()
+            if "views" in t:  # show the area where the layers were recovered
+                valid = t["views"].to_dataset()["valid"].values
+                ys, xs = np.nonzero(valid)
+                lay = lay.isel(y=slice(ys.min(), ys.max() + 1), x=slice(xs.min(), xs.max() + 1))
             imgs = [viz.image(lay["layers"].isel(layer=k), cmap="gray",
                               title=f"recovered layer {k} (z = {float(lay.layer_z[k]) * 1e9:.0f} nm)"
                                     + (f": {lay.attrs[f'layer_{k}_is']}" if f"layer_{k}_is" in lay.attrs else ""))
@@ -175,7 +179,7 @@ class StereoApp(pn.viewable.Viewer):
             for k, v in a.items():
                 if k.startswith("pcc_"):
                     lines.append(f"PCC with true layer {k[4:]}: {v:.3f} (cross-talk {a['crosstalk_' + k[4:]]:.3f})")
-            self.layers_pane[:] = [pn.Row(*[pn.pane.HoloViews(i) for i in imgs]),
+            self.layers_pane[:] = [pn.Row(*[pn.pane.HoloViews(i, linked_axes=False) for i in imgs]),
                                    pn.pane.Markdown("  \n".join(lines), css_classes=["ptynb-layer-numbers"])]
         if "frc" in t:
             import holoviews as hv
@@ -183,7 +187,8 @@ class StereoApp(pn.viewable.Viewer):
             fr = t["frc"].to_dataset()
             curves = [hv.Curve((fr.q.values * 1e-6, fr.frc.sel(beam=b).values), "q (1/um)", "FRC",
                                label=str(b)) for b in fr.beam.values]
-            self.frc_pane[:] = [pn.pane.HoloViews(hv.Overlay(curves).opts(frame_width=400, title="FRC")),
+            self.frc_pane[:] = [pn.pane.HoloViews(hv.Overlay(curves).opts(frame_width=400, title="FRC"),
+                                                  linked_axes=False),
                                 pn.pane.Markdown("  \n".join(
                                     f"{b}: {r * 1e9:.1f} nm (half-bit)" for b, r in
                                     zip(fr.beam.values, fr.resolution.values)))]
@@ -228,7 +233,8 @@ class StereoApp(pn.viewable.Viewer):
         bounds = (0, 0, nx * px_nm, ny * px_nm)
         fig = (hv.RGB(rgb[::-1], bounds=bounds, kdims=["x (nm)", "y (nm)"]).opts(
                    title=f"anaglyph: {lv} red, {rv} cyan", frame_width=320, aspect="equal")
-               + hv.Image(diff[::-1], bounds=bounds, kdims=["x (nm)", "y (nm)"]).opts(
+               + hv.Image(diff[::-1], bounds=bounds, kdims=["x (nm)", "y (nm)"],
+                          vdims=["difference (rad)"]).opts(
                    cmap="RdBu", symmetric=True, colorbar=True, title=f"{lv} - shifted {rv} (rad)",
                    frame_width=320, aspect="equal"))
         self.anaglyph_pane.object = fig
