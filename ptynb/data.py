@@ -67,6 +67,8 @@ __all__ = [
     "experiment",
     "validate",
     "derived_pixel_size",
+    "check_positive",
+    "check_finite",
     "provenance",
     "PtyAccessor",
 ]
@@ -134,7 +136,20 @@ def provenance(**settings) -> dict:
     return out
 
 
-def _positive(name: str, value, allow_none=True):
+def check_finite(name: str, value) -> float:
+    """``value`` as a float; :class:`ValidationError` naming ``name`` unless a finite number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(name, f"must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValidationError(name, f"must be finite, got {value!r}")
+    return v
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False, allow_none: bool = False):
+    """``value`` as a float > 0 (>= 0 with ``allow_zero``; ``None`` passes with ``allow_none``);
+    otherwise :class:`ValidationError` naming ``name``. The one number check all modules use."""
     if value is None:
         if allow_none:
             return None
@@ -143,9 +158,14 @@ def _positive(name: str, value, allow_none=True):
         v = float(value)
     except (TypeError, ValueError):
         raise ValidationError(name, f"must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValidationError(name, f"must be positive and finite, got {value!r}")
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValidationError(name, f"must be {'non-negative' if allow_zero else 'positive'} "
+                                    f"and finite, got {value!r}")
     return v
+
+
+def _positive(name: str, value, allow_none=True):
+    return check_positive(name, value, allow_none=allow_none)
 
 
 def derived_pixel_size(

@@ -40,7 +40,7 @@ import xarray as xr
 from scipy import constants as _c
 from scipy.special import erf
 
-from ..data import ValidationError, centered_coord, provenance, real_space_coord, volume
+from ..data import ValidationError, centered_coord, check_positive, provenance, real_space_coord, volume
 
 __all__ = [
     "PENG_COEFFICIENTS",
@@ -244,15 +244,7 @@ def _shape2(shape, name="shape"):
     return s
 
 
-def _positive(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise ValidationError(name, f"must be positive and finite, got {value!r}")
-    return v
-
+_positive = check_positive
 
 def projected_potential(
     positions,

@@ -42,7 +42,7 @@ from functools import lru_cache
 import numpy as np
 import xarray as xr
 
-from ..data import ValidationError, centered_coord, provenance, real_space_coord, volume
+from ..data import ValidationError, centered_coord, check_positive, provenance, real_space_coord, volume
 from .atoms import rotation_matrix
 from .materials import material_formula, refractive_index
 from .units import wavelength
@@ -70,15 +70,7 @@ IC_LABELS = {0: "dielectric", 1: "wire", 2: "via"}
 
 
 # ============================================================================ validation
-def _posf(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise ValidationError(name, f"must be positive and finite, got {value!r}")
-    return v
-
+_posf = check_positive
 
 def _fraction(name, value, lo_open=False):
     try:

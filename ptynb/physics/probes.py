@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .. import backend
-from ..data import ValidationError, centered_coord, provenance
+from ..data import ValidationError, centered_coord, check_finite, check_positive, provenance
 from .propagation import angular_spectrum_kernel, spatial_frequencies
 from .units import wavelength as _wavelength
 
@@ -38,26 +38,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- helpers
-def _pos(name, value, allow_zero=False):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValidationError(name, f"must be {'non-negative' if allow_zero else 'positive'} "
-                                    f"and finite, got {value!r}")
-    return v
+_pos = check_positive  # (name, value, *, allow_zero=False)
 
-
-def _finite(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValidationError(name, f"must be finite, got {value!r}")
-    return v
-
+_finite = check_finite
 
 def _shape(shape):
     if isinstance(shape, (int, np.integer)):

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..data import ValidationError
+from ..data import ValidationError, check_positive
 
 __all__ = [
     "GOLDEN_ANGLE",
@@ -19,16 +19,7 @@ __all__ = [
 GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 
 
-def _pos(name, v, allow_zero=False):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"must be a number, got {v!r}") from None
-    if not math.isfinite(f) or f < 0 or (f == 0 and not allow_zero):
-        raise ValidationError(name, f"must be {'>= 0' if allow_zero else 'positive'} and "
-                                    f"finite, got {v!r}")
-    return f
-
+_pos = check_positive  # (name, value, *, allow_zero=False)
 
 def _count(name, v):
     try:
