@@ -297,20 +297,7 @@ class Projector:
             if hit is not None:
                 Projector._cache.move_to_end(key)
                 return hit
-        A = self._build_matrix(rdt)
-        if gpu:
-            import cupyx.scipy.sparse as csp
-
-            Ag = csp.csr_matrix(A)
-            ent = ([Ag], [Ag.T.tocsr()])
-        else:
-            blocks = _row_blocks(A, cpu_workers())
-            # adjoint: sum over row blocks of (block^T @ Y_block); block^T is a CSC view (no copy)
-            ent = (blocks, [b.T for b in blocks])
-        with Projector._cache_lock:
-            Projector._cache[key] = ent
-            _evict()
-        return ent
+        return _cache_matrix(key, self._build_matrix(rdt), gpu)
 
     def matrix(self):
         """The 2D slice matrix (scipy CSR, rows (angle, u), columns (z, x)) of the fast path."""
@@ -379,18 +366,7 @@ class Projector:
             vals.append(w[nz_])
         A = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                           shape=(self.geometry.n_angles * nrays, n_vox)).tocsr()
-        if gpu:
-            import cupyx.scipy.sparse as csp
-
-            Ag = csp.csr_matrix(A)
-            ent = ([Ag], [Ag.T.tocsr()])
-        else:
-            blocks = _row_blocks(A, cpu_workers())
-            ent = (blocks, [b.T for b in blocks])
-        with Projector._cache_lock:
-            Projector._cache[key] = ent
-            _evict()
-        return ent
+        return _cache_matrix(key, A, gpu)
 
     def _sparse_apply(self, ent, arr, transpose, rdt):
         xp = xp_of(arr)
@@ -490,6 +466,24 @@ class Projector:
 
 def _entry_nnz(ent):
     return sum(int(b.nnz) for b in ent[0])
+
+
+def _cache_matrix(key, A, gpu):
+    """Store CSR matrix ``A`` in the operator cache as (forward blocks, adjoint blocks) and return
+    that entry: one cupy CSR and its transpose on the GPU; on the CPU row blocks for the worker
+    threads, the adjoint being the sum over blocks of ``block^T @ Y_block`` (CSC views, no copy)."""
+    if gpu:
+        import cupyx.scipy.sparse as csp
+
+        Ag = csp.csr_matrix(A)
+        ent = ([Ag], [Ag.T.tocsr()])
+    else:
+        blocks = _row_blocks(A, cpu_workers())
+        ent = (blocks, [b.T for b in blocks])
+    with Projector._cache_lock:
+        Projector._cache[key] = ent
+        _evict()
+    return ent
 
 
 def _evict():
