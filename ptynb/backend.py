@@ -35,6 +35,10 @@ __all__ = [
     "to_device",
     "to_host",
     "fft2",
+    "fftw_plan",
+    "fftw_wisdom_path",
+    "load_fftw_wisdom",
+    "save_fftw_wisdom",
     "ifft2",
     "fftn",
     "ifftn",
@@ -213,6 +217,146 @@ def _fftw_effort_default() -> str:
     return os.environ.get("PTYNB_FFTW_EFFORT", "adaptive").strip().lower()
 
 
+# ---------------------------------------------------------------------------- FFTW wisdom
+#: planning rigour, weakest first (FFTW's flags)
+FFTW_EFFORTS = ("estimate", "measure", "patient", "exhaustive")
+_wisdom_lock = threading.Lock()
+_wisdom_state = {"loaded": False, "saved": None}
+
+
+def fftw_wisdom_path():
+    """The file in which FFTW wisdom (measured plans) is kept between sessions, or None.
+
+    ``PTYNB_FFTW_WISDOM``: a file path, or ``off``/``0``/``none`` to keep wisdom in memory
+    only. Default: ``$XDG_CACHE_HOME/ptynb/`` (``~/.cache/ptynb/``) with a file name keyed by
+    this CPU (model and instruction-set flags) and the pyfftw version, because a plan measured
+    on one CPU is not valid on another.
+    """
+    from pathlib import Path
+
+    env = os.environ.get("PTYNB_FFTW_WISDOM")
+    if env is not None and env.strip().lower() in ("", "0", "off", "none", "false", "no"):
+        return None
+    if env:
+        return Path(env).expanduser()
+    import hashlib
+    import platform
+
+    try:
+        import pyfftw
+
+        ver = pyfftw.__version__
+    except Exception:  # pragma: no cover - no pyfftw: no wisdom
+        return None
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags")):
+                    cpu += line
+                if cpu.count("\n") >= 2:
+                    break
+    except OSError:  # pragma: no cover - non-Linux
+        cpu = platform.processor()
+    key = hashlib.sha1(f"{platform.machine()}|{cpu}|{ver}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptynb"
+    return base / f"fftw-wisdom-{key}.json"
+
+
+def load_fftw_wisdom() -> bool:
+    """Import the stored FFTW wisdom once per process; True if a file was read.
+
+    A missing, unreadable or foreign file is ignored (plans are then measured again).
+    """
+    with _wisdom_lock:
+        if _wisdom_state["loaded"]:
+            return False
+        _wisdom_state["loaded"] = True
+        path = fftw_wisdom_path()
+        if path is None or not path.is_file():
+            return False
+        import json
+
+        import pyfftw
+
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("pyfftw") != pyfftw.__version__:
+                return False
+            wis = tuple(doc[k].encode("ascii") for k in ("double", "single", "long"))
+            pyfftw.import_wisdom(wis)
+            _wisdom_state["saved"] = wis
+            return True
+        except Exception:  # corrupt or foreign: measure again, overwrite on the next save
+            return False
+
+
+def save_fftw_wisdom() -> bool:
+    """Write this process's FFTW wisdom to :func:`fftw_wisdom_path` (atomic replace).
+
+    Returns True if the file was written (False when wisdom is off or nothing is new).
+    """
+    path = fftw_wisdom_path()
+    if path is None:
+        return False
+    import json
+    import tempfile
+
+    import pyfftw
+
+    with _wisdom_lock:
+        wis = pyfftw.export_wisdom()
+        if wis == _wisdom_state["saved"]:
+            return False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"pyfftw": pyfftw.__version__, "double": wis[0].decode("ascii"),
+                   "single": wis[1].decode("ascii"), "long": wis[2].decode("ascii")}
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".wisdom-", suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh)
+            os.replace(tmp, path)
+        except OSError:  # read-only home, full disk: plans still work, only not kept
+            return False
+        _wisdom_state["saved"] = wis
+        return True
+
+
+def fftw_plan(input_array, output_array, *, axes=(-2, -1), inverse: bool = False,
+              threads: int = 1, effort: str = "measure"):
+    """A ``pyfftw.FFTW`` plan using and extending the stored FFTW wisdom.
+
+    Parameters
+    ----------
+    input_array, output_array : numpy arrays (aligned, complex64/complex128)
+        Buffers the plan is made for (the same array for an in-place transform).
+    axes : tuple of int
+        Transformed axes.
+    inverse : bool
+        Backward (unnormalised) transform if True.
+    threads : int
+        FFTW threads.
+    effort : {"estimate", "measure", "patient", "exhaustive"}
+        Planning rigour. With wisdom for the same transform at this or a higher rigour the
+        plan is made instantly; otherwise planning takes from milliseconds (estimate) to
+        seconds (patient, 128 x 128: about 1 s on one core) and, above ``estimate``, the
+        result is saved to the wisdom file so later sessions on this machine plan instantly.
+    """
+    import pyfftw
+
+    effort = str(effort).lower()
+    if effort not in FFTW_EFFORTS:
+        raise ValueError(f"FFTW effort must be one of {FFTW_EFFORTS}, not {effort!r}")
+    load_fftw_wisdom()
+    flag = "FFTW_" + effort.upper()
+    plan = pyfftw.FFTW(input_array, output_array, axes=axes,
+                       direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
+                       flags=(flag,), threads=int(threads), normalise_idft=False, ortho=False)
+    if effort != "estimate":
+        save_fftw_wisdom()
+    return plan
+
+
 def _fftw_plan(shape, dtype, axes, inverse):
     """A cached pyfftw.FFTW object for (shape, dtype, axes, direction).
 
@@ -241,16 +385,8 @@ def _fftw_plan(shape, dtype, axes, inverse):
             flag = "FFTW_ESTIMATE"
         a = pyfftw.empty_aligned(shape, dtype=dtype)
         b = pyfftw.empty_aligned(shape, dtype=dtype)
-        plan = pyfftw.FFTW(
-            a,
-            b,
-            axes=axes,
-            direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
-            flags=(flag,),
-            threads=cpu_workers(),
-            normalise_idft=False,
-            ortho=False,
-        )
+        plan = fftw_plan(a, b, axes=axes, inverse=inverse, threads=cpu_workers(),
+                         effort=flag[5:].lower())
         if len(_PLANS) > 64:
             _PLANS.clear()
         _PLANS[key] = [plan, entry[1] if entry else 1, flag]

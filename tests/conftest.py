@@ -7,6 +7,8 @@ import shutil
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# tests neither read nor write the user's FFTW wisdom file (hermetic; the wisdom test sets its own)
+os.environ.setdefault("PTYNB_FFTW_WISDOM", "off")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -95,3 +95,49 @@ def test_gpu_roundtrip_fft_and_torch():
     assert t.is_cuda
     g2 = B.from_torch(t)
     assert g2.data.ptr == g.data.ptr  # zero-copy via DLPack
+
+
+def test_fftw_wisdom_is_kept_between_sessions(tmp_path, monkeypatch):
+    """A measured plan is written to the wisdom file, read back by a fresh process state, and
+    the plan computes the same transform as numpy; bad effort and corrupt files are handled."""
+    pyfftw = pytest.importorskip("pyfftw")
+    import json
+
+    path = tmp_path / "wisdom.json"
+    monkeypatch.setenv("PTYNB_FFTW_WISDOM", str(path))
+    monkeypatch.setattr(B, "_wisdom_state", {"loaded": False, "saved": None})
+    pyfftw.forget_wisdom()
+    a = pyfftw.empty_aligned((48, 40), np.complex64)
+    b = pyfftw.empty_aligned((48, 40), np.complex64)
+    plan = B.fftw_plan(a, b, effort="measure")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((48, 40)) + 1j * rng.standard_normal((48, 40))).astype(np.complex64)
+    a[...] = x
+    plan.execute()
+    np.testing.assert_allclose(b, np.fft.fft2(x), rtol=1e-4, atol=1e-3)
+    doc = json.loads(path.read_text())
+    assert doc["pyfftw"] == pyfftw.__version__ and "(fftw-3" in doc["single"]
+    # a new session: wisdom forgotten, then read from the file once
+    pyfftw.forget_wisdom()
+    monkeypatch.setattr(B, "_wisdom_state", {"loaded": False, "saved": None})
+    assert B.load_fftw_wisdom() is True
+    assert B.load_fftw_wisdom() is False  # once per process
+    # the stored plan is found without measuring: FFTW_WISDOM_ONLY succeeds for this shape ...
+    pyfftw.FFTW(a, b, axes=(-2, -1), flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
+    # ... and fails for a shape never planned
+    c = pyfftw.empty_aligned((36, 36), np.complex64)
+    with pytest.raises(RuntimeError):
+        pyfftw.FFTW(c, c, axes=(-2, -1), flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
+    with pytest.raises(ValueError, match="effort"):
+        B.fftw_plan(a, b, effort="quick")
+    # a corrupt file is ignored (plans are measured again) and overwritten on the next save
+    path.write_text("not json")
+    monkeypatch.setattr(B, "_wisdom_state", {"loaded": False, "saved": None})
+    assert B.load_fftw_wisdom() is False
+    B.fftw_plan(c, c, effort="measure")
+    assert json.loads(path.read_text())["pyfftw"] == pyfftw.__version__
+    monkeypatch.setenv("PTYNB_FFTW_WISDOM", "off")
+    assert B.fftw_wisdom_path() is None
+    monkeypatch.delenv("PTYNB_FFTW_WISDOM")
+    assert B.fftw_wisdom_path().name.startswith("fftw-wisdom-")
+    pyfftw.forget_wisdom()

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import fftw_plan
 from .operators import (
     FFT2,
     bin_intensity,
@@ -377,7 +378,6 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     """
     n = P.shape[-1]
     fft = problem.fft1
-    import pyfftw
 
     W = buf.W
     W0 = W[0]
@@ -386,8 +386,7 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     plans = getattr(fft, "_oop", None)
     if plans is None or plans[0] != key:
         # out-of-place forward chi -> W (c2c preserves its input: no copy), in-place inverse
-        fwd = pyfftw.FFTW(chi, W0, axes=(-2, -1), direction="FFTW_FORWARD",
-                          flags=("FFTW_MEASURE",), threads=fft.threads)
+        fwd = fftw_plan(chi, W0, threads=fft.threads, effort=fft.effort)
         fft._oop = plans = (key, fwd)
     fwd_plan = plans[1]
     fwd_plan.update_arrays(chi, W0)
@@ -405,13 +404,18 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     inv1 = f32(1.0 / npix)
     # real work arrays (n, n), reused every step instead of allocating temporaries
     ra, rb, ro, rp = (np.empty((n, n), np.float32) for _ in range(4))
+    # the object patch is copied into a contiguous buffer, worked on there and written back:
+    # numpy ufuncs on the strided (n, n) window of the object run 1.5-4x slower (measured)
+    oc = np.empty((n, n), O.dtype)
+    copyto = np.copyto
     sub_ = np.subtract
     cost = 0.0
     for j in order.tolist():
         y = iy[j]
         x = ix[j]
         Ov = O[y:y + n, x:x + n]
-        mul(P, Ov, out=chi)
+        copyto(oc, Ov)
+        mul(P, oc, out=chi)
         fwd_plan.execute()
         if gaussian:
             amp = absf(W0, out=ra)
@@ -423,7 +427,7 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
             amp += eps
             f = div(amps_all[j], amp, out=amp)
             if invmask is not None:
-                np.copyto(f, inv1, where=invmask)
+                copyto(f, inv1, where=invmask)
             W0 *= f
         else:
             cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
@@ -431,9 +435,9 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         W0 -= chi  # exit-wave update d
         # incident-wave (probe) update, from the object before it changes
         if update_probe:
-            oa = absf(Ov, out=ro)
+            oa = absf(oc, out=ro)
             omax = float(oa.max()) ** 2 + 1e-12
-            conj(Ov, out=dpsi)
+            conj(oc, out=dpsi)
             dpsi *= W0
             if regularized:
                 oa *= oa
@@ -455,7 +459,8 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         else:
             pmax = float(absf(P, out=rp).max()) ** 2 + 1e-12
             tmp *= f32(alpha / pmax)
-        Ov += tmp
+        oc += tmp
+        copyto(Ov, oc)
         if update_probe:
             P += dpsi
     return cost

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import cpu_workers, is_gpu_array
+from ..backend import cpu_workers, fftw_plan, is_gpu_array
 
 __all__ = [
     "FFT2",
@@ -67,10 +67,15 @@ class FFT2:
         FFTW threads. Default: :func:`ptynb.backend.cpu_workers` when there are more than 2
         cores, else 1 (measured on a loaded 2-core machine: 2 threads made batched 64x64
         transforms 15x and 128x128 3x *slower* than 1 thread; single transforms always are).
+    effort : {"estimate", "measure", "patient", "exhaustive"}
+        FFTW planning rigour of new plans (default ``"measure"``); measured plans are kept in
+        the FFTW wisdom file (:func:`ptynb.backend.fftw_wisdom_path`) and reused instantly.
     """
 
-    def __init__(self, xp=np, threads: int | None = None):
+    def __init__(self, xp=np, threads: int | None = None, effort: str = "measure"):
         self.xp = xp
+        #: FFTW planning rigour for new plans (see :func:`ptynb.backend.fftw_plan`)
+        self.effort = effort
         if threads is None:
             threads = cpu_workers() if cpu_workers() > 2 else 1
         self.threads = int(threads)
@@ -89,10 +94,7 @@ class FFT2:
         plan = self._plans.get(key)
         if plan is None:
             buf = pyfftw.empty_aligned(a.shape, dtype=a.dtype)
-            plan = pyfftw.FFTW(buf, buf, axes=(-2, -1),
-                               direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
-                               flags=("FFTW_MEASURE",), threads=self.threads,
-                               normalise_idft=False, ortho=False)
+            plan = fftw_plan(buf, buf, inverse=inverse, threads=self.threads, effort=self.effort)
             self._plans[key] = plan
         return plan
 

@@ -27,6 +27,10 @@ __all__ = ["ENGINE_NAMES", "DivergenceError", "initial_probe", "reconstruct"]
 ENGINE_NAMES = tuple(ENGINES)
 _NOISE = ("poisson", "gaussian")
 _LEAD = ("beam", "angle")
+#: sequential runs doing at least this many single-pattern FFTs plan them with FFTW_PATIENT
+#: (about 1 s for 128 x 128 on one core, kept in the wisdom file; 10-30 % faster transforms
+#: than FFTW_MEASURE's plans, measured on the 2-core development machine)
+PATIENT_TRANSFORMS = 30_000
 
 
 class DivergenceError(FloatingPointError):
@@ -242,7 +246,7 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         Noise model: Poisson likelihood (Newton step per pattern) or Gaussian on the
         amplitudes (modulus projection).
     batch_size : int, optional
-        Patterns per LSQ-ML batch (default 32).
+        Patterns per LSQ-ML batch (default 16).
     device : {"cpu", "gpu"}, optional
         Compute device; data stay there across iterations.
     seed : int
@@ -268,13 +272,17 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
     **options
         Engine knobs: ``alpha``, ``beta`` (PIE step sizes: ePIE 1, 1; rPIE 0.25, 0.25),
         ``reg_object``, ``reg_probe`` (LSQ-ML preconditioner regularisation, fraction of the
-        maximum, default 0.01), ``max_step`` (LSQ-ML step limit, 2), ``momentum`` (LSQ-ML
+        maximum, defaults 0.3 and 0.01), ``max_step`` (LSQ-ML step limit, 2), ``momentum`` (LSQ-ML
         heavy-ball factor between iterations, 0), ``probe_update_start`` (iteration, 0),
         ``subpixel`` ("auto", True, False), ``probe_support`` (radius as a fraction of half
         the window, None), ``probe_power`` (None, "measured" or a number of counts),
         ``object_amplitude_max`` (e.g. 1.0), ``object_amplitude_min``, ``object_phase_range``
         ((min, max) rad), ``pure_phase`` (bool), ``tilt`` ((ty, tx) rad, multislice beam
-        tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``threads``.
+        tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``threads`` (FFTW
+        threads of the batched transforms), ``fftw_effort`` ("estimate", "measure", "patient";
+        default: "patient" for the single-pattern transforms of the sequential engines when a
+        run does at least :data:`PATIENT_TRANSFORMS` of them, else "measure"; plans are kept
+        in the FFTW wisdom file, see :func:`ptynb.backend.fftw_wisdom_path`).
 
     Returns
     -------
@@ -467,11 +475,15 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     opts.update({"position_step": float(refine_opts.get("max_step", 0.5)),
                  "position_affine": bool(refine_opts.get("affine", False))})
     threads = opts.pop("threads", None)
+    effort = opts.pop("fftw_effort", None)
+    if effort is None:  # a patient plan (~1 s at 128^2, once per machine) pays off on long runs
+        n_seq = 2 * J * L * M * sum(k for e, k in sched if e in ("epie", "rpie"))
+        effort = "patient" if n_seq >= PATIENT_TRANSFORMS else "measure"
     from .operators import FFT2
 
     problem = Problem(xp=xp, intensity=xp.asarray(meas), mask=None if m_unshift is None else xp.asarray(m_unshift),
                       upsample=up, kernel=kernel, noise=noise, norm=norm, options=opts,
-                      fft=FFT2(xp, threads), fft1=FFT2(xp, 1))
+                      fft=FFT2(xp, threads), fft1=FFT2(xp, 1, effort=effort))
 
     fp = _fingerprint(dict(sched=sched, J=J, N=N, n=n, L=L, M=M, Y=Y, X=X, oy=oy, ox=ox, dz=dz,
                            noise=noise, seed=seed, refine=refine_start, refine_opts=refine_opts,
