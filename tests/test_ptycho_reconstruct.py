@@ -199,6 +199,10 @@ def test_bad_inputs_raise_before_iterating(small, monkeypatch):
         reconstruct(small, iterations=1, noise="cauchy")
     with pytest.raises(ValidationError, match="mask"):
         reconstruct(small, iterations=1, mask=np.ones((31, 32), bool))
+    with pytest.raises(ValidationError, match="unknown option 'aplha'; did you mean 'alpha'"):
+        reconstruct(small, iterations=1, aplha=0.5, callback=cb)
+    with pytest.raises(ValidationError, match="fftw_effort"):
+        reconstruct(small, iterations=1, fftw_effort="fast", callback=cb)
     extra = small["intensity"].expand_dims(energy=[1.0]).to_dataset(name="intensity")
     extra.attrs = small.attrs
     with pytest.raises(ValidationError, match="unexpected dims"):
@@ -282,3 +286,36 @@ def test_initial_probe_from_attrs(small):
     yy, xx = np.mgrid[:32, :32]
     w = np.abs(q) ** 2
     assert abs((w * yy).sum() / w.sum() - 16) < 1 and abs((w * xx).sum() / w.sum() - 16) < 1
+
+
+# ----------------------------------------------------------------------------- fused CPU sweep
+@pytest.mark.parametrize("engine,noise,masked", [("epie", "gaussian", False), ("rpie", "gaussian", True),
+                                                 ("epie", "poisson", True), ("rpie", "poisson", False)])
+def test_fused_sweep_equals_generic_loop(small, engine, noise, masked):
+    """The compiled CPU sweep (ptynb.ptycho._kernels) does the generic loop's arithmetic: same
+    object, probe and cost to float32 rounding after two iterations, with and without a
+    detector mask, probe updates from the first iteration. (Over more iterations rounding
+    differences grow, as they do between any two float32 runs: the modulus constraint gives
+    far-field pixels where the model is ~0 the phase of its rounding noise. A relative 1e-6
+    change of the initial probe moves the generic loop's object by 0.03-0.06 after one
+    iteration. So longer runs are compared by their error against the truth.)"""
+    from ptynb.ptycho import _kernels
+
+    if not _kernels.available():
+        pytest.skip("numba not installed")
+    ds = _clean(small)
+    mask = None
+    if masked:
+        mask = np.ones((32, 32), bool)
+        mask[3, 5] = mask[20, 11] = False
+    kw = dict(engine=engine, subpixel="round", noise=noise, progress=False, mask=mask)
+    a = reconstruct(ds, fused=True, iterations=2, **kw)
+    b = reconstruct(ds, fused=False, iterations=2, **kw)
+    for v in ("object", "probe"):
+        x, y = a[v].values, b[v].values
+        assert np.abs(x - y).max() < 1e-4 * np.abs(y).max(), v
+    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=1e-4)
+    a = reconstruct(ds, fused=True, iterations=15, **kw)
+    b = reconstruct(ds, fused=False, iterations=15, **kw)
+    ea, eb = object_error(a, small), object_error(b, small)
+    assert ea < 0.1 and abs(ea - eb) < 0.1 * eb, (ea, eb)

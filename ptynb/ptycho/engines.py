@@ -239,6 +239,14 @@ def _fourier_step(problem, buf, j, W, s, npix):
     return cost / npix
 
 
+def _fused_ok(obj, probe) -> bool:
+    """Whether the fused CPU sweep applies (numba present, complex64 C-contiguous arrays)."""
+    from . import _kernels
+
+    return (_kernels.available() and obj.dtype == np.complex64 and probe.dtype == np.complex64
+            and obj.flags.c_contiguous and probe.flags.c_contiguous)
+
+
 def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -> float:
     xp = problem.xp
     opts = problem.options
@@ -271,7 +279,8 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
     pos_grad = np.zeros_like(state.positions) if refine else None
     Y, X = obj.shape[1:]
 
-    if L == 1 and M == 1 and not sub and not refine and xp is np:
+    if (L == 1 and M == 1 and not sub and not refine and xp is np and _fused_ok(obj, probe)
+            and opts.get("fused", True)):
         c = _pie_fast_sweep(problem, buf, obj[0], probe[0], order, iy_all.tolist(),
                             ix_all.tolist(), alpha, beta, regularized, update_probe, npix)
         return c / problem.norm
@@ -372,13 +381,16 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
                     update_probe, npix):
     """The PIE sweep for one slice, one mode, whole-pixel positions on the CPU.
 
-    Same arithmetic as the general loop, with the per-step Python overhead cut (local
-    bindings, no branches on slices/modes, the Gaussian detector constraint inlined): at
-    128 x 128 the elementwise work is ~1.5x the two FFTs, so overhead matters.
+    Same arithmetic as the generic loop of :func:`_pie_iteration`, with the elementwise work
+    of each pattern fused into three compiled passes (:mod:`ptynb.ptycho._kernels`: exit
+    wave, detector constraint, object + probe update) around the two FFTs. At 128 x 128 the
+    ~20 numpy passes of the generic loop took 1.5-2x the time of the FFTs; the fused passes
+    take about 0.6x (measured, see ``benchmarks/RESULTS.md``).
     """
+    from . import _kernels as K
+
     n = P.shape[-1]
     fft = problem.fft1
-
     W = buf.W
     W0 = W[0]
     chi = buf.chi[0, 0]
@@ -392,77 +404,38 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     fwd_plan.update_arrays(chi, W0)
     inv_plan = fft._plan(W, True)
     inv_plan.update_arrays(W, W)  # the cached plan runs in place on this buffer
-    dpsi = buf.dpsi[0]
-    tmp = buf.tmp[0]
-    mul, absf, conj, div, vdot = np.multiply, np.abs, np.conjugate, np.divide, np.vdot
     f32 = np.float32
     gaussian = problem.noise == "gaussian" and problem.upsample == 1
-    mask = problem.mask
-    invmask = buf.invmask
+    valid = (np.ones((n, n), np.float32) if problem.mask is None
+             else np.ascontiguousarray(problem.mask, dtype=np.float32))
     amp_all, amps_all = buf.amp, buf.amp_s
     eps = f32(1e-6 * np.sqrt(npix))
     inv1 = f32(1.0 / npix)
-    # real work arrays (n, n), reused every step instead of allocating temporaries
-    ra, rb, ro, rp = (np.empty((n, n), np.float32) for _ in range(4))
-    # the object patch is copied into a contiguous buffer, worked on there and written back:
-    # numpy ufuncs on the strided (n, n) window of the object run 1.5-4x slower (measured)
-    oc = np.empty((n, n), O.dtype)
-    copyto = np.copyto
-    sub_ = np.subtract
+    o2 = np.empty((n, n), np.float32)  # |O patch|^2, then its maximum
+    p2 = np.abs(P) ** 2  # |P|^2, kept current by the update kernel
+    pmax = float(p2.max())
+    a32, b32 = f32(alpha), f32(beta)
+    exit_wave, modulus, update = K.exit_wave, K.modulus_gaussian, K.update_pie
     cost = 0.0
     for j in order.tolist():
         y = iy[j]
         x = ix[j]
-        Ov = O[y:y + n, x:x + n]
-        copyto(oc, Ov)
-        mul(P, oc, out=chi)
+        exit_wave(P, O, y, x, chi, o2)
         fwd_plan.execute()
         if gaussian:
-            amp = absf(W0, out=ra)
-            A = amp_all[j]
-            diff = sub_(amp, A, out=rb)
-            if mask is not None:
-                diff *= mask
-            cost += float(vdot(diff.ravel(), diff.ravel())) / npix
-            amp += eps
-            f = div(amps_all[j], amp, out=amp)
-            if invmask is not None:
-                copyto(f, inv1, where=invmask)
-            W0 *= f
+            cost += modulus(W0, amp_all[j], amps_all[j], valid, eps, inv1) / npix
         else:
             cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
         inv_plan.execute()
-        W0 -= chi  # exit-wave update d
-        # incident-wave (probe) update, from the object before it changes
-        if update_probe:
-            oa = absf(oc, out=ro)
-            omax = float(oa.max()) ** 2 + 1e-12
-            conj(oc, out=dpsi)
-            dpsi *= W0
-            if regularized:
-                oa *= oa
-                oa *= f32(1.0 - beta)
-                oa += f32(beta * omax)
-                dpsi /= oa
-            else:
-                dpsi *= f32(beta / omax)
-        # object update
-        conj(P, out=tmp)
-        tmp *= W0
+        omax = float(o2.max()) + 1e-12
         if regularized:
-            p2 = absf(P, out=rp)
-            p2 *= p2
-            pmax = float(p2.max())
-            p2 *= f32(1.0 - alpha)
-            p2 += f32(alpha * pmax + 1e-12)
-            tmp /= p2
+            so = sp = f32(0.0)
+            off_o, off_p = f32(alpha * pmax + 1e-12), f32(beta * omax)
         else:
-            pmax = float(absf(P, out=rp).max()) ** 2 + 1e-12
-            tmp *= f32(alpha / pmax)
-        oc += tmp
-        copyto(Ov, oc)
-        if update_probe:
-            P += dpsi
+            so, sp = f32(alpha / (pmax + 1e-12)), f32(beta / omax)
+            off_o = off_p = f32(0.0)
+        update(W0, chi, P, O, y, x, so, sp, update_probe, regularized, a32, b32, off_o, off_p, p2)
+        pmax = float(p2.max())
     return cost
 
 

@@ -278,7 +278,10 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         the window, None), ``probe_power`` (None, "measured" or a number of counts),
         ``object_amplitude_max`` (e.g. 1.0), ``object_amplitude_min``, ``object_phase_range``
         ((min, max) rad), ``pure_phase`` (bool), ``tilt`` ((ty, tx) rad, multislice beam
-        tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``threads`` (FFTW
+        tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``step_rule`` (LSQ-ML
+        step lengths from the batch's summed normal equations, "global", or their per-pattern
+        mean, "mean"), ``fused`` (True: the sequential engines use the compiled CPU sweep of
+        :mod:`ptynb.ptycho._kernels` where it applies; False: the generic loop), ``threads`` (FFTW
         threads of the batched transforms), ``fftw_effort`` ("estimate", "measure", "patient";
         default: "patient" for the single-pattern transforms of the sequential engines when a
         run does at least :data:`PATIENT_TRANSFORMS` of them, else "measure"; plans are kept
@@ -306,6 +309,7 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
     if not isinstance(measurement, xr.Dataset):
         raise ValidationError("measurement", f"must be an xarray.Dataset, got {type(measurement).__name__}")
     validate(measurement)
+    _check_options(options)
     settings = dict(engine=engine, iterations=iterations, probe=probe, slices=slices,
                     slice_thickness=slice_thickness, modes=modes, object=object,
                     upsample=upsample, position_refinement=position_refinement, noise=noise,
@@ -337,6 +341,31 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
     out = map_blocks(_block, measurement, dims=lead, client=client,
                      parallel=parallel if use_cluster else False, progress=progress, **kw)
     return out
+
+
+#: engine knobs accepted as keyword options (documented under ``**options``)
+ENGINE_OPTIONS = ("alpha", "beta", "reg_object", "reg_probe", "max_step", "momentum",
+                  "step_rule", "probe_update_start", "subpixel", "probe_support", "probe_power",
+                  "object_amplitude_max", "object_amplitude_min", "object_phase_range",
+                  "pure_phase", "tilt", "mask", "threads", "fftw_effort", "fused")
+
+
+def _check_options(options) -> None:
+    """Reject misspelt or unknown engine options (they would otherwise be ignored silently)."""
+    import difflib
+
+    for key in options:
+        if key not in ENGINE_OPTIONS:
+            close = difflib.get_close_matches(key, ENGINE_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValidationError("options", f"unknown option {key!r}{hint} Known: "
+                                  f"{', '.join(ENGINE_OPTIONS)}")
+    eff = options.get("fftw_effort")
+    if eff is not None and str(eff).lower() not in ("estimate", "measure", "patient", "exhaustive"):
+        raise ValidationError("fftw_effort", f"must be estimate/measure/patient/exhaustive, got {eff!r}")
+    rule = options.get("step_rule")
+    if rule is not None and rule not in ("global", "mean"):
+        raise ValidationError("step_rule", f"must be 'global' or 'mean', got {rule!r}")
 
 
 def _block(block, settings, block_progress=False, **kw):
