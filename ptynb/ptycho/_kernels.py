@@ -20,7 +20,8 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the generic loop still works
     _nb = None
 
-__all__ = ["available", "exit_wave", "modulus_gaussian", "update_pie"]
+__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_p2", "modulus_gaussian",
+           "poisson_apply", "poisson_sums", "ramp_multiply", "update_pie"]
 
 
 def available() -> bool:
@@ -55,6 +56,53 @@ def exit_wave(P, O, y, x, chi, o2):
 
 
 @_jit
+def exit_wave_p2(P, O, y, x, chi, o2, p2):
+    """:func:`exit_wave` that also writes ``p2 = |P|^2`` (the shifted probe's, sub-pixel case)."""
+    n0, n1 = P.shape
+    for i in range(n0):
+        p = P[i]
+        o = O[y + i, x:x + n1]
+        c = chi[i]
+        r = o2[i]
+        q = p2[i]
+        for j in range(n1):
+            orr = o[j].real
+            oi = o[j].imag
+            pr = p[j].real
+            pi = p[j].imag
+            c[j] = complex(pr * orr - pi * oi, pr * oi + pi * orr)
+            r[j] = orr * orr + oi * oi
+            q[j] = pr * pr + pi * pi
+
+
+@_jit
+def ramp_multiply(F, ry, rx, scale, out):
+    """``out = scale * F * ry[:, None] * rx[None, :]`` (the probe spectrum shifted).
+
+    ``F`` (n, n) complex64 spectrum, ``ry``/``rx`` (n,) complex64 Fourier-shift phase ramps.
+    """
+    n0, n1 = F.shape
+    for i in range(n0):
+        a = ry[i] * scale
+        f = F[i]
+        o = out[i]
+        for j in range(n1):
+            o[j] = f[j] * (a * rx[j])
+
+
+@_jit
+def add_ramp_multiply(F, ry, rx, acc):
+    """``acc += F * conj(ry[:, None] * rx[None, :])`` (probe spectrum update, sub-pixel case)."""
+    n0, n1 = F.shape
+    for i in range(n0):
+        a = ry[i].conjugate()
+        f = F[i]
+        o = acc[i]
+        for j in range(n1):
+            o[j] = o[j] + f[j] * (a * rx[j].conjugate())
+
+
+@_jit
 def modulus_gaussian(W, A, amps, valid, eps, inv1):
     """Amplitude constraint on the unnormalised far field ``W`` in place; returns the misfit.
 
@@ -85,8 +133,59 @@ def modulus_gaussian(W, A, amps, valid, eps, inv1):
 
 
 @_jit
+def poisson_sums(W, I, valid, eps, model, g):
+    """First pass of the Poisson detector step on the unnormalised far field ``W``.
+
+    Writes ``model = |W|^2 + eps`` and ``g = valid max(1 - I / model, -1)`` (float32) and
+    returns ``(sum g^2 model, sum g^2 I, sum valid model)`` (float64 over float32 row sums):
+    the Newton step length along ``g`` is ``num / (num + sum g^2 I)``.
+    """
+    n0, n1 = W.shape
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for i in range(n0):
+        w = W[i]
+        ii = I[i]
+        v_ = valid[i]
+        m_ = model[i]
+        g_ = g[i]
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for j in range(n1):
+            wr = w[j].real
+            wi = w[j].imag
+            m = wr * wr + wi * wi + eps
+            gg = max(np.float32(1.0) - ii[j] / m, np.float32(-1.0)) * v_[j]
+            m_[j] = m
+            g_[j] = gg
+            a1 += gg * gg * m
+            a2 += gg * gg * ii[j]
+            a3 += v_[j] * m
+        s1 += a1
+        s2 += a2
+        s3 += a3
+    return s1, s2, s3
+
+
+@_jit
+def poisson_apply(W, g, valid, a, inv1):
+    """Second pass: ``W *= (1 - a g) / npix`` on valid pixels, ``W *= 1 / npix`` elsewhere
+    (``inv1 = 1 / npix``, ``a`` the step length)."""
+    n0, n1 = W.shape
+    for i in range(n0):
+        w = W[i]
+        g_ = g[i]
+        v_ = valid[i]
+        for j in range(n1):
+            f = inv1 * (np.float32(1.0) - a * g_[j] * v_[j])
+            w[j] = complex(w[j].real * f, w[j].imag * f)
+
+
+@_jit
 def update_pie(W, chi, P, O, y, x, so, sp, do_probe, regularized, alpha, beta, off_o, off_p,
-               p2):
+               p2, D, direct):
     """Object and probe update from the exit-wave update ``d = W - chi`` (one pass).
 
     ePIE (``regularized`` False): ``O += so conj(P) d`` with ``so = alpha / max|P|^2`` and,
@@ -94,7 +193,9 @@ def update_pie(W, chi, P, O, y, x, so, sp, do_probe, regularized, alpha, beta, o
     values before this step). rPIE: ``O += conj(P) d / ((1 - alpha)|P|^2 + off_o)`` and
     ``P += conj(O) d / ((1 - beta)|O|^2 + off_p)``, with ``off_o = alpha max|P|^2`` and
     ``off_p = beta max|O patch|^2`` (plus a tiny regulariser; ``so``/``sp`` unused).
-    Writes ``|P_new|^2`` into ``p2`` (float32, for the next step's maximum).
+    Writes ``|P_new|^2`` into ``p2`` (float32, for the next step's maximum). With
+    ``direct`` False the probe is not changed: its update is written to ``D`` instead (the
+    sub-pixel case, where it is applied to the probe's spectrum), and ``p2`` is left alone.
     """
     n0, n1 = P.shape
     one = np.float32(1.0)
@@ -120,7 +221,10 @@ def update_pie(W, chi, P, O, y, x, so, sp, do_probe, regularized, alpha, beta, o
                 so_ = so
                 sp_ = sp
             o[j] = complex(orr + so_ * (pr * dr + pi * di), oi + so_ * (pr * di - pi * dr))
-            if do_probe:
+            if not direct:
+                if do_probe:
+                    D[i, j] = complex(sp_ * (orr * dr + oi * di), sp_ * (orr * di - oi * dr))
+            elif do_probe:
                 pr2 = pr + sp_ * (orr * dr + oi * di)
                 pi2 = pi + sp_ * (orr * di - oi * dr)
                 p[j] = complex(pr2, pi2)

@@ -279,10 +279,15 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
     pos_grad = np.zeros_like(state.positions) if refine else None
     Y, X = obj.shape[1:]
 
-    if (L == 1 and M == 1 and not sub and not refine and xp is np and _fused_ok(obj, probe)
+    if (L == 1 and M == 1 and not refine and xp is np and _fused_ok(obj, probe)
             and opts.get("fused", True)):
         c = _pie_fast_sweep(problem, buf, obj[0], probe[0], order, iy_all.tolist(),
-                            ix_all.tolist(), alpha, beta, regularized, update_probe, npix)
+                            ix_all.tolist(), alpha, beta, regularized, update_probe, npix,
+                            ramps=(ry_all, rx_all) if sub else None)
+        if sub and update_probe:
+            fft.inverse(phat, norm=None)
+            phat *= inv_npix
+            probe[...] = phat
         return c / problem.norm
 
     for j in order.tolist():
@@ -378,14 +383,19 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
 
 
 def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
-                    update_probe, npix):
-    """The PIE sweep for one slice, one mode, whole-pixel positions on the CPU.
+                    update_probe, npix, ramps=None):
+    """The PIE sweep for one slice and one mode on the CPU, with fused compiled passes.
 
     Same arithmetic as the generic loop of :func:`_pie_iteration`, with the elementwise work
-    of each pattern fused into three compiled passes (:mod:`ptynb.ptycho._kernels`: exit
-    wave, detector constraint, object + probe update) around the two FFTs. At 128 x 128 the
-    ~20 numpy passes of the generic loop took 1.5-2x the time of the FFTs; the fused passes
+    of each pattern fused into a few compiled passes (:mod:`ptynb.ptycho._kernels`: exit
+    wave, detector constraint, object + probe update) around the FFTs. At 128 x 128 the ~20
+    numpy passes of the generic loop took 1.5-2x the time of the two FFTs; the fused passes
     take about 0.6x (measured, see ``benchmarks/RESULTS.md``).
+
+    ``ramps``: None for whole-pixel positions (2 FFTs per pattern, the probe updated in
+    place), or ``(ry, rx)`` (J, n) Fourier-shift ramps for exact sub-pixel positions: the
+    probe is shifted through its spectrum and its update applied to the spectrum (4 FFTs per
+    pattern), as in the generic loop.
     """
     from . import _kernels as K
 
@@ -412,18 +422,60 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     eps = f32(1e-6 * np.sqrt(npix))
     inv1 = f32(1.0 / npix)
     o2 = np.empty((n, n), np.float32)  # |O patch|^2, then its maximum
-    p2 = np.abs(P) ** 2  # |P|^2, kept current by the update kernel
-    pmax = float(p2.max())
     a32, b32 = f32(alpha), f32(beta)
     exit_wave, modulus, update = K.exit_wave, K.modulus_gaussian, K.update_pie
+    # Poisson likelihood: two fused passes (model and Newton direction with their sums; the
+    # update), the log for the reported misfit by numpy (SIMD log)
+    poisson = problem.noise == "poisson" and problem.upsample == 1
+    psums, papply = K.poisson_sums, K.poisson_apply
+    I_all, const = buf.I, getattr(buf, "const", None)
+    masked = problem.mask is not None
+    eps_p = f32(1e-6 * npix)
+    mbuf = np.empty((n, n), np.float32)
+    gbuf = np.empty((n, n), np.float32)
+    sub = ramps is not None
+    if sub:
+        ry_all, rx_all = ramps
+        phat = buf.phat[0]  # unnormalised probe spectrum, set by the caller
+        psi = buf.psi[0, 0]  # the shifted probe
+        D = buf.dpsi[0]  # its update, then that update's spectrum
+        p2 = np.empty((n, n), np.float32)
+        sp_plans = getattr(fft, "_sub", None)
+        if sp_plans is None or sp_plans[0] != key:  # in place on psi (inverse), D (forward)
+            sp_plans = fft._sub = (key, fftw_plan(psi, psi, inverse=True, threads=fft.threads,
+                                                  effort=fft.effort),
+                                   fftw_plan(D, D, threads=fft.threads, effort=fft.effort))
+        shift_plan, d_plan = sp_plans[1], sp_plans[2]
+        shift_plan.update_arrays(psi, psi)
+        d_plan.update_arrays(D, D)
+    else:
+        psi = P
+        D = P  # unused
+        p2 = np.abs(P) ** 2  # |P|^2, kept current by the update kernel
+        pmax = float(p2.max())
     cost = 0.0
     for j in order.tolist():
         y = iy[j]
         x = ix[j]
-        exit_wave(P, O, y, x, chi, o2)
+        if sub:
+            K.ramp_multiply(phat, ry_all[j], rx_all[j], inv1, psi)
+            shift_plan.execute()
+            K.exit_wave_p2(psi, O, y, x, chi, o2, p2)
+            pmax = float(p2.max())
+        else:
+            exit_wave(P, O, y, x, chi, o2)
         fwd_plan.execute()
         if gaussian:
             cost += modulus(W0, amp_all[j], amps_all[j], valid, eps, inv1) / npix
+        elif poisson:
+            Ij = I_all[j]
+            s1, s2, s3 = psums(W0, Ij, valid, eps_p, mbuf, gbuf)
+            a = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
+            logm = np.log(mbuf, out=mbuf)
+            if masked:
+                logm *= valid
+            cost += (s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(const[j])) / npix
+            papply(W0, gbuf, valid, f32(a), inv1)
         else:
             cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
         inv_plan.execute()
@@ -434,8 +486,14 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         else:
             so, sp = f32(alpha / (pmax + 1e-12)), f32(beta / omax)
             off_o = off_p = f32(0.0)
-        update(W0, chi, P, O, y, x, so, sp, update_probe, regularized, a32, b32, off_o, off_p, p2)
-        pmax = float(p2.max())
+        update(W0, chi, psi, O, y, x, so, sp, update_probe, regularized, a32, b32, off_o, off_p,
+               p2, D, not sub)
+        if sub:
+            if update_probe:
+                d_plan.execute()
+                K.add_ramp_multiply(D, ry_all[j], rx_all[j], phat)
+        else:
+            pmax = float(p2.max())
     return cost
 
 
