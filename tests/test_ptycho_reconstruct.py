@@ -163,7 +163,11 @@ def test_resume_equals_uninterrupted(small, tmp_path, engine, kw):
 
 
 def test_divergence_raises_and_keeps_last_good(small):
-    with pytest.warns(RuntimeWarning), pytest.raises(DivergenceError, match="diverged") as ei:
+    import warnings
+
+    # numpy's overflow warnings (generic loop) are incidental: the error is what matters
+    with warnings.catch_warnings(), pytest.raises(DivergenceError, match="diverged") as ei:
+        warnings.simplefilter("ignore", RuntimeWarning)
         reconstruct(small, engine="epie", iterations=5, alpha=1e30, beta=1e30, progress=False)
     good = ei.value.last_good
     assert isinstance(good, xr.Dataset) and good.attrs["status"] == "diverged"
