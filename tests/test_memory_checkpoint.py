@@ -159,6 +159,11 @@ def test_estimate_within_30_percent_of_measured_peak(demo_measurement, engine, s
     from ptynb import backend
 
     meas = demo_measurement
+    # load the compiled kernels of the CPU sweep first (numba's one-time import, compile or
+    # cache load allocate tens of MB of Python objects that are not part of a run's memory)
+    reconstruct(meas.isel(scan=slice(0, 4)), engine=engine, iterations=1, slices=slices,
+                modes=modes, slice_thickness=1e-6 if slices > 1 else None, batch_size=batch,
+                progress=False)
     backend._PLANS.clear()
     tracemalloc.start()
     try:
