@@ -4,6 +4,9 @@
 
 Run:  python benchmarks/tomo.py            (about 2-3 minutes on 2 cores)
       python benchmarks/tomo.py --quick    (smaller, for a smoke test)
+      python benchmarks/tomo.py --fbp-only [--rounds 3]
+                                           (2D FBP only, ptynb and astra measured in
+                                            alternating rounds: under 1 minute)
 
 Data: a 256 x 256 Shepp-Logan (scikit-image's phantom resized with anti-aliasing), its
 sinogram computed ONCE with scikit-image's ``radon`` (a neutral third-party projector) for
@@ -18,9 +21,12 @@ astra-toolbox: imported from this environment if possible; otherwise a virtual e
 ``astra-toolbox`` pip-installed into it, and the astra part runs there in a subprocess. If that
 fails the table says "astra: unavailable (reason)".
 
-Timings are medians of repeats (wall clock). "cold" includes building ptynb's cached sparse
-operator for that geometry; "warm" reuses it (as every later call with the same geometry,
-e.g. each slice stack or solver iteration, does).
+Timings are medians of repeats (wall clock; "CPU time": process CPU time of all threads).
+"cold" is ptynb's first call for a geometry: the operator cache is cleared before each repeat,
+so it includes building the sparse operator; "warm" reuses it (as every later call with the
+same geometry, e.g. each slice stack or solver iteration, does). astra caches nothing: each of
+its FBP calls sets up its geometry and projector, i.e. every astra time is a first call. The
+load average is printed: on a shared machine trust the ratios measured side by side.
 """
 from __future__ import annotations
 
@@ -41,16 +47,31 @@ VENV = HERE / ".venvs" / "astra"
 
 
 # ---------------------------------------------------------------------------- helpers
-def median_time(fn, repeats=5, warmup=0):
+def median_time(fn, repeats=5, warmup=0, before=None, cpu=False):
+    """Median wall time of ``fn()`` (and median process CPU time if ``cpu``); ``before()`` runs
+    untimed before each repeat."""
     for _ in range(warmup):
         fn()
-    ts = []
+    ts, cs = [], []
     out = None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        if before is not None:
+            before()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    if cpu:
+        return float(np.median(ts)), float(np.median(cs)), out
     return float(np.median(ts)), out
+
+
+def load_average():
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
+    except OSError:  # pragma: no cover
+        return "load average unavailable"
 
 
 def phantom(n):
@@ -93,12 +114,12 @@ def bench_ptynb(sino, ang, img, circ, sirt_iters, repeats):
     from ptynb.tomo.projector import clear_cache
 
     p = ptynb_projections(sino, ang)
-    clear_cache()
-    t0 = time.perf_counter()
-    rec = tomo.fbp(p)
-    cold = time.perf_counter() - t0
-    warm, rec = median_time(lambda: tomo.fbp(p), repeats)
-    out = {"fbp_cold": cold, "fbp_warm": warm, "fbp_err": errors(rec.values[:, 0, :], img, circ)}
+    cold, cold_cpu, rec = median_time(lambda: tomo.fbp(p), repeats, before=clear_cache, cpu=True)
+    warm, warm_cpu, rec = median_time(lambda: tomo.fbp(p), repeats, cpu=True)
+    out = {"fbp_cold": cold, "fbp_warm": warm, "fbp_cold_cpu": cold_cpu, "fbp_warm_cpu": warm_cpu,
+           "fbp_err": errors(rec.values[:, 0, :], img, circ)}
+    if not sirt_iters:
+        return out
     curve = []
     tomo.sirt(p, sirt_iters, progress=False,
               callback=lambda i, info: curve.append(errors(info["volume"][:, 0, :], img, circ)[0]))
@@ -199,8 +220,11 @@ def astra_worker(npz_path, json_path):
                          f"{tuple(best_o[1])} px")
     for key in ("180", "29"):
         sino, ang = d["sino_" + key], d["ang_" + key]
-        t, rec = median_time(lambda sino=sino, ang=ang: fbp(sino, fa(ang)), repeats)
-        r = {"fbp": t, "fbp_err": errors(ff(rec), img, circ)}
+        t, t_cpu, rec = median_time(lambda sino=sino, ang=ang: fbp(sino, fa(ang)), repeats, cpu=True)
+        r = {"fbp": t, "fbp_cpu": t_cpu, "fbp_err": errors(ff(rec), img, circ)}
+        if not sirt_iters:
+            res[key] = r
+            continue
         # SIRT (CPU): per-iteration time and the error curve (chunks of 10 iterations)
         sino = pad(sino)
         vg, pg, pid = setup(sino, fa(ang))
@@ -297,7 +321,7 @@ def bench_3d(n, ny, n_ang, repeats):
 
     p = tomo.project(volume(x, voxel_size=1.0), g.angles_deg)
     t_fbp, _ = median_time(lambda: tomo.fbp(p), max(1, repeats // 2))
-    nnz = sum(b.nnz for b in op._matrices(np, np.float32)[0])
+    nnz = op._matrices(np, np.float32).nnz
     return {"shape": (n, ny, n), "angles": n_ang, "build": build, "fwd": t_f, "adj": t_a,
             "rate": 2 * vox_ang / (t_f + t_a), "fbp_stack": t_fbp, "nnz": nnz,
             "gfma": nnz * ny / 1e9 / ((t_f + t_a) / 2)}
@@ -372,6 +396,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--no-astra", action="store_true")
+    ap.add_argument("--fbp-only", action="store_true",
+                    help="only the 2D FBP table (ptynb cold / warm, scikit-image, astra)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="alternate ptynb and astra FBP measurements this many times and report "
+                         "medians over rounds (default 3 with --fbp-only, else 1)")
     ap.add_argument("--astra-worker", nargs=2, metavar=("NPZ", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.astra_worker:
@@ -386,47 +415,80 @@ def main():
     t_start = time.perf_counter()
     n = 128 if args.quick else 256
     repeats = 3 if args.quick else 5
-    sirt_iters = 50 if args.quick else 100
+    sirt_iters = 0 if args.fbp_only else (50 if args.quick else 100)
+    rounds = max(1, args.rounds if args.rounds is not None else (3 if args.fbp_only else 1))
     img, circ = phantom(n)
     print(f"# ptynb {ptynb.__version__} tomography benchmark - {platform.node()} "
           f"({platform.processor() or platform.machine()}), {os.cpu_count()} CPUs visible, "
           f"{cpu_workers()} worker threads, numpy {np.__version__}")
+    print(f"start: {load_average()}")
     bw = membw()
     print(f"memory bandwidth (numpy copy of 256 MiB, read+write): {bw:.1f} GB/s")
     data = {}
-    results = {}
     for na in (180, 29):
         ang = np.linspace(0, 180, na, endpoint=False)
-        sino = radon(img, ang, circle=True).T.astype(np.float32)  # (angle, x)
-        data[f"sino_{na}"] = sino
+        data[f"sino_{na}"] = radon(img, ang, circle=True).T.astype(np.float32)  # (angle, x)
         data[f"ang_{na}"] = ang
-        results[na] = {
-            "ptynb": bench_ptynb(sino, ang, img, circ, sirt_iters, repeats),
-            "skimage": bench_skimage(sino, ang, img, circ, repeats),
-        }
-    astra_res, reason = (None, "skipped (--no-astra)") if args.no_astra else \
-        bench_astra(data, img, circ, repeats, sirt_iters)
+    # rounds of ptynb then astra, side by side; SIRT / SART (full run) in the first round only
+    per_round, astra_rounds, reason = [], [], None
+    results = {}
+    for r in range(rounds):
+        res_r = {na: bench_ptynb(data[f"sino_{na}"], data[f"ang_{na}"], img, circ,
+                                 sirt_iters if r == 0 else 0, repeats) for na in (180, 29)}
+        if r == 0:
+            results = {na: {"ptynb": dict(res_r[na]),
+                            "skimage": bench_skimage(data[f"sino_{na}"], data[f"ang_{na}"], img,
+                                                     circ, repeats)} for na in (180, 29)}
+        per_round.append(res_r)
+        if args.no_astra:
+            reason = "skipped (--no-astra)"
+        elif reason is None:
+            a_r, reason = bench_astra(data, img, circ, repeats, sirt_iters if r == 0 else 0)
+            if a_r is not None:
+                astra_rounds.append(a_r)
+                reason = None
+    astra_res = json.loads(json.dumps(astra_rounds[0])) if astra_rounds else None
+    keys = ("fbp_cold", "fbp_warm", "fbp_cold_cpu", "fbp_warm_cpu")
+    for na in (180, 29):  # medians over rounds
+        for key in keys:
+            results[na]["ptynb"][key] = float(np.median([pr[na][key] for pr in per_round]))
+        if astra_res:
+            for key in ("fbp", "fbp_cpu"):
+                astra_res[str(na)][key] = float(np.median([a[str(na)][key] for a in astra_rounds]))
+    print(f"end of FBP rounds: {load_average()}")
 
     # ------------------------------------------------------------------ tables
     print(f"\n## 2D FBP, {n}x{n} Shepp-Logan, scikit-image radon sinogram, errors in the inscribed "
-          f"circle (median of {repeats})")
-    print("| views | package | FBP time (s) | RMSE | PCC |")
-    print("|---|---|---|---|---|")
+          f"circle (median of {repeats} calls{f', median over {rounds} alternating rounds' if rounds > 1 else ''})")
+    print("| views | package | FBP wall time (s) | CPU time (s) | RMSE | PCC |")
+    print("|---|---|---|---|---|---|")
     for na in (180, 29):
         r = results[na]
-        pe = r["ptynb"]["fbp_err"]
-        print(f"| {na} | ptynb (warm / cold) | {r['ptynb']['fbp_warm']:.4f} / {r['ptynb']['fbp_cold']:.3f} "
-              f"| {pe[0]:.4f} | {pe[1]:.4f} |")
+        pr = r["ptynb"]
+        pe = pr["fbp_err"]
+        print(f"| {na} | ptynb first call (builds the operator) | {pr['fbp_cold']:.4f} | "
+              f"{pr['fbp_cold_cpu']:.4f} | {pe[0]:.4f} | {pe[1]:.4f} |")
+        print(f"| {na} | ptynb later calls (operator cached) | {pr['fbp_warm']:.4f} | "
+              f"{pr['fbp_warm_cpu']:.4f} | {pe[0]:.4f} | {pe[1]:.4f} |")
         se = r["skimage"]["fbp_err"]
-        print(f"| {na} | scikit-image iradon | {r['skimage']['fbp']:.4f} | {se[0]:.4f} | {se[1]:.4f} |")
+        print(f"| {na} | scikit-image iradon | {r['skimage']['fbp']:.4f} | - | {se[0]:.4f} | {se[1]:.4f} |")
         if astra_res:
             a = astra_res[str(na)]
-            print(f"| {na} | astra CPU FBP (linear) | {a['fbp']:.4f} | {a['fbp_err'][0]:.4f} | "
-                  f"{a['fbp_err'][1]:.4f} |")
+            print(f"| {na} | astra CPU FBP (linear; every call) | {a['fbp']:.4f} | {a['fbp_cpu']:.4f} | "
+                  f"{a['fbp_err'][0]:.4f} | {a['fbp_err'][1]:.4f} |")
     if astra_res:
         print(f"\nastra {astra_res['version']} convention: {astra_res['convention']}")
+        print("ptynb / astra wall-time ratio per round (median over rounds; < 1: ptynb faster):")
+        for na in (180, 29):
+            cold = [pr[na]["fbp_cold"] / a[str(na)]["fbp"] for pr, a in zip(per_round, astra_rounds)]
+            warm = [pr[na]["fbp_warm"] / a[str(na)]["fbp"] for pr, a in zip(per_round, astra_rounds)]
+            print(f"  {na} views: first call {np.median(cold):.2f} "
+                  f"(rounds: {', '.join(f'{c:.2f}' for c in cold)}), later calls {np.median(warm):.2f}")
     else:
         print(f"\nastra: unavailable ({reason})")
+    if args.fbp_only:
+        print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
+        return
 
     print(f"\n## SIRT / OS-SART ({sirt_iters} SIRT iterations; OS-SART 10 subsets)")
     print("| views | package | time per iteration (s) | RMSE at end | PCC at end | iterations to reach "

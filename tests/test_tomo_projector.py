@@ -64,6 +64,93 @@ def test_fast_path_matches_general_path():
     assert op32.forward(x.astype(np.complex64)).dtype == np.complex64
 
 
+# ------------------------------------------------------------------ fast-path slice matrix
+def _slice_cases():
+    rng = np.random.default_rng(11)
+    odd = np.array([0.0, 90.0, 45.0, 135.0, 180.0, -90.0, 270.0, 1e-12, 90 + 1e-12, 44.99999999])
+    return [
+        (np.linspace(0, 180, 24, endpoint=False), (20, 1, 20), {}),
+        (rng.uniform(-360, 360, 17), (13, 1, 21), {"voxel_size": (1.0, 1.0, 1.3)}),
+        (odd, (16, 1, 16), {"det_shape": (1, 30), "det_origin": (0.0, -14.5)}),
+        (rng.uniform(0, 180, 9), (11, 1, 7), {"voxel_size": VOX, "det_shape": (1, 19),
+                                              "pixel_size": (VOX[1], 0.7e-8)}),
+        (np.linspace(0, 180, 11), (1, 1, 9), {}),
+        (np.linspace(0, 180, 11), (9, 1, 1), {}),
+    ]
+
+
+def _reference_slice_matrix(op):
+    """Dense 2D matrix from the general path's per-view Joseph samples (one y row)."""
+    A = np.zeros((op.geometry.n_angles * op.det_shape[1], op.vol_shape[0] * op.vol_shape[2]))
+    for i in range(op.geometry.n_angles):
+        ray, idx, w = op._view_samples(np, i, np.float64)
+        np.add.at(A, (np.broadcast_to(ray + i * op.det_shape[1], w.shape), idx), w)
+    return A
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slice_matrix_matches_joseph_samples(dtype):
+    """The fast path's directly built CSR matrix is the general path's Joseph operator (same
+    weights to the operator's rounding), for odd angles, grids, pixels and detector offsets."""
+    for ang, shape, kw in _slice_cases():
+        op = P.Projector(Geometry("tomography", ang), shape, dtype=dtype, **kw)
+        assert op.fast
+        A = op.matrix()
+        assert A.dtype == dtype and A.indices.min() >= 0 and A.indices.max() < A.shape[1]
+        ref = _reference_slice_matrix(op)
+        tol = (1e-6 if dtype == np.float32 else 1e-12) * ref.max()
+        np.testing.assert_allclose(A.toarray(), ref, rtol=0, atol=tol)
+        # built by several threads in blocks of views: the same arrays
+        one = P._stack_rows(op._build_blocks(dtype, 1), np)
+        for nb in (2, 3):
+            blk = P._stack_rows(op._build_blocks(dtype, nb), np)
+            for a, b in ((one.indptr, blk.indptr), (one.indices, blk.indices), (one.data, blk.data)):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad_guess", [False, True])
+def test_slice_rays_match_brute_force(bad_guess, monkeypatch):
+    """Planes where each ray touches the volume, and the edge runs, equal a dense evaluation
+    of the same float64 sample positions (also when the analytic guess is wrong and the
+    bisection fallback has to find them)."""
+    if bad_guess:
+        rng = np.random.default_rng(3)
+        guess = P._root_guess
+        monkeypatch.setattr(P, "_root_guess", lambda e, c0, s, nj, ceil: np.clip(
+            guess(e, c0, s, nj, ceil) + rng.integers(-9, 9, c0.shape), 0, nj))
+    for ang, shape, kw in _slice_cases():
+        op = P.Projector(Geometry("tomography", ang), shape, **kw)
+        k, s, c0, _, ja, jb, lo, hi = op._slice_rays()
+        nz, _, nx = op.vol_shape
+        for i in range(len(s)):
+            nj, nm = (nz, nx) if k[i] == 0 else (nx, nz)
+            j = np.arange(nj)
+            c = c0[i][:, None] + s[i] * j.astype(np.float64)[None, :]
+            inside = (c > -1) & (c < nm)
+            for (a, b), want in (((ja, jb), inside), (lo, inside & (np.floor(c) == -1)),
+                                 (hi, inside & (np.floor(c) == nm - 1))):
+                np.testing.assert_array_equal((j >= a[i][:, None]) & (j < b[i][:, None]), want)
+
+
+def test_operator_cache_counts_stored_nonzeros(monkeypatch):
+    monkeypatch.setattr(P, "_THREAD_MIN_WORK", 0)  # build in blocks even for a small problem
+    P.clear_cache()
+    g = Geometry("tomography", np.linspace(0, 180, 30, endpoint=False))
+    op = P.Projector(g, (24, 2, 24))
+    ent = op._matrices(np, np.float32)
+    assert len(ent.fwd) == P._build_threads()
+    assert ent.nnz == sum(b.nnz for b in ent.fwd) == sum(b.nnz for b in ent.adj())
+    assert all(np.shares_memory(b.data, bt.data) for b, bt in zip(ent.fwd, ent.adj()))
+    assert op._matrices(np, np.float32) is ent  # cached
+    # the cache keeps at most _cache_max_nnz nonzeros (but always the newest operator)
+    monkeypatch.setattr(P.Projector, "_cache_max_nnz", int(1.5 * ent.nnz))
+    for n in (25, 26, 27):
+        P.Projector(g, (n, 2, n))._matrices(np, np.float32)
+        assert sum(e.nnz for e in P.Projector._cache.values()) <= 1.5 * ent.nnz or \
+            len(P.Projector._cache) == 1
+    P.clear_cache()
+
+
 # ------------------------------------------------------------------ analytic phantom
 def _ellipsoid_volume(shape, vox, centre, semi, value, sub=4):
     """Supersampled (partial-volume) voxelisation of an axis-aligned ellipsoid."""

@@ -19,16 +19,23 @@ Fast path
 For plain tomography (rotation about y, no poses) whose detector rows coincide with the
 volume's y rows, each y row is an independent 2D problem with the *same* matrix. The
 operator then precomputes that 2D Joseph matrix once per geometry (``scipy.sparse`` CSR,
-float32 or float64; ``cupyx.scipy.sparse`` on the GPU), keeps its transpose, and applies
-them to all rows at once as sparse @ dense-matrix products, split over threads by row
-blocks (scipy's sparse kernels release the GIL). The general path (laminography, poses,
-other detectors) evaluates the Joseph weights per view on the fly. Both paths give the same
-numbers (same weights).
+float32 or float64; ``cupyx.scipy.sparse`` on the GPU) and applies it to all rows at once as
+sparse @ dense-matrix products. The matrix is built directly in CSR form by the worker
+threads, one block of consecutive views each: the planes each ray crosses inside the volume
+are found analytically, so every row length is known and the arrays are written in place
+(no compaction, no format conversion). Products are split over threads by these row blocks
+(scipy's sparse kernels release the GIL); the adjoint uses the blocks' transposes (CSC
+views, no copies). On the GPU the blocks are stacked into one cupy CSR matrix whose
+transpose is converted on the first adjoint call. The general path (laminography, poses,
+other detectors) caches a sparse matrix built from the per-view Joseph weights when it is
+small enough, else evaluates them per view on the fly. All paths use the same weights (to
+float64 rounding of the sample positions).
 """
 from __future__ import annotations
 
 import itertools
 import math
+import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -237,57 +244,180 @@ class Projector:
                 tuple(self.voxel_size), tuple(self.pixel_size), tuple(self.vol_origin[[0, 2]]),
                 float(self.det_origin[1]), np.dtype(rdt).str, gpu, cpu_workers())
 
-    def _build_matrix(self, rdt):
+    def _slice_rays(self):
+        """Rays of the 2D (z, x) slice matrix, vectorised over views.
+
+        Same Joseph sampling as :meth:`_view_samples`, specialised to the z-x plane: the ray of
+        detector column ``u`` at view ``i`` crosses the voxel planes ``j = 0 .. nj - 1`` of its
+        dominant axis ``k[i]`` (0: z, 1: x) at ``c = c0[i, u] + s[i] * j`` along the other axis
+        ``m = 1 - k`` (voxel index units, float64) and is interpolated linearly there, each
+        sample weighted by the step ``dt[i]`` (m).
+
+        Returns ``k`` (angle,), ``s`` (angle,), ``c0`` (angle, nu), ``dt`` (angle,); ``ja``,
+        ``jb`` (angle, nu) int64: the planes ``ja <= j < jb`` where ``-1 < c < n_m``, i.e.
+        where the sample touches the volume (``c`` is monotone in ``j``); and ``lo``, ``hi``:
+        pairs of (angle, nu) int64 arrays, the planes ``[start, stop)`` (at one end of
+        ``[ja, jb)``) where ``floor(c) = -1``, resp. ``floor(c) = n_m - 1``. Every ``c`` is
+        evaluated as ``c0 + s * j`` in float64, the same expression as in the matrix build.
+        """
+        nz, _, nx = self.vol_shape
+        nu = self.det_shape[1]
+        n = self.geometry.n_angles
+        vs2 = self.voxel_size[[0, 2]]
+        or2 = self.vol_origin[[0, 2]]
+        u = self.det_origin[1] + np.arange(nu) * self.pixel_size[1]
+        rows = np.arange(n)
+        Mt = np.transpose(self._rot, (0, 2, 1))  # lab -> sample
+        dir_i = Mt[:, [0, 2], 0] / vs2  # beam direction, voxels per metre, (n, 2)
+        eu = Mt[:, [0, 2], 2]  # detector u axis in the sample frame
+        k = np.argmax(np.abs(dir_i), axis=1)
+        m = 1 - k
+        dk, dm = dir_i[rows, k], dir_i[rows, m]
+        bk = (eu[rows, k][:, None] * u[None, :] - or2[k][:, None]) / vs2[k][:, None]
+        bm = (eu[rows, m][:, None] * u[None, :] - or2[m][:, None]) / vs2[m][:, None]
+        s = dm / dk
+        c0 = bm - s[:, None] * bk
+        dt = 1.0 / np.abs(dk)
+        # flat over (angle, u)
+        C0 = c0.reshape(-1)
+        S = np.repeat(s, nu)
+        NJ = np.repeat(np.where(k == 0, nz, nx), nu)
+        NM = np.repeat(np.where(k == 0, nx, nz), nu).astype(np.float64)
+        UP = S >= 0
+
+        def first(pred, edge, ceil):
+            # smallest j in [0, nj] with pred(c(j)), pred false then true along j: the root of
+            # c(j) = edge as a guess, checked, and bisected where it is wrong
+            def at(j, r):
+                jj = np.clip(j, 0, NJ[r] - 1).astype(np.float64)
+                return pred(C0[r] + S[r] * jj, UP[r], NM[r])
+
+            g = _root_guess(edge(UP, NM), C0, S, NJ, ceil)
+            g[S == 0] = np.where(at(0, S == 0), 0, NJ[S == 0])
+            every = slice(None)
+            bad = np.flatnonzero(((g < NJ) & ~at(g, every)) | ((g > 0) & at(g - 1, every)))
+            if bad.size:
+                lo, hi = np.zeros(bad.size, dtype=np.int64), NJ[bad].astype(np.int64)
+                while np.any(lo < hi):
+                    mid = (lo + hi) // 2
+                    t = at(mid, bad) & (lo < hi)
+                    hi = np.where(t, mid, hi)
+                    lo = np.where(t | (lo >= hi), lo, mid + 1)
+                g[bad] = lo
+            return g.reshape(n, nu)
+
+        # the sample touches the volume where -1 < c < nm
+        ja = first(lambda c, up, nm: np.where(up, c > -1.0, c < nm),
+                   lambda up, nm: np.where(up, -1.0, nm), False)
+        jb = np.maximum(first(lambda c, up, nm: np.where(up, c >= nm, c <= -1.0),
+                              lambda up, nm: np.where(up, nm, -1.0), True), ja)
+        # runs at the ends of [ja, jb): f = -1 (c < 0) and f = nm - 1 (c >= nm - 1)
+        j0 = np.clip(first(lambda c, up, nm: np.where(up, c >= 0.0, c < 0.0),
+                           lambda up, nm: 0.0, True), ja, jb)
+        j1 = np.clip(first(lambda c, up, nm: np.where(up, c >= nm - 1.0, c < nm - 1.0),
+                           lambda up, nm: nm - 1.0, True), ja, jb)
+        up = (s >= 0)[:, None]
+        lo = (np.where(up, ja, j0), np.where(up, j0, jb))
+        hi = (np.where(up, j1, ja), np.where(up, jb, j1))
+        return k, s, c0, dt, ja, jb, lo, hi
+
+    def _build_blocks(self, rdt, nblocks=1):
+        """The 2D slice matrix (rows (angle, u), columns (z, x) = ``z * nx + x``, weights in
+        metres) as CSR blocks of consecutive views.
+
+        Every sample of ray ``u`` (planes ``ja <= j < jb``, see :meth:`_slice_rays`) stores the
+        pair voxel ``f = floor(c)``, weight ``(1 - frac) dt`` and voxel ``f + 1``, weight
+        ``frac dt``, next to each other; a voxel just outside the volume (at its edge) is kept
+        as an explicit zero on a valid column. So every row length is known beforehand and the
+        CSR arrays are written in place, without compaction. ``nblocks`` blocks with about
+        equal nonzeros are built by the worker threads (numpy releases the GIL).
+        """
         import scipy.sparse as sp
 
         nz, _, nx = self.vol_shape
         nu = self.det_shape[1]
-        # Same Joseph weights as _view_samples, specialised to the (z, x) plane: the ray of
-        # detector column u at view i is s(t) = t d + u' e_u with d, e_u in the z-x plane.
-        shape2 = (nz, nx)
-        vs2 = self.voxel_size[[0, 2]]
-        or2 = self.vol_origin[[0, 2]]
-        u = self.det_origin[1] + np.arange(nu) * self.pixel_size[1]
-        def view(i):
-            M = self._rot[i].T
-            d = M[[0, 2], 0]
-            eu = M[[0, 2], 2]
-            dir_i = d / vs2
-            k = int(np.argmax(np.abs(dir_i)))
-            m = 1 - k
-            bk = (eu[k] * u - or2[k]) / vs2[k]
-            bm = (eu[m] * u - or2[m]) / vs2[m]
-            j = np.arange(shape2[k], dtype=np.float64)
-            c = bm[:, None] + dir_i[m] * ((j[None, :] - bk[:, None]) / dir_i[k])  # (nu, nj)
-            dt = 1.0 / abs(dir_i[k])
-            f = np.floor(c)
-            w1 = (c - f) * dt
-            w0 = dt - w1
-            f = f.astype(np.int64)
-            stride_k, stride_m = (nx, 1) if k == 0 else (1, nx)
-            jj = np.arange(shape2[k], dtype=np.int64)[None, :] * stride_k
-            w = np.stack([np.where((f >= 0) & (f < shape2[m]), w0, 0.0),
-                          np.where((f >= -1) & (f < shape2[m] - 1), w1, 0.0)], axis=-1)
-            idx = np.stack([jj + f * stride_m, jj + (f + 1) * stride_m], axis=-1)
-            w = w.reshape(nu, -1)
-            idx = idx.reshape(nu, -1)
-            keep = w != 0
-            return keep.sum(axis=1), w[keep].astype(rdt), idx[keep].astype(np.int32)
-
         n = self.geometry.n_angles
-        parts = list(_pool(cpu_workers()).map(view, range(n))) if cpu_workers() > 1 and n > 8 \
-            else [view(i) for i in range(n)]
-        counts = [p[0] for p in parts]
-        data = [p[1] for p in parts]
-        cols = [p[2] for p in parts]
-        counts = np.concatenate(counts)
-        indptr = np.zeros(counts.size + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        if indptr[-1] < np.iinfo(np.int32).max:
-            indptr = indptr.astype(np.int32)
-        A = sp.csr_matrix((np.concatenate(data), np.concatenate(cols), indptr),
-                          shape=(counts.size, nz * nx))
-        return A
+        k, s, c0, dt, ja, jb, lo_run, hi_run = self._slice_rays()
+        lens = jb - ja  # (angle, nu) samples per ray
+        lo_a, lo_n = lo_run[0], lo_run[1] - lo_run[0]
+        hi_a, hi_n = hi_run[0], hi_run[1] - hi_run[0]
+        cum = np.zeros((n, nu + 1), dtype=np.int64)  # samples before ray u in view i
+        np.cumsum(lens, axis=1, out=cum[:, 1:])
+        vc = np.zeros(n + 1, dtype=np.int64)  # samples before view i
+        np.cumsum(cum[:, -1], out=vc[1:])
+        nblocks = max(1, min(int(nblocks), n))
+        cuts = np.searchsorted(vc, vc[-1] * np.arange(1, nblocks) / nblocks).tolist()
+        edges = sorted({0, n, *(min(max(int(c), 1), n) for c in cuts)})
+        rows_per_unit = max(1, _UNIT_SAMPLES // max(nz, nx))
+        ar = np.arange(max(1, min(int(cum[:, -1].max()), rows_per_unit * max(nz, nx))),
+                       dtype=np.float64)
+        ncol = nz * nx
+        # column pairs (col, col + step) packed into one int64 (little-endian int32 pairs)
+        # when that is exact in float64
+        pack = sys.byteorder == "little" and ncol < 2**20
+
+        def build(v0, v1):
+            nnz = 2 * int(vc[v1] - vc[v0])
+            idt = np.int32 if max(nnz, ncol) < 2**31 else np.int64
+            data = np.empty(nnz, dtype=rdt)
+            ind = np.empty(nnz, dtype=idt)
+            indptr = np.zeros(nu * (v1 - v0) + 1, dtype=idt)
+            np.cumsum(2 * lens[v0:v1].reshape(-1), out=indptr[1:])
+            J, c, f = np.empty(ar.size), np.empty(ar.size), np.empty(ar.size)
+            for i in range(v0, v1):
+                for r0 in range(0, nu, rows_per_unit):
+                    r1 = min(r0 + rows_per_unit, nu)
+                    a = int(cum[i, r0])
+                    e = int(cum[i, r1]) - a
+                    if e == 0:
+                        continue
+                    ln = lens[i, r0:r1]
+                    Jv, cv, fv = J[:e], c[:e], f[:e]
+                    # plane j of every sample, and its coordinate c along the other axis
+                    base = cum[i, r0:r1] - a - ja[i, r0:r1]  # index of plane 0's sample
+                    np.subtract(ar[:e], np.repeat(base.astype(np.float64), ln), out=Jv)
+                    np.multiply(Jv, s[i], out=cv)
+                    cv += np.repeat(c0[i, r0:r1], ln)
+                    np.floor(cv, out=fv)
+                    cv -= fv
+                    cv *= dt[i]  # frac dt: weight of voxel f + 1
+                    p = 2 * int(vc[i] - vc[v0] + a)
+                    D = data[p:p + 2 * e].reshape(e, 2)
+                    I = ind[p:p + 2 * e]
+                    np.copyto(D[:, 1], cv, casting="same_kind")
+                    np.subtract(dt[i], cv, out=D[:, 0], casting="same_kind")
+                    # samples with f = -1 (voxel f outside) and f = nm - 1 (voxel f + 1 outside)
+                    lo = _runs(base + lo_a[i, r0:r1], lo_n[i, r0:r1])
+                    hi = _runs(base + hi_a[i, r0:r1], hi_n[i, r0:r1])
+                    if k[i] == 0:  # planes along z (stride nx), interpolation along x
+                        Jv *= nx
+                        step = 1
+                    else:  # planes along x, interpolation along z (stride nx)
+                        fv *= nx
+                        step = nx
+                    fv += Jv  # column of voxel f
+                    col_lo, col_hi = fv[lo] + step, fv[hi]
+                    if pack and idt is np.int32:
+                        fv *= 4294967297.0  # col + (col + step) * 2**32
+                        fv += step * 4294967296.0
+                        np.copyto(I.view(np.int64), fv, casting="unsafe")
+                    else:
+                        I = I.reshape(e, 2)
+                        np.copyto(I[:, 0], fv, casting="unsafe")
+                        np.add(I[:, 0], step, out=I[:, 1])
+                    I = I.reshape(e, 2)
+                    if lo.size:
+                        D[lo, 0] = 0
+                        I[lo, 0] = I[lo, 1] = col_lo
+                    if hi.size:
+                        D[hi, 1] = 0
+                        I[hi, 0] = I[hi, 1] = col_hi
+            return sp.csr_matrix((data, ind, indptr), shape=(nu * (v1 - v0), ncol))
+
+        groups = list(itertools.pairwise(edges))
+        if len(groups) == 1:
+            return [build(*groups[0])]
+        return list(_pool(len(groups)).map(lambda g: build(*g), groups))
 
     def _matrices(self, xp, rdt):
         gpu = xp is not np
@@ -297,19 +427,23 @@ class Projector:
             if hit is not None:
                 Projector._cache.move_to_end(key)
                 return hit
-        return _cache_matrix(key, self._build_matrix(rdt), gpu)
+        nb = _build_threads()
+        if self.geometry.n_angles * self.det_shape[1] * max(self.vol_shape[0], self.vol_shape[2]) \
+                < _THREAD_MIN_WORK:
+            nb = 1
+        return _cache_matrix(key, self._build_blocks(rdt, nb), gpu)
 
     def matrix(self):
         """The 2D slice matrix (scipy CSR, rows (angle, u), columns (z, x)) of the fast path."""
         if not self.fast:
             raise ValueError("this geometry has no separable 2D matrix (not plain tomography)")
-        return self._build_matrix(self.dtype)
+        return _stack_rows(self._build_blocks(self.dtype, _build_threads()), np)
 
     def _fast_apply(self, arr, transpose):
         xp = xp_of(arr)
         rdt = np.float64 if (self.dtype == np.float64 or arr.dtype in (np.float64, np.complex128)) \
             else np.float32
-        A_blocks, AT_blocks = self._matrices(xp, rdt)
+        ent = self._matrices(xp, rdt)
         out_dt = _result_dtype(arr.dtype, rdt)
         cplx = np.dtype(out_dt).kind == "c"
         nz, ny, nx = self.vol_shape
@@ -323,15 +457,19 @@ class Projector:
         if cplx:
             X = X.view(rdt)
         ncol = X.shape[1]
+
+        def apply(Xc):
+            if transpose:
+                return _blocks_matmul_T(ent.adj(), Xc, xp)
+            return _blocks_matmul(ent.fwd, Xc, xp)
+
         step = ncol if xp is not np else _COL_CHUNK  # keep the dense block cache-sized
         if step >= ncol:
-            Y = _blocks_matmul_T(AT_blocks, X, xp) if transpose else _blocks_matmul(A_blocks, X, xp)
+            Y = apply(X)
         else:
             Y = np.empty(((nz * nx) if transpose else (na * nu), ncol), dtype=X.dtype)
             for c0 in range(0, ncol, step):
-                Xc = np.ascontiguousarray(X[:, c0:c0 + step])
-                Y[:, c0:c0 + step] = (_blocks_matmul_T(AT_blocks, Xc, xp) if transpose
-                                      else _blocks_matmul(A_blocks, Xc, xp))
+                Y[:, c0:c0 + step] = apply(np.ascontiguousarray(X[:, c0:c0 + step]))
         if cplx:
             Y = Y.view(out_dt)
         if not transpose:
@@ -340,7 +478,9 @@ class Projector:
 
     # ------------------------------------------------------------------ operators
     def _general_matrix(self, xp, rdt):
-        """CSR matrix (angle*nv*nu, nz*ny*nx) of the general path, or None if too large."""
+        """The cached general-path operator (:class:`_SparseOp`: CSR row blocks of the
+        (angle*nv*nu, nz*ny*nx) matrix, one block of consecutive views per worker thread), or
+        None if too large."""
         n_vox = int(np.prod(self.vol_shape))
         est = 4 * self.geometry.n_angles * n_vox * 1.5
         if est > _SPARSE_MAX_NNZ or n_vox >= 2**31:
@@ -357,16 +497,23 @@ class Projector:
         import scipy.sparse as sp
 
         nrays = self.det_shape[0] * self.det_shape[1]
-        rows, cols, vals = [], [], []
-        for i in range(self.geometry.n_angles):
-            ray, idx, w = self._view_samples(np, i, rdt)
-            nz_ = w != 0
-            rows.append(np.broadcast_to(ray + i * nrays, w.shape)[nz_].astype(np.int32))
-            cols.append(idx[nz_].astype(np.int32))
-            vals.append(w[nz_])
-        A = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(self.geometry.n_angles * nrays, n_vox)).tocsr()
-        return _cache_matrix(key, A, gpu)
+
+        def build(views):  # CSR rows of consecutive views
+            rows, cols, vals = [], [], []
+            for i in views:
+                ray, idx, w = self._view_samples(np, i, rdt)
+                nz_ = w != 0
+                rows.append(np.broadcast_to(ray + (i - views[0]) * nrays, w.shape)[nz_].astype(np.int32))
+                cols.append(idx[nz_].astype(np.int32))
+                vals.append(w[nz_])
+            return sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                 shape=(len(views) * nrays, n_vox)).tocsr()
+
+        nb = max(1, min(_build_threads(), self.geometry.n_angles))
+        groups = [g for g in np.array_split(np.arange(self.geometry.n_angles), nb) if g.size]
+        blocks = list(_pool(len(groups)).map(build, groups)) if len(groups) > 1 \
+            else [build(groups[0])]
+        return _cache_matrix(key, blocks, gpu)
 
     def _sparse_apply(self, ent, arr, transpose, rdt):
         xp = xp_of(arr)
@@ -375,7 +522,7 @@ class Projector:
         X = xp.ascontiguousarray(arr.astype(out_dt, copy=False)).reshape(-1, 1)
         if cplx:
             X = X.view(rdt)
-        Y = _blocks_matmul_T(ent[1], X, xp) if transpose else _blocks_matmul(ent[0], X, xp)
+        Y = _blocks_matmul_T(ent.adj(), X, xp) if transpose else _blocks_matmul(ent.fwd, X, xp)
         if cplx:
             Y = xp.ascontiguousarray(Y).view(out_dt)
         return Y.reshape(self.vol_shape if transpose else self.shape_out)
@@ -464,22 +611,49 @@ class Projector:
                 "volume_origin": self.vol_origin.copy()}
 
 
-def _entry_nnz(ent):
-    return sum(int(b.nnz) for b in ent[0])
+class _SparseOp:
+    """A cached sparse operator: CSR row blocks ``fwd`` of ``A`` and ``adj()`` for ``A^T``.
+
+    CPU: the blocks are separate arrays (built by different threads); ``adj()`` returns their
+    transposes (CSC views of the same arrays, no copy) and the adjoint is the sum over blocks
+    of ``block^T @ Y_block``. GPU: one cupy CSR matrix; its transpose is converted to CSR (a
+    copy) on the first adjoint call and counted in the cache size from then on.
+    """
+
+    __slots__ = ("_adj", "fwd", "gpu")
+
+    def __init__(self, fwd, gpu):
+        self.fwd = fwd
+        self.gpu = gpu
+        self._adj = None if gpu else [b.T for b in fwd]
+
+    def adj(self):
+        if self._adj is None:
+            adj = [self.fwd[0].T.tocsr()]
+            with Projector._cache_lock:
+                if self._adj is None:
+                    self._adj = adj
+                _evict()
+        return self._adj
+
+    @property
+    def nnz(self) -> int:
+        """Stored nonzeros (transposed copies included)."""
+        n = sum(int(b.nnz) for b in self.fwd)
+        if self.gpu and self._adj is not None:
+            n += sum(int(b.nnz) for b in self._adj)
+        return n
 
 
-def _cache_matrix(key, A, gpu):
-    """Store CSR matrix ``A`` in the operator cache as (forward blocks, adjoint blocks) and return
-    that entry: one cupy CSR and its transpose on the GPU; on the CPU row blocks for the worker
-    threads, the adjoint being the sum over blocks of ``block^T @ Y_block`` (CSC views, no copy)."""
+def _cache_matrix(key, blocks, gpu):
+    """Store the operator given as CSR row blocks (scipy) in the operator cache and return its
+    :class:`_SparseOp`; on the GPU the blocks are stacked into one cupy CSR matrix."""
     if gpu:
-        import cupyx.scipy.sparse as csp
+        import cupy
 
-        Ag = csp.csr_matrix(A)
-        ent = ([Ag], [Ag.T.tocsr()])
+        ent = _SparseOp([_stack_rows(blocks, cupy)], True)
     else:
-        blocks = _row_blocks(A, cpu_workers())
-        ent = (blocks, [b.T for b in blocks])
+        ent = _SparseOp(list(blocks), False)
     with Projector._cache_lock:
         Projector._cache[key] = ent
         _evict()
@@ -488,10 +662,10 @@ def _cache_matrix(key, A, gpu):
 
 def _evict():
     c = Projector._cache
-    total = sum(_entry_nnz(e) for e in c.values())
+    total = sum(e.nnz for e in c.values())
     while len(c) > 1 and (len(c) > Projector._cache_max or total > Projector._cache_max_nnz):
         _, e = c.popitem(last=False)
-        total -= _entry_nnz(e)
+        total -= e.nnz
 
 
 def clear_cache():
@@ -500,25 +674,51 @@ def clear_cache():
         Projector._cache.clear()
 
 
-def _row_blocks(A, n):
-    """Split a CSR matrix into ~equal-nnz row blocks that share A's arrays (no copies)."""
-    import scipy.sparse as sp
+def _stack_rows(blocks, xp):
+    """One CSR matrix (scipy for numpy, cupyx for cupy) from scipy CSR row blocks."""
+    if xp is np:
+        import scipy.sparse as spmod
 
-    n = max(1, min(int(n), 8))
-    if n == 1 or A.shape[0] < 2 * n:
-        return [A]
-    cum = A.indptr
-    cuts = np.searchsorted(cum, np.linspace(0, cum[-1], n + 1)[1:-1])
-    edges = [0, *sorted({int(c) for c in cuts}), A.shape[0]]
-    out = []
-    for r0, r1 in itertools.pairwise(edges):
-        if r1 <= r0:
-            continue
-        p0, p1 = int(cum[r0]), int(cum[r1])
-        ip = cum[r0:r1 + 1] - cum[r0]
-        blk = sp.csr_matrix((A.data[p0:p1], A.indices[p0:p1], ip), shape=(r1 - r0, A.shape[1]))
-        out.append(blk)
-    return out
+        if len(blocks) == 1:
+            return blocks[0]
+    else:
+        import cupyx.scipy.sparse as spmod
+    nnz = [int(b.nnz) for b in blocks]
+    ncol = blocks[0].shape[1]
+    idt = np.int32 if max(sum(nnz), ncol) < 2**31 else np.int64
+    offs = np.cumsum([0, *nnz])
+    data = xp.concatenate([xp.asarray(b.data) for b in blocks])
+    indices = xp.concatenate([xp.asarray(b.indices.astype(idt, copy=False)) for b in blocks])
+    indptr = xp.concatenate([xp.asarray((b.indptr[:-1] if j < len(blocks) - 1 else b.indptr)
+                                        .astype(idt) + idt(offs[j])) for j, b in enumerate(blocks)])
+    return spmod.csr_matrix((data, indices, indptr),
+                            shape=(sum(b.shape[0] for b in blocks), ncol))
+
+
+def _root_guess(edge, c0, s, nj, ceil):
+    """Plane index (int64, clipped to [0, nj]) where ``c0 + s * j`` crosses ``edge``: ``ceil``
+    of the root, else its floor + 1 (a guess, checked by the caller)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        g = (edge - c0) / s
+    g = np.ceil(g) if ceil else np.floor(g) + 1
+    return np.clip(np.nan_to_num(g, nan=0.0), 0, nj).astype(np.int64)
+
+
+def _runs(starts, counts):
+    """Concatenated ranges ``starts[r] .. starts[r] + counts[r] - 1`` (int64)."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+
+
+def _build_threads():
+    return max(1, min(cpu_workers(), 8))
+
+
+#: samples (2 nonzeros each) per work unit when building the slice matrix: keeps the float64
+#: temporaries of one unit in the CPU cache
+_UNIT_SAMPLES = 1 << 16
 
 
 _THREAD_MIN_WORK = 200_000
@@ -529,8 +729,11 @@ _POOL_N = 0
 
 
 def _pool(n):
+    """The shared worker pool, with at least ``n`` threads."""
     global _POOL, _POOL_N
-    if _POOL is None or _POOL_N != n:
+    if _POOL is None or _POOL_N < n:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
         _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ptynb-tomo")
         _POOL_N = n
     return _POOL
