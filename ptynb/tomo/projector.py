@@ -434,7 +434,10 @@ class Projector:
         return _cache_matrix(key, self._build_blocks(rdt, nb), gpu)
 
     def matrix(self):
-        """The 2D slice matrix (scipy CSR, rows (angle, u), columns (z, x)) of the fast path."""
+        """The 2D slice matrix (scipy CSR, rows (angle, u), columns (z, x), weights in metres) of
+        the fast path. Neighbours just outside the volume edge are stored as explicit zeros on
+        a repeated column (about 1 % of the entries); call ``sum_duplicates()`` for canonical
+        form."""
         if not self.fast:
             raise ValueError("this geometry has no separable 2D matrix (not plain tomography)")
         return _stack_rows(self._build_blocks(self.dtype, _build_threads()), np)
