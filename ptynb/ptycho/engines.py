@@ -37,7 +37,6 @@ from .operators import (
     fourier_shift_ramps,
     fourier_update_factor,
     scatter_add_patches,
-    shift_waves,
 )
 
 __all__ = ["ENGINES", "Problem", "epie_iteration", "lsqml_iteration", "rpie_iteration"]
@@ -546,8 +545,16 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
         iy_d, ix_d = (xp.asarray(iy), xp.asarray(ix)) if xp is not np else (iy, ix)
         Opat = extract_patches(obj, iy_d, ix_d, n)  # (B, L, n, n)
         if sub:
+            # the probe's spectrum once per batch (not once per pattern), then one inverse FFT
+            # per pattern: P_j = F^-1[F(P) ry_j rx_j]
             ry, rx = fourier_shift_ramps(fy_all[idx], fx_all[idx], n, xp)
-            P = shift_waves(xp.broadcast_to(probe[None], (B, M, n, n)), ry, rx, fft)
+            phat = empty((M, n, n), xp)
+            phat[...] = probe
+            phat = fft.forward(phat)
+            P = empty((B, M, n, n), xp)
+            xp.multiply(phat[None], ry[:, None, :, None], out=P)
+            P *= rx[:, None, None, :]
+            P = fft.inverse(P)
         else:
             P = xp.broadcast_to(probe[None], (B, M, n, n))
         psis = [P]
@@ -608,10 +615,18 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
             if do_probe:
                 gP = xp.conj(Ok)[:, None] * d
                 if sub:
-                    gP = shift_waves(gP, ry, rx, fft, conj=True)
+                    # sum_j shift_{-f_j}(g_j) = F^-1[sum_j F(g_j) conj(ry_j rx_j)]: B forward
+                    # FFTs and one inverse (linearity), not B of each
+                    G = fft.forward(gP)
+                    G *= xp.conj(ry)[:, None, :, None]
+                    G *= xp.conj(rx)[:, None, None, :]
+                    dP = empty((M, n, n), xp)
+                    dP[...] = G.sum(axis=0)
+                    dP = fft.inverse(dP)
+                else:
+                    dP = gP.sum(axis=0)
                 den = _abs2(Ok, xp).sum(axis=0)
                 den += np.float32(reg_p * float(den.max()) + 1e-12)
-                dP = gP.sum(axis=0)
                 dP /= den
                 bvec = Ok[:, None] * dP[None]
                 if step_rule == "mean":
