@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import ptynb.tomo._kernels as P_kernels
 import ptynb.tomo.projector as P
 from ptynb import backend, tomo
 from ptynb.data import ValidationError, volume
@@ -76,6 +77,9 @@ def _slice_cases():
                                               "pixel_size": (VOX[1], 0.7e-8)}),
         (np.linspace(0, 180, 11), (1, 1, 9), {}),
         (np.linspace(0, 180, 11), (9, 1, 1), {}),
+        # rays through voxel centres beyond both edges: c hits -1 and n_m - 1 exactly
+        (np.array([0.0, 90.0, 180.0, 270.0, 45.0]), (16, 1, 12),
+         {"det_shape": (1, 22), "det_origin": (0.0, -11.0)}),
     ]
 
 
@@ -106,6 +110,38 @@ def test_slice_matrix_matches_joseph_samples(dtype):
             blk = P._stack_rows(op._build_blocks(dtype, nb), np)
             for a, b in ((one.indptr, blk.indptr), (one.indices, blk.indices), (one.data, blk.data)):
                 np.testing.assert_array_equal(a, b)
+
+
+def _csr_arrays(blocks):
+    return [(b.indptr, b.indices, b.data) for b in blocks]
+
+
+@pytest.mark.skipif(not P_kernels.available(), reason="needs numba")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_slice_fill_equals_numpy_fill(dtype, monkeypatch):
+    """The numba kernel and the numpy fallback write bitwise the same CSR arrays (same dtypes,
+    same indptr and indices, weights equal bit for bit), block by block, also with int64
+    indices."""
+    rng = np.random.default_rng(17)
+    cases = _slice_cases() + [
+        (np.linspace(0, 180, 180, endpoint=False), (64, 1, 64), {}),
+        (rng.uniform(-360, 360, 41), (37, 1, 23), {"voxel_size": (1.1, 1.0, 0.7),
+                                                   "det_shape": (1, 50), "pixel_size": (1.0, 0.6)}),
+    ]
+    for idt in (None, np.int64):
+        if idt is not None:
+            monkeypatch.setattr(P, "_index_dtype", lambda nnz, ncol, idt=idt: idt)
+        for ang, shape, kw in cases:
+            op = P.Projector(Geometry("tomography", ang), shape, dtype=dtype, **kw)
+            for nb in (1, 3):
+                fast = op._build_blocks(dtype, nb, compiled=True)
+                ref = op._build_blocks(dtype, nb, compiled=False)
+                assert len(fast) == len(ref)
+                for a, b in zip(_csr_arrays(fast), _csr_arrays(ref)):
+                    for x, y in zip(a, b):
+                        assert x.dtype == y.dtype and x.shape == y.shape
+                        np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+                assert fast[0].data.dtype == dtype
 
 
 @pytest.mark.parametrize("bad_guess", [False, True])

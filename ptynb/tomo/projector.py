@@ -23,12 +23,16 @@ float32 or float64; ``cupyx.scipy.sparse`` on the GPU) and applies it to all row
 sparse @ dense-matrix products. The matrix is built directly in CSR form by the worker
 threads, one block of consecutive views each: the planes each ray crosses inside the volume
 are found analytically, so every row length is known and the arrays are written in place
-(no compaction, no format conversion). Products are split over threads by these row blocks
-(scipy's sparse kernels release the GIL); the adjoint uses the blocks' transposes (CSC
-views, no copies). On the GPU the blocks are stacked into one cupy CSR matrix whose
-transpose is converted on the first adjoint call. The general path (laminography, poses,
-other detectors) caches a sparse matrix built from the per-view Joseph weights when it is
-small enough, else evaluates them per view on the fly. All paths use the same weights (to
+(no compaction, no format conversion) by a compiled one-pass kernel
+(:mod:`ptynb.tomo._kernels`, numba). A numpy fill that gives bitwise the same matrix is used
+where numba is missing or env ``PTYNB_TOMO_NUMBA=0`` (numba's per-process start, import and
+loading the cached kernel, about 0.3-0.6 s, is not worth it for a short script that builds
+one small operator). Products are split over threads by these row blocks (scipy's sparse
+kernels release the GIL); the adjoint uses the blocks' transposes (CSC views, no copies). On
+the GPU the blocks are stacked into one cupy CSR matrix whose transpose is converted on the
+first adjoint call. The general path (laminography, poses, other detectors) caches a sparse
+matrix built from the per-view Joseph weights when it is small enough, else evaluates them
+per view on the fly. All paths use the same weights (to
 float64 rounding of the sample positions).
 """
 from __future__ import annotations
@@ -55,6 +59,8 @@ _MAX_ANGLE = 360.0
 #: general path: precompute a sparse matrix when its estimated nnz is below this
 #: (env PTYNB_TOMO_SPARSE_NNZ), else compute the Joseph weights on the fly per view.
 _SPARSE_MAX_NNZ = int(float(__import__("os").environ.get("PTYNB_TOMO_SPARSE_NNZ", 6e7)))
+#: fast path: fill the slice matrix with the compiled kernel (env PTYNB_TOMO_NUMBA=0: numpy)
+_USE_NUMBA = __import__("os").environ.get("PTYNB_TOMO_NUMBA", "1").strip() != "0"
 
 
 # ============================================================================ helpers
@@ -321,7 +327,7 @@ class Projector:
         hi = (np.where(up, j1, ja), np.where(up, jb, j1))
         return k, s, c0, dt, ja, jb, lo, hi
 
-    def _build_blocks(self, rdt, nblocks=1):
+    def _build_blocks(self, rdt, nblocks=1, compiled=None):
         """The 2D slice matrix (rows (angle, u), columns (z, x) = ``z * nx + x``, weights in
         metres) as CSR blocks of consecutive views.
 
@@ -330,88 +336,52 @@ class Projector:
         ``frac dt``, next to each other; a voxel just outside the volume (at its edge) is kept
         as an explicit zero on a valid column. So every row length is known beforehand and the
         CSR arrays are written in place, without compaction. ``nblocks`` blocks with about
-        equal nonzeros are built by the worker threads (numpy releases the GIL).
+        equal nonzeros are built by the worker threads, one block each: by the compiled
+        one-pass kernel :func:`ptynb.tomo._kernels.slice_csr` (releases the GIL), or, if
+        ``compiled`` is False, by :func:`_fill_slice_numpy` (the same float64 arithmetic, so
+        bitwise the same matrix; numpy releases the GIL too). Default: compiled if numba is
+        importable and env ``PTYNB_TOMO_NUMBA`` is not ``0``. The arrays are allocated with
+        ``np.empty`` (each entry is written exactly once); the kernel needs no temporaries, so
+        the matrix's own arrays (8 bytes per nonzero for float32 weights and int32 indices)
+        are the only memory touched.
         """
         import scipy.sparse as sp
 
+        if compiled is None:
+            compiled = _USE_NUMBA
+        if compiled:  # imports numba (not at all with PTYNB_TOMO_NUMBA=0)
+            from . import _kernels
+
+            compiled = _kernels.available()
         nz, _, nx = self.vol_shape
         nu = self.det_shape[1]
         n = self.geometry.n_angles
-        k, s, c0, dt, ja, jb, lo_run, hi_run = self._slice_rays()
+        rays = self._slice_rays()
+        k, s, c0, dt, ja, jb = rays[:6]
         lens = jb - ja  # (angle, nu) samples per ray
-        lo_a, lo_n = lo_run[0], lo_run[1] - lo_run[0]
-        hi_a, hi_n = hi_run[0], hi_run[1] - hi_run[0]
-        cum = np.zeros((n, nu + 1), dtype=np.int64)  # samples before ray u in view i
-        np.cumsum(lens, axis=1, out=cum[:, 1:])
         vc = np.zeros(n + 1, dtype=np.int64)  # samples before view i
-        np.cumsum(cum[:, -1], out=vc[1:])
+        np.cumsum(lens.sum(axis=1), out=vc[1:])
         nblocks = max(1, min(int(nblocks), n))
         cuts = np.searchsorted(vc, vc[-1] * np.arange(1, nblocks) / nblocks).tolist()
         edges = sorted({0, n, *(min(max(int(c), 1), n) for c in cuts)})
-        rows_per_unit = max(1, _UNIT_SAMPLES // max(nz, nx))
-        ar = np.arange(max(1, min(int(cum[:, -1].max()), rows_per_unit * max(nz, nx))),
-                       dtype=np.float64)
         ncol = nz * nx
-        # column pairs (col, col + step) packed into one int64 (little-endian int32 pairs)
-        # when that is exact in float64
-        pack = sys.byteorder == "little" and ncol < 2**20
+        if compiled:
+            k, s, c0, dt, ja, jb = (np.ascontiguousarray(a, dtype=d) for a, d in
+                                    zip((k, s, c0, dt, ja, jb), (np.int64, np.float64, np.float64,
+                                                                 np.float64, np.int64, np.int64)))
 
         def build(v0, v1):
             nnz = 2 * int(vc[v1] - vc[v0])
-            idt = np.int32 if max(nnz, ncol) < 2**31 else np.int64
+            idt = _index_dtype(nnz, ncol)
             data = np.empty(nnz, dtype=rdt)
             ind = np.empty(nnz, dtype=idt)
-            indptr = np.zeros(nu * (v1 - v0) + 1, dtype=idt)
-            np.cumsum(2 * lens[v0:v1].reshape(-1), out=indptr[1:])
-            J, c, f = np.empty(ar.size), np.empty(ar.size), np.empty(ar.size)
-            for i in range(v0, v1):
-                for r0 in range(0, nu, rows_per_unit):
-                    r1 = min(r0 + rows_per_unit, nu)
-                    a = int(cum[i, r0])
-                    e = int(cum[i, r1]) - a
-                    if e == 0:
-                        continue
-                    ln = lens[i, r0:r1]
-                    Jv, cv, fv = J[:e], c[:e], f[:e]
-                    # plane j of every sample, and its coordinate c along the other axis
-                    base = cum[i, r0:r1] - a - ja[i, r0:r1]  # index of plane 0's sample
-                    np.subtract(ar[:e], np.repeat(base.astype(np.float64), ln), out=Jv)
-                    np.multiply(Jv, s[i], out=cv)
-                    cv += np.repeat(c0[i, r0:r1], ln)
-                    np.floor(cv, out=fv)
-                    cv -= fv
-                    cv *= dt[i]  # frac dt: weight of voxel f + 1
-                    p = 2 * int(vc[i] - vc[v0] + a)
-                    D = data[p:p + 2 * e].reshape(e, 2)
-                    I = ind[p:p + 2 * e]
-                    np.copyto(D[:, 1], cv, casting="same_kind")
-                    np.subtract(dt[i], cv, out=D[:, 0], casting="same_kind")
-                    # samples with f = -1 (voxel f outside) and f = nm - 1 (voxel f + 1 outside)
-                    lo = _runs(base + lo_a[i, r0:r1], lo_n[i, r0:r1])
-                    hi = _runs(base + hi_a[i, r0:r1], hi_n[i, r0:r1])
-                    if k[i] == 0:  # planes along z (stride nx), interpolation along x
-                        Jv *= nx
-                        step = 1
-                    else:  # planes along x, interpolation along z (stride nx)
-                        fv *= nx
-                        step = nx
-                    fv += Jv  # column of voxel f
-                    col_lo, col_hi = fv[lo] + step, fv[hi]
-                    if pack and idt is np.int32:
-                        fv *= 4294967297.0  # col + (col + step) * 2**32
-                        fv += step * 4294967296.0
-                        np.copyto(I.view(np.int64), fv, casting="unsafe")
-                    else:
-                        I = I.reshape(e, 2)
-                        np.copyto(I[:, 0], fv, casting="unsafe")
-                        np.add(I[:, 0], step, out=I[:, 1])
-                    I = I.reshape(e, 2)
-                    if lo.size:
-                        D[lo, 0] = 0
-                        I[lo, 0] = I[lo, 1] = col_lo
-                    if hi.size:
-                        D[hi, 1] = 0
-                        I[hi, 0] = I[hi, 1] = col_hi
+            indptr = np.empty(nu * (v1 - v0) + 1, dtype=idt)
+            if compiled:
+                _kernels.slice_csr(k, s, c0, dt, ja, jb, nz, nx, v0, v1, data, ind, indptr)
+            else:
+                indptr[0] = 0
+                np.cumsum(2 * lens[v0:v1].reshape(-1), out=indptr[1:])
+                _fill_slice_numpy(rays, nz, nx, v0, v1, data, ind)
             return sp.csr_matrix((data, ind, indptr), shape=(nu * (v1 - v0), ncol))
 
         groups = list(itertools.pairwise(edges))
@@ -713,6 +683,85 @@ def _runs(starts, counts):
     if total == 0:
         return np.zeros(0, dtype=np.int64)
     return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+
+
+def _index_dtype(nnz, ncol):
+    """Index dtype of a slice-matrix block: int32 unless its nonzeros or columns need int64."""
+    return np.int32 if max(nnz, ncol) < 2**31 else np.int64
+
+
+def _fill_slice_numpy(rays, nz, nx, v0, v1, data, ind):
+    """numpy fallback of :func:`ptynb.tomo._kernels.slice_csr`: fill ``data`` and ``ind`` of the
+    slice-matrix rows of views ``v0 <= i < v1`` (``indptr`` is the caller's), vectorised over
+    chunks of rays of one view. ``rays`` is :meth:`Projector._slice_rays`'s tuple; the edge
+    samples come from its runs ``lo`` / ``hi``. Same float64 expressions in the same order as
+    the kernel (``c = j * s + c0``, ``frac dt``, ``dt - frac dt``, one rounding to
+    ``data``'s dtype), hence bitwise the same arrays (tested)."""
+    k, s, c0, dt, ja, jb, lo_run, hi_run = rays
+    nu = c0.shape[1]
+    lens = jb - ja
+    lo_a, lo_n = lo_run[0], lo_run[1] - lo_run[0]
+    hi_a, hi_n = hi_run[0], hi_run[1] - hi_run[0]
+    cum = np.zeros((v1 - v0, nu + 1), dtype=np.int64)  # samples before ray u in view i
+    np.cumsum(lens[v0:v1], axis=1, out=cum[:, 1:])
+    rows_per_unit = max(1, _UNIT_SAMPLES // max(nz, nx))
+    ar = np.arange(max(1, min(int(cum[:, -1].max()), rows_per_unit * max(nz, nx))),
+                   dtype=np.float64)
+    # column pairs (col, col + step) packed into one int64 (little-endian int32 pairs) when
+    # that is exact in float64
+    pack = sys.byteorder == "little" and nz * nx < 2**20 and ind.dtype == np.int32
+    J, c, f = np.empty(ar.size), np.empty(ar.size), np.empty(ar.size)
+    off = 0  # samples before view i in the block
+    for i in range(v0, v1):
+        ci = cum[i - v0]
+        for r0 in range(0, nu, rows_per_unit):
+            r1 = min(r0 + rows_per_unit, nu)
+            a = int(ci[r0])
+            e = int(ci[r1]) - a
+            if e == 0:
+                continue
+            ln = lens[i, r0:r1]
+            Jv, cv, fv = J[:e], c[:e], f[:e]
+            # plane j of every sample, and its coordinate c along the other axis
+            base = ci[r0:r1] - a - ja[i, r0:r1]  # index of plane 0's sample
+            np.subtract(ar[:e], np.repeat(base.astype(np.float64), ln), out=Jv)
+            np.multiply(Jv, s[i], out=cv)
+            cv += np.repeat(c0[i, r0:r1], ln)
+            np.floor(cv, out=fv)
+            cv -= fv
+            cv *= dt[i]  # frac dt: weight of voxel f + 1
+            p = 2 * (off + a)
+            D = data[p:p + 2 * e].reshape(e, 2)
+            I = ind[p:p + 2 * e]
+            np.copyto(D[:, 1], cv, casting="same_kind")
+            np.subtract(dt[i], cv, out=D[:, 0], casting="same_kind")
+            # samples with f = -1 (voxel f outside) and f = nm - 1 (voxel f + 1 outside)
+            lo = _runs(base + lo_a[i, r0:r1], lo_n[i, r0:r1])
+            hi = _runs(base + hi_a[i, r0:r1], hi_n[i, r0:r1])
+            if k[i] == 0:  # planes along z (stride nx), interpolation along x
+                Jv *= nx
+                step = 1
+            else:  # planes along x, interpolation along z (stride nx)
+                fv *= nx
+                step = nx
+            fv += Jv  # column of voxel f
+            col_lo, col_hi = fv[lo] + step, fv[hi]
+            if pack:
+                fv *= 4294967297.0  # col + (col + step) * 2**32
+                fv += step * 4294967296.0
+                np.copyto(I.view(np.int64), fv, casting="unsafe")
+            else:
+                I = I.reshape(e, 2)
+                np.copyto(I[:, 0], fv, casting="unsafe")
+                np.add(I[:, 0], step, out=I[:, 1])
+            I = I.reshape(e, 2)
+            if lo.size:
+                D[lo, 0] = 0
+                I[lo, 0] = I[lo, 1] = col_lo
+            if hi.size:
+                D[hi, 1] = 0
+                I[hi, 0] = I[hi, 1] = col_hi
+        off += int(ci[-1])
 
 
 def _build_threads():
