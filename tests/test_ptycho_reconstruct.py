@@ -293,15 +293,16 @@ def test_initial_probe_from_attrs(small):
 
 
 # ----------------------------------------------------------------------------- fused CPU sweep
-@pytest.mark.parametrize("engine,noise,masked,subpixel", [
-    ("epie", "gaussian", False, "round"), ("rpie", "gaussian", True, "round"),
-    ("epie", "poisson", True, "round"), ("rpie", "poisson", False, "round"),
-    ("epie", "poisson", False, True), ("rpie", "gaussian", True, True)])
-def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel):
+@pytest.mark.parametrize("engine,noise,masked,subpixel,modes", [
+    ("epie", "gaussian", False, "round", 1), ("rpie", "gaussian", True, "round", 1),
+    ("epie", "poisson", True, "round", 1), ("rpie", "poisson", False, "round", 1),
+    ("epie", "poisson", False, True, 1), ("rpie", "gaussian", True, True, 1),
+    ("epie", "poisson", False, True, 3), ("rpie", "gaussian", True, "round", 2)])
+def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel, modes):
     """The compiled CPU sweep (ptynb.ptycho._kernels) does the generic loop's arithmetic: same
     object, probe and cost to float32 rounding after one iteration, with and without a
-    detector mask, whole-pixel and exact sub-pixel positions, probe updates from the first
-    iteration. (Over more iterations rounding
+    detector mask, whole-pixel and exact sub-pixel positions, one and several probe modes,
+    probe updates from the first iteration. (Over more iterations rounding
     differences grow, as they do between any two float32 runs: the modulus constraint gives
     far-field pixels where the model is ~0 the phase of its rounding noise. A relative 1e-6
     change of the initial probe moves the generic loop's object by 0.03-0.06 after one
@@ -315,7 +316,10 @@ def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel)
     if masked:
         mask = np.ones((32, 32), bool)
         mask[3, 5] = mask[20, 11] = False
-    kw = dict(engine=engine, subpixel=subpixel, noise=noise, progress=False, mask=mask)
+    if modes > 1:
+        ds = _clean(xray_data(n=32, grid=5, counts=1e6, modes=modes))
+    kw = dict(engine=engine, subpixel=subpixel, noise=noise, progress=False, mask=mask,
+              modes=modes)
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
     for v in ("object", "probe"):
@@ -324,5 +328,6 @@ def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel)
     np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=1e-4)
     a = reconstruct(ds, fused=True, iterations=15, **kw)
     b = reconstruct(ds, fused=False, iterations=15, **kw)
-    ea, eb = object_error(a, small), object_error(b, small)
+    truth = small if modes == 1 else xray_data(n=32, grid=5, counts=1e6, modes=modes)
+    ea, eb = object_error(a, truth), object_error(b, truth)
     assert ea < 0.1 and abs(ea - eb) < 0.1 * eb, (ea, eb)

@@ -5,10 +5,11 @@ pattern besides the two FFTs; at 128 x 128 those passes cost more than the FFTs.
 kernels fuse them into three loops per pattern (exit wave, detector constraint, object and
 probe update) that numba compiles to SIMD code. They implement exactly the arithmetic of the
 generic (numpy/cupy) loop in :mod:`ptynb.ptycho.engines`, which stays the reference and the
-GPU path; ``tests/test_ptycho_engines.py`` checks that both give the same reconstruction.
+GPU path; ``tests/test_ptycho_reconstruct.py`` checks that both give the same result.
 
-All arrays are C-contiguous: ``P``, ``chi``, ``W`` (n, n) complex64; ``O`` (Y, X) complex64,
-patch at rows ``y:y+n``, columns ``x:x+n``; real arrays (n, n) float32. Compiled code is
+All arrays are C-contiguous: probe modes ``P``, exit waves ``chi``, far fields ``W``
+(M, n, n) complex64 (the single-mode detector kernels take one (n, n) far field); ``O``
+(Y, X) complex64, patch at rows ``y:y+n``, columns ``x:x+n``; real arrays (n, n) float32. Compiled code is
 cached on disk (numba ``cache=True``), so only the first process on a machine compiles.
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the generic loop still works
     _nb = None
 
-__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_p2", "modulus_gaussian",
-           "poisson_apply", "poisson_sums", "ramp_multiply", "update_pie"]
+__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "exit_wave_p2",
+           "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply", "update_pie",
+           "update_pie_modes"]
 
 
 def available() -> bool:
@@ -76,30 +78,64 @@ def exit_wave_p2(P, O, y, x, chi, o2, p2):
 
 
 @_jit
-def ramp_multiply(F, ry, rx, scale, out):
-    """``out = scale * F * ry[:, None] * rx[None, :]`` (the probe spectrum shifted).
+def exit_wave_modes(P, O, y, x, chi, o2, p2, want_p2):
+    """Exit waves of every mode: ``chi[m] = P[m] * O[y:y+n, x:x+n]``.
 
-    ``F`` (n, n) complex64 spectrum, ``ry``/``rx`` (n,) complex64 Fourier-shift phase ramps.
+    ``P``, ``chi`` (M, n, n) complex64. Writes ``o2 = |O patch|^2`` and, if ``want_p2``,
+    ``p2 = sum_m |P[m]|^2`` (float32 (n, n), for their maxima).
     """
-    n0, n1 = F.shape
+    M, n0, n1 = P.shape
     for i in range(n0):
-        a = ry[i] * scale
-        f = F[i]
-        o = out[i]
+        o = O[y + i, x:x + n1]
+        r = o2[i]
         for j in range(n1):
-            o[j] = f[j] * (a * rx[j])
+            r[j] = o[j].real * o[j].real + o[j].imag * o[j].imag
+        if want_p2:
+            q = p2[i]
+            for j in range(n1):
+                q[j] = np.float32(0.0)
+        for m in range(M):
+            p = P[m, i]
+            c = chi[m, i]
+            for j in range(n1):
+                orr = o[j].real
+                oi = o[j].imag
+                pr = p[j].real
+                pi = p[j].imag
+                c[j] = complex(pr * orr - pi * oi, pr * oi + pi * orr)
+            if want_p2:
+                q = p2[i]
+                for j in range(n1):
+                    q[j] += p[j].real * p[j].real + p[j].imag * p[j].imag
+
+
+@_jit
+def ramp_multiply(F, ry, rx, scale, out):
+    """``out[m] = scale * F[m] * ry[:, None] * rx[None, :]`` (the probe modes' spectra shifted).
+
+    ``F``, ``out`` (M, n, n) complex64; ``ry``/``rx`` (n,) complex64 Fourier-shift ramps.
+    """
+    M, n0, n1 = F.shape
+    for m in range(M):
+        for i in range(n0):
+            a = ry[i] * scale
+            f = F[m, i]
+            o = out[m, i]
+            for j in range(n1):
+                o[j] = f[j] * (a * rx[j])
 
 
 @_jit
 def add_ramp_multiply(F, ry, rx, acc):
-    """``acc += F * conj(ry[:, None] * rx[None, :])`` (probe spectrum update, sub-pixel case)."""
-    n0, n1 = F.shape
-    for i in range(n0):
-        a = ry[i].conjugate()
-        f = F[i]
-        o = acc[i]
-        for j in range(n1):
-            o[j] = o[j] + f[j] * (a * rx[j].conjugate())
+    """``acc[m] += F[m] * conj(ry[:, None] * rx[None, :])`` (probe spectrum update, sub-pixel)."""
+    M, n0, n1 = F.shape
+    for m in range(M):
+        for i in range(n0):
+            a = ry[i].conjugate()
+            f = F[m, i]
+            o = acc[m, i]
+            for j in range(n1):
+                o[j] = o[j] + f[j] * (a * rx[j].conjugate())
 
 
 @_jit
@@ -231,3 +267,81 @@ def update_pie(W, chi, P, O, y, x, so, sp, do_probe, regularized, alpha, beta, o
                 q[j] = pr2 * pr2 + pi2 * pi2
             else:
                 q[j] = pr * pr + pi * pi
+
+
+@_jit
+def update_pie_modes(W, chi, P, O, y, x, so, sp, do_probe, regularized, alpha, beta, off_o,
+                     off_p, p2, D, direct, rows):
+    """:func:`update_pie` for M probe modes: ``W``, ``chi``, ``P``, ``D`` (M, n, n).
+
+    ``O += so sum_m conj(P[m]) d[m]`` (ePIE, ``so = alpha / max sum_m |P[m]|^2``; rPIE: divided
+    by ``(1 - alpha) sum_m |P[m]|^2 + off_o``) and ``P[m] += sp conj(O) d[m]`` (rPIE: divided
+    by ``(1 - beta)|O|^2 + off_p``), both from the values before this step, ``d[m] = W[m] -
+    chi[m]``; ``p2 = sum_m |P_new[m]|^2``; with ``direct`` False the probe update goes to ``D``.
+    ``rows`` is scratch, float32 (6, n). Row by row, modes in the outer loop, so that the
+    inner loops stay unit-stride (vectorised).
+    """
+    M, n0, n1 = P.shape
+    one = np.float32(1.0)
+    ur = rows[0]
+    ui = rows[1]
+    a2 = rows[2]
+    o_r = rows[3]
+    o_i = rows[4]
+    spr = rows[5]
+    for i in range(n0):
+        o = O[y + i, x:x + n1]
+        for j in range(n1):
+            ur[j] = np.float32(0.0)
+            ui[j] = np.float32(0.0)
+            a2[j] = np.float32(0.0)
+        for m in range(M):
+            w = W[m, i]
+            c = chi[m, i]
+            p = P[m, i]
+            for j in range(n1):
+                dr = w[j].real - c[j].real
+                di = w[j].imag - c[j].imag
+                pr = p[j].real
+                pi = p[j].imag
+                ur[j] += pr * dr + pi * di
+                ui[j] += pr * di - pi * dr
+                a2[j] += pr * pr + pi * pi
+        for j in range(n1):
+            orr = o[j].real
+            oi = o[j].imag
+            o_r[j] = orr
+            o_i[j] = oi
+            if regularized:
+                so_ = one / ((one - alpha) * a2[j] + off_o)
+                spr[j] = one / ((one - beta) * (orr * orr + oi * oi) + off_p)
+            else:
+                so_ = so
+                spr[j] = sp
+            o[j] = complex(orr + so_ * ur[j], oi + so_ * ui[j])
+        if direct:
+            q = p2[i]
+            if do_probe:
+                for j in range(n1):
+                    q[j] = np.float32(0.0)
+            else:
+                for j in range(n1):
+                    q[j] = a2[j]
+        if do_probe:
+            for m in range(M):
+                w = W[m, i]
+                c = chi[m, i]
+                p = P[m, i]
+                dd = D[m, i]
+                for j in range(n1):
+                    dr = w[j].real - c[j].real
+                    di = w[j].imag - c[j].imag
+                    vr = spr[j] * (o_r[j] * dr + o_i[j] * di)
+                    vi = spr[j] * (o_r[j] * di - o_i[j] * dr)
+                    if direct:
+                        pr2 = p[j].real + vr
+                        pi2 = p[j].imag + vi
+                        p[j] = complex(pr2, pi2)
+                        p2[i, j] += pr2 * pr2 + pi2 * pi2
+                    else:
+                        dd[j] = complex(vr, vi)

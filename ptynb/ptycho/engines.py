@@ -278,9 +278,9 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
     pos_grad = np.zeros_like(state.positions) if refine else None
     Y, X = obj.shape[1:]
 
-    if (L == 1 and M == 1 and not refine and xp is np and _fused_ok(obj, probe)
+    if (L == 1 and not refine and xp is np and _fused_ok(obj, probe)
             and opts.get("fused", True)):
-        c = _pie_fast_sweep(problem, buf, obj[0], probe[0], order, iy_all.tolist(),
+        c = _pie_fast_sweep(problem, buf, obj[0], probe, order, iy_all.tolist(),
                             ix_all.tolist(), alpha, beta, regularized, update_probe, npix,
                             ramps=(ry_all, rx_all) if sub else None)
         if sub and update_probe:
@@ -383,62 +383,65 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
 
 def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
                     update_probe, npix, ramps=None):
-    """The PIE sweep for one slice and one mode on the CPU, with fused compiled passes.
+    """The PIE sweep for one slice (any number of probe modes) on the CPU, fused passes.
 
     Same arithmetic as the generic loop of :func:`_pie_iteration`, with the elementwise work
     of each pattern fused into a few compiled passes (:mod:`ptynb.ptycho._kernels`: exit
-    wave, detector constraint, object + probe update) around the FFTs. At 128 x 128 the ~20
+    waves, detector constraint, object + probe update) around the FFTs. At 128 x 128 the ~20
     numpy passes of the generic loop took 1.5-2x the time of the two FFTs; the fused passes
     take about 0.6x (measured, see ``benchmarks/RESULTS.md``).
 
-    ``ramps``: None for whole-pixel positions (2 FFTs per pattern, the probe updated in
-    place), or ``(ry, rx)`` (J, n) Fourier-shift ramps for exact sub-pixel positions: the
-    probe is shifted through its spectrum and its update applied to the spectrum (4 FFTs per
-    pattern), as in the generic loop.
+    ``O`` (Y, X) object, ``P`` (M, n, n) probe modes (updated in place). ``ramps``: None for
+    whole-pixel positions (2 FFTs per pattern and mode, the probe updated in place), or
+    ``(ry, rx)`` (J, n) Fourier-shift ramps for exact sub-pixel positions: the probe is shifted
+    through its spectrum ``buf.phat`` and its update applied to the spectrum (4 FFTs per
+    pattern and mode), as in the generic loop.
     """
     from . import _kernels as K
 
-    n = P.shape[-1]
+    M, n = P.shape[0], P.shape[-1]
     fft = problem.fft1
-    W = buf.W
-    W0 = W[0]
-    chi = buf.chi[0, 0]
-    key = ("oop", n)
+    W = buf.W  # (M, n, n)
+    chi = buf.chi[0]  # (M, n, n)
+    key = ("oop", M, n)
     plans = getattr(fft, "_oop", None)
     if plans is None or plans[0] != key:
         # out-of-place forward chi -> W (c2c preserves its input: no copy), in-place inverse
-        fwd = fftw_plan(chi, W0, threads=fft.threads, effort=fft.effort)
+        fwd = fftw_plan(chi, W, threads=fft.threads, effort=fft.effort)
         fft._oop = plans = (key, fwd)
     fwd_plan = plans[1]
-    fwd_plan.update_arrays(chi, W0)
+    fwd_plan.update_arrays(chi, W)
     inv_plan = fft._plan(W, True)
     inv_plan.update_arrays(W, W)  # the cached plan runs in place on this buffer
     f32 = np.float32
-    gaussian = problem.noise == "gaussian" and problem.upsample == 1
+    single = M == 1 and problem.upsample == 1
+    gaussian = problem.noise == "gaussian" and single
+    poisson = problem.noise == "poisson" and single
+    W0 = W[0]
     valid = (np.ones((n, n), np.float32) if problem.mask is None
              else np.ascontiguousarray(problem.mask, dtype=np.float32))
     amp_all, amps_all = buf.amp, buf.amp_s
     eps = f32(1e-6 * np.sqrt(npix))
     inv1 = f32(1.0 / npix)
-    o2 = np.empty((n, n), np.float32)  # |O patch|^2, then its maximum
-    a32, b32 = f32(alpha), f32(beta)
-    exit_wave, modulus, update = K.exit_wave, K.modulus_gaussian, K.update_pie
     # Poisson likelihood: two fused passes (model and Newton direction with their sums; the
     # update), the log for the reported misfit by numpy (SIMD log)
-    poisson = problem.noise == "poisson" and problem.upsample == 1
     psums, papply = K.poisson_sums, K.poisson_apply
     I_all, const = buf.I, getattr(buf, "const", None)
     masked = problem.mask is not None
     eps_p = f32(1e-6 * npix)
     mbuf = np.empty((n, n), np.float32)
     gbuf = np.empty((n, n), np.float32)
+    o2 = np.empty((n, n), np.float32)  # |O patch|^2, then its maximum
+    p2 = np.empty((n, n), np.float32)  # sum_m |P_m|^2, then its maximum
+    a32, b32 = f32(alpha), f32(beta)
+    modulus = K.modulus_gaussian
+    rows = np.empty((6, n), np.float32)  # scratch of the mixed-state update
     sub = ramps is not None
     if sub:
         ry_all, rx_all = ramps
-        phat = buf.phat[0]  # unnormalised probe spectrum, set by the caller
-        psi = buf.psi[0, 0]  # the shifted probe
-        D = buf.dpsi[0]  # its update, then that update's spectrum
-        p2 = np.empty((n, n), np.float32)
+        phat = buf.phat  # (M, n, n) unnormalised probe spectra, set by the caller
+        psi = buf.psi[0]  # the shifted probe modes
+        D = buf.dpsi  # their update, then that update's spectra
         sp_plans = getattr(fft, "_sub", None)
         if sp_plans is None or sp_plans[0] != key:  # in place on psi (inverse), D (forward)
             sp_plans = fft._sub = (key, fftw_plan(psi, psi, inverse=True, threads=fft.threads,
@@ -450,8 +453,28 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     else:
         psi = P
         D = P  # unused
-        p2 = np.abs(P) ** 2  # |P|^2, kept current by the update kernel
+        p2[...] = (np.abs(P) ** 2).sum(axis=0)  # kept current by the update kernel
         pmax = float(p2.max())
+    # one mode: kernels on (n, n) views (fully vectorised); several: the mode-stack kernels
+    if M == 1:
+        psi1, chi1, D1 = psi[0], chi[0], D[0]
+
+        def exit_wave(want_p2):
+            if want_p2:
+                K.exit_wave_p2(psi1, O, y, x, chi1, o2, p2)
+            else:
+                K.exit_wave(psi1, O, y, x, chi1, o2)
+
+        def update(so, sp, off_o, off_p):
+            K.update_pie(W0, chi1, psi1, O, y, x, so, sp, update_probe, regularized, a32, b32,
+                         off_o, off_p, p2, D1, not sub)
+    else:
+        def exit_wave(want_p2):
+            K.exit_wave_modes(psi, O, y, x, chi, o2, p2, want_p2)
+
+        def update(so, sp, off_o, off_p):
+            K.update_pie_modes(W, chi, psi, O, y, x, so, sp, update_probe, regularized, a32,
+                               b32, off_o, off_p, p2, D, not sub, rows)
     cost = 0.0
     for j in order.tolist():
         y = iy[j]
@@ -459,10 +482,10 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         if sub:
             K.ramp_multiply(phat, ry_all[j], rx_all[j], inv1, psi)
             shift_plan.execute()
-            K.exit_wave_p2(psi, O, y, x, chi, o2, p2)
+            exit_wave(True)
             pmax = float(p2.max())
         else:
-            exit_wave(P, O, y, x, chi, o2)
+            exit_wave(False)
         fwd_plan.execute()
         if gaussian:
             cost += modulus(W0, amp_all[j], amps_all[j], valid, eps, inv1) / npix
@@ -475,7 +498,7 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
                 logm *= valid
             cost += (s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(const[j])) / npix
             papply(W0, gbuf, valid, f32(a), inv1)
-        else:
+        else:  # mixed states or upsampling: the generic detector step
             cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
         inv_plan.execute()
         omax = float(o2.max()) + 1e-12
@@ -485,8 +508,7 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         else:
             so, sp = f32(alpha / (pmax + 1e-12)), f32(beta / omax)
             off_o = off_p = f32(0.0)
-        update(W0, chi, psi, O, y, x, so, sp, update_probe, regularized, a32, b32, off_o, off_p,
-               p2, D, not sub)
+        update(so, sp, off_o, off_p)
         if sub:
             if update_probe:
                 d_plan.execute()
