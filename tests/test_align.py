@@ -322,10 +322,78 @@ def _rich_volume(n=32):
     return blob_volume(n, blobs)
 
 
+def _posed_setup(n=16, views=20, seed=3):
+    """Small blob volume (SI units: 1e-8 m voxels) and the float32 torch model of
+    joint_refinement (no blur) for unit tests of its solvers."""
+    import torch
+
+    from ptynb.tomo.torch_ops import posed_project
+
+    r = np.random.default_rng(seed)
+    blobs = [(tuple(r.uniform(-4, 4, 3)), r.uniform(1.0, 1.8), r.uniform(0.5, 1.0)) for _ in range(6)]
+    vol = torch.tensor(blob_volume(n, blobs).values, dtype=torch.float32)
+    ang = np.linspace(0, 180, views, endpoint=False)
+
+    def fwd(v, q):
+        q = torch.as_tensor(np.asarray(q), dtype=torch.float32)
+        return posed_project(v, ang, euler_deg=q[:, 2:], shifts_px=q[:, :2], voxel_size=1e-8, step=1.0)
+
+    return vol, ang, fwd
+
+
+def test_cgls_float32_si_units_and_ramp_preconditioner():
+    """CGLS on float32 line integrals of 1e-8 m voxels: without rescaling the squared norms
+    of A^T r are subnormal and the solve stalls; the ramp preconditioner converges faster."""
+    import torch
+
+    vol, ang, fwd = _posed_setup()
+    q0 = np.zeros((ang.size, 5))
+    data = fwd(vol, q0)
+
+    def rel(v):
+        return float(torch.sum((fwd(v, q0) - data) ** 2) / torch.sum(data ** 2))
+
+    x0 = torch.zeros_like(vol)
+    plain = A._cgls(lambda v: fwd(v, q0), data, x0, 5, torch)
+    pre = A._cgls(lambda v: fwd(v, q0), data, x0, 5, torch,
+                  precond=A._ramp_preconditioner(vol.shape, torch, vol.dtype, vol.device))
+    assert rel(plain) < 1e-3  # without the rescaling: stuck at 1.5e-2 after the first step
+    assert rel(pre) < 0.5 * rel(plain)
+    # never worse than the start, also when started at the solution
+    again = A._cgls(lambda v: fwd(v, q0), data, pre, 5, torch)
+    assert rel(again) <= rel(pre)
+
+
+def test_pose_gauss_newton_fixed_volume(rng):
+    """With the volume fixed (and exact), the per-view Gauss-Newton pose solver recovers
+    errors of 1 px and 1 deg rms in every view to float32 precision."""
+    import torch
+
+    vol, ang, fwd = _posed_setup(n=24)
+    true = np.concatenate([rng.normal(0, 1.0, (ang.size, 2)), rng.normal(0, 1.0, (ang.size, 3))], axis=1)
+    data = fwd(vol, true)
+    est, nproj = A._pose_gauss_newton(lambda q: fwd(vol, q), data, np.zeros_like(true), [0, 1, 2, 3, 4],
+                                      8, (0.05,) * 5, torch)
+    err = np.abs(est - true)
+    assert err[:, :2].max() < 1e-3  # px
+    assert err[:, 2:].max() < 1e-3  # deg
+    assert nproj <= 1 + 8 * (5 + 4)
+    # only the requested columns move
+    est, _ = A._pose_gauss_newton(lambda q: fwd(vol, q), data, np.zeros_like(true), [0, 1], 3, (0.05,) * 5, torch)
+    assert np.all(est[:, 2:] == 0) and np.abs(est[:, :2]).max() > 0
+
+
+def test_joint_refinement_bad_solver():
+    da = xr.DataArray(np.ones((4, 8, 8)), dims=("angle", "y", "x"), coords={"angle": [0, 1, 2, 3.0]})
+    with pytest.raises(ValidationError, match="pose_solver"):
+        A.joint_refinement(da, pose_solver="lbfgs", progress=False)
+
+
 @pytest.mark.slow
 def test_joint_refinement_recovers_shifts_and_rotations(rng):
     """MSPT-style joint refinement on 32^3 / 60 views: per-view shifts of 3 px rms and Euler
-    errors of 1 deg rms (gauge-free), simulated with the Joseph projector (posed geometry)."""
+    errors of 1 deg rms (gauge-free), simulated with the Joseph projector (posed geometry),
+    recovered to < 0.3 px and < 0.2 deg rms (the acceptance target)."""
     from ptynb import metrics, tomo
 
     vol = _rich_volume()
@@ -341,21 +409,25 @@ def test_joint_refinement_recovers_shifts_and_rotations(rng):
     losses = []
     out, info = A.align(P, method="joint", iterations=2, progress=False,
                         schedule=(("shifts", 0.1, 1), ("rotations", 0.2, 2), ("all", 1.0, 4)),
-                        pose_steps=25, volume_steps=5,
+                        pose_steps=2, volume_steps=3,
                         callback=lambda i, d: losses.append(d["loss"]))
     shifts = np.stack([out["shift_y"].values, out["shift_x"].values], axis=1)
     poses = np.stack([out["pose_rx"].values, out["pose_ry"].values, out["pose_rz"].values], axis=1)
     shift_err = np.sqrt(np.mean(np.sum((shifts + S) ** 2, axis=1)))
     rot_err = np.sqrt(np.mean((poses - E) ** 2))
+    ry_err = np.sqrt(np.mean((poses[:, 1] - E[:, 1]) ** 2))
+    print(f"joint refinement: shift error {shift_err:.3f} px rms, rotation error {rot_err:.3f} deg rms "
+          f"(ry {ry_err:.3f})")
     assert shift_err < 0.3
-    # from 1.0 deg rms this schedule reaches 0.17-0.26 deg over random draws (35 s on 2 cores):
-    # the 0.2 deg target is met only sometimes; rotation about the tomographic axis is weakest
-    assert rot_err < 0.4
+    # Gauss-Newton poses + coupled volume-pose steps: 0.03-0.07 deg over random draws
+    # (Adam poses with alternation alone: 0.17-0.31); rotation about the tomographic axis
+    # (ry) is the weakest direction, so it gets its own bound
+    assert rot_err < 0.2
+    assert ry_err < 0.2
     assert len(losses) == 7
-    # every round ends lower than it started at full scale (monotone volume steps)
+    # every round ends lower than it started at full scale
     assert losses[-1] < losses[-2] < losses[-3] < losses[-4]
     pcc_joint = metrics.pcc(vol, info["volume"])
-    print(f"joint refinement: shift error {shift_err:.3f} px rms, rotation error {rot_err:.3f} deg rms, "
-          f"volume PCC {pcc_joint:.4f}")
-    assert pcc_joint > 0.98
+    print(f"volume PCC {pcc_joint:.4f}")
+    assert pcc_joint > 0.99
     assert pcc_joint > metrics.pcc(vol, tomo.fbp(P))

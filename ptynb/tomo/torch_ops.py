@@ -217,9 +217,12 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
         vol_origin = [-(n // 2) * d for n, d in zip((nz, ny, nx), vs)]
     if det_origin is None:
         det_origin = [-(nv // 2) * ps[0], -(nu // 2) * ps[1]]
-    vo = torch.as_tensor(np.asarray(vol_origin, dtype=np.float64), dtype=rdt, device=dev)
-    vst = torch.as_tensor(np.array(vs), dtype=rdt, device=dev)
-    shape_t = torch.as_tensor([nz, ny, nx], dtype=rdt, device=dev)
+    # sample (z, y, x) -> grid_sample coordinates (x, y, z) in [-1, 1] (align_corners=True):
+    # g = gscale * (s - vol_origin) - 1, folded into the rotation and an offset
+    vo_np = np.asarray(vol_origin, dtype=np.float64)
+    gscale_np = 2.0 / (np.maximum(np.array([nz, ny, nx]) - 1, 1) * vs)
+    gscale = torch.as_tensor(gscale_np[::-1].copy(), dtype=rdt, device=dev)  # (x, y, z)
+    goff = torch.as_tensor((-gscale_np * vo_np - 1.0)[::-1].copy(), dtype=rdt, device=dev)
     ang = torch.as_tensor(np.array(angles_deg, dtype=np.float64, copy=True) if not torch.is_tensor(angles_deg)
                           else angles_deg, dtype=rdt, device=dev).reshape(-1)
     na = ang.numel()
@@ -246,16 +249,15 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
     outs = []
     for b0 in range(0, na, batch):
         b1 = min(na, b0 + int(batch))
-        Mt = R[b0:b1].transpose(-1, -2)  # lab -> sample
+        # lab -> sample rotation, rows in grid order (x, y, z) and scaled to grid units
+        Mg = R[b0:b1].transpose(-1, -2).flip(-2) * gscale[:, None]  # (B, 3, 3)
         vv = v[None, :] - sv[b0:b1, None]  # (B, nv)
         uu = u[None, :] - su[b0:b1, None]
-        # s = M @ (t, v, u): (B, nt, nv, nu, 3) in (z, y, x)
-        s = (Mt[:, None, None, None, :, 0] * t[None, :, None, None, None]
-             + Mt[:, None, None, None, :, 1] * vv[:, None, :, None, None]
-             + Mt[:, None, None, None, :, 2] * uu[:, None, None, :, None])
-        idx = (s - vo) / vst
-        g = 2 * idx / (shape_t - 1).clamp(min=1) - 1  # align_corners=True
-        g = g.flip(-1)  # grid_sample wants (x, y, z)
+        # g = Mg @ (t, v, u) + goff: (B, nt, nv, nu, 3), summed small-to-large (one full pass)
+        gt = Mg[:, None, None, None, :, 0] * t[None, :, None, None, None] + goff  # (B, nt, 1, 1, 3)
+        gv = Mg[:, None, None, None, :, 1] * vv[:, None, :, None, None]  # (B, 1, nv, 1, 3)
+        gu = Mg[:, None, None, None, :, 2] * uu[:, None, None, :, None]  # (B, 1, 1, nu, 3)
+        g = (gt + gv) + gu
         B = b1 - b0
         smp = F.grid_sample(inp.expand(B, *inp.shape[1:]), g, mode="bilinear",
                             padding_mode="zeros", align_corners=True)  # (B, C, nt, nv, nu)
