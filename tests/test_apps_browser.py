@@ -85,7 +85,7 @@ def test_explorer_loads_demo_and_switches(server, page):
     info = page.locator(".ptynb-info")
     info.get_by_text(re.compile(r"xray.*8\.0 keV")).wait_for(timeout=60000)
     info.get_by_text(re.compile(r"100 positions, detector 64 x 64 px")).wait_for(timeout=10000)
-    page.locator(".ptynb-scan canvas").first.wait_for(timeout=30000)
+    page.locator(".ptynb-scan canvas").first.wait_for(timeout=60000)
     # switch to the electron demo and load it
     page.locator(".ptynb-source select").select_option(label="Electron demo (200 keV, 4D-STEM)")
     page.locator(".ptynb-load button").click()
