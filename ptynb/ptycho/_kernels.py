@@ -21,8 +21,8 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the generic loop still works
     _nb = None
 
-__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "exit_wave_p2",
-           "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply", "update_pie",
+__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "modulus_gaussian",
+           "poisson_apply", "poisson_sums", "ramp_multiply", "update_pie",
            "update_pie_modes"]
 
 
@@ -40,26 +40,10 @@ else:  # pragma: no cover
 
 
 @_jit
-def exit_wave(P, O, y, x, chi, o2):
-    """``chi = P * O[y:y+n, x:x+n]``; ``o2 = |O patch|^2`` (float32, for its maximum)."""
-    n0, n1 = P.shape
-    for i in range(n0):
-        p = P[i]
-        o = O[y + i, x:x + n1]
-        c = chi[i]
-        r = o2[i]
-        for j in range(n1):
-            orr = o[j].real
-            oi = o[j].imag
-            pr = p[j].real
-            pi = p[j].imag
-            c[j] = complex(pr * orr - pi * oi, pr * oi + pi * orr)
-            r[j] = orr * orr + oi * oi
-
-
-@_jit
-def exit_wave_p2(P, O, y, x, chi, o2, p2):
-    """:func:`exit_wave` that also writes ``p2 = |P|^2`` (the shifted probe's, sub-pixel case)."""
+def exit_wave(P, O, y, x, chi, o2, p2, want_p2):
+    """``chi = P * O[y:y+n, x:x+n]`` for one mode, ``P``/``chi`` (n, n); ``o2 = |O patch|^2``
+    and, if ``want_p2`` (the shifted probe of the sub-pixel case), ``p2 = |P|^2`` (float32
+    (n, n), for their maxima)."""
     n0, n1 = P.shape
     for i in range(n0):
         p = P[i]
@@ -74,7 +58,8 @@ def exit_wave_p2(P, O, y, x, chi, o2, p2):
             pi = p[j].imag
             c[j] = complex(pr * orr - pi * oi, pr * oi + pi * orr)
             r[j] = orr * orr + oi * oi
-            q[j] = pr * pr + pi * pi
+            if want_p2:
+                q[j] = pr * pr + pi * pi
 
 
 @_jit

@@ -460,10 +460,7 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         psi1, chi1, D1 = psi[0], chi[0], D[0]
 
         def exit_wave(want_p2):
-            if want_p2:
-                K.exit_wave_p2(psi1, O, y, x, chi1, o2, p2)
-            else:
-                K.exit_wave(psi1, O, y, x, chi1, o2)
+            K.exit_wave(psi1, O, y, x, chi1, o2, p2, want_p2)
 
         def update(so, sp, off_o, off_p):
             K.update_pie(W0, chi1, psi1, O, y, x, so, sp, update_probe, regularized, a32, b32,

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__
-from ..backend import get_xp, resolve_device, to_host
+from ..backend import FFTW_EFFORTS, get_xp, resolve_device, to_host
 from ..data import ValidationError, reconstruction, validate
 from .engines import ENGINES, Problem
 from .operators import orthogonalize_modes, unshift_data
@@ -361,8 +361,8 @@ def _check_options(options) -> None:
             raise ValidationError("options", f"unknown option {key!r}{hint} Known: "
                                   f"{', '.join(ENGINE_OPTIONS)}")
     eff = options.get("fftw_effort")
-    if eff is not None and str(eff).lower() not in ("estimate", "measure", "patient", "exhaustive"):
-        raise ValidationError("fftw_effort", f"must be estimate/measure/patient/exhaustive, got {eff!r}")
+    if eff is not None and str(eff).lower() not in FFTW_EFFORTS:
+        raise ValidationError("fftw_effort", f"must be one of {FFTW_EFFORTS}, got {eff!r}")
     rule = options.get("step_rule")
     if rule is not None and rule not in ("global", "mean"):
         raise ValidationError("step_rule", f"must be 'global' or 'mean', got {rule!r}")
