@@ -140,7 +140,14 @@ class Explorer(pn.viewable.Viewer):
 
 
 def app():
-    """A fresh explorer (one per browser session), loaded with the X-ray demo."""
+    """A fresh explorer (one per browser session), loaded with the X-ray demo.
+
+    In a served session the demo is simulated once the page has connected (``pn.state.onload``):
+    a job that finished while the page was still connecting could have its views dropped.
+    """
     ex = Explorer()
-    ex._load()
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        pn.state.onload(ex._load)
+    else:
+        ex._load()
     return ex.__panel__()
