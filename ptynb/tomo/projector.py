@@ -61,6 +61,12 @@ _MAX_ANGLE = 360.0
 _SPARSE_MAX_NNZ = int(float(__import__("os").environ.get("PTYNB_TOMO_SPARSE_NNZ", 6e7)))
 #: fast path: fill the slice matrix with the compiled kernel (env PTYNB_TOMO_NUMBA=0: numpy)
 _USE_NUMBA = __import__("os").environ.get("PTYNB_TOMO_NUMBA", "1").strip() != "0"
+#: CPU fast path: apply the slice operator matrix-free with the compiled kernels (no matrix to
+#: build or keep); env PTYNB_TOMO_MATRIX_FREE=0 uses the cached CSR matrix instead
+_MATRIX_FREE = _USE_NUMBA and \
+    __import__("os").environ.get("PTYNB_TOMO_MATRIX_FREE", "1").strip() != "0"
+_RAYS: OrderedDict = OrderedDict()
+_RAYS_LOCK = threading.Lock()
 
 
 # ============================================================================ helpers
@@ -250,7 +256,7 @@ class Projector:
                 tuple(self.voxel_size), tuple(self.pixel_size), tuple(self.vol_origin[[0, 2]]),
                 float(self.det_origin[1]), np.dtype(rdt).str, gpu, cpu_workers())
 
-    def _slice_rays(self):
+    def _slice_rays(self, runs=True):
         """Rays of the 2D (z, x) slice matrix, vectorised over views.
 
         Same Joseph sampling as :meth:`_view_samples`, specialised to the z-x plane: the ray of
@@ -295,7 +301,7 @@ class Projector:
             # smallest j in [0, nj] with pred(c(j)), pred false then true along j: the root of
             # c(j) = edge as a guess, checked, and bisected where it is wrong
             def at(j, r):
-                jj = np.clip(j, 0, NJ[r] - 1).astype(np.float64)
+                jj = np.minimum(np.maximum(j, 0), NJ[r] - 1).astype(np.float64)
                 return pred(C0[r] + S[r] * jj, UP[r], NM[r])
 
             g = _root_guess(edge(UP, NM), C0, S, NJ, ceil)
@@ -317,6 +323,8 @@ class Projector:
                    lambda up, nm: np.where(up, -1.0, nm), False)
         jb = np.maximum(first(lambda c, up, nm: np.where(up, c >= nm, c <= -1.0),
                               lambda up, nm: np.where(up, nm, -1.0), True), ja)
+        if not runs:  # the compiled kernels find the edge samples themselves
+            return k, s, c0, dt, ja, jb
         # runs at the ends of [ja, jb): f = -1 (c < 0) and f = nm - 1 (c >= nm - 1)
         j0 = np.clip(first(lambda c, up, nm: np.where(up, c >= 0.0, c < 0.0),
                            lambda up, nm: 0.0, True), ja, jb)
@@ -356,7 +364,7 @@ class Projector:
         nz, _, nx = self.vol_shape
         nu = self.det_shape[1]
         n = self.geometry.n_angles
-        rays = self._slice_rays()
+        rays = self._slice_rays(runs=not compiled)  # the kernel needs no edge runs
         k, s, c0, dt, ja, jb = rays[:6]
         lens = jb - ja  # (angle, nu) samples per ray
         vc = np.zeros(n + 1, dtype=np.int64)  # samples before view i
@@ -412,8 +420,133 @@ class Projector:
             raise ValueError("this geometry has no separable 2D matrix (not plain tomography)")
         return _stack_rows(self._build_blocks(self.dtype, _build_threads()), np)
 
+    def _kernel_rays(self):
+        """The ray arrays of :meth:`_slice_rays` typed for the compiled kernels, plus the
+        cumulative sample count per view (for balanced view blocks); cached per geometry."""
+        key = self._matrix_key(np.float64, False)[:-3]  # the geometry only
+        with _RAYS_LOCK:
+            hit = _RAYS.get(key)
+            if hit is not None:
+                _RAYS.move_to_end(key)
+                return hit
+        k, s, c0, dt, ja, jb = self._slice_rays(runs=False)
+        rays = tuple(np.ascontiguousarray(a, dtype=d) for a, d in
+                     zip((k, s, c0, dt, ja, jb), (np.int64, np.float64, np.float64, np.float64,
+                                                  np.int64, np.int64)))
+        vc = np.zeros(self.geometry.n_angles + 1, dtype=np.int64)
+        np.cumsum((jb - ja).sum(axis=1), out=vc[1:])
+        with _RAYS_LOCK:
+            _RAYS[key] = (rays, vc)
+            while len(_RAYS) > 16:
+                _RAYS.popitem(last=False)
+        return rays, vc
+
+    def _kernel_apply(self, arr, transpose):
+        """CPU fast path without a matrix: the compiled kernels
+        (:func:`ptynb.tomo._kernels.slice_forward` / ``slice_adjoint``) evaluate the Joseph
+        weights on the fly (the same float64 sample positions as the CSR matrix, weights
+        rounded to the data's real dtype once) and apply them to all y rows at once. Work is
+        split over the worker threads by blocks of views (forward; adjoint on one column) or
+        by blocks of columns (adjoint), so no two threads write the same output."""
+        from . import _kernels
+
+        rdt = self._rdt(arr)
+        out_dt = _result_dtype(arr.dtype, rdt)
+        cplx = np.dtype(out_dt).kind == "c"
+        nz, ny, nx = self.vol_shape
+        na, nu = self.geometry.n_angles, self.det_shape[1]
+        rays, vc = self._kernel_rays()
+        X = np.ascontiguousarray(np.transpose(arr, (0, 2, 1)).astype(out_dt, copy=False))
+        X = X.reshape(-1, ny)
+        if cplx:
+            X = X.view(rdt)
+        ncol = X.shape[1]
+        nt = _build_threads()
+        if int(vc[-1]) * ncol < _THREAD_MIN_WORK:
+            nt = 1
+        nchunk = max(-(-ncol // _COL_CHUNK), min(nt, ncol))
+        qs = [(int(q[0]), int(q[-1]) + 1) for q in np.array_split(np.arange(ncol), nchunk)]
+
+        def view_blocks(nb):
+            cuts = np.searchsorted(vc, vc[-1] * np.arange(1, nb) / nb).tolist()
+            edges = sorted({0, na, *(min(max(int(c), 1), na) for c in cuts)})
+            return list(itertools.pairwise(edges))
+
+        def run(fn, units):
+            if len(units) == 1:
+                return [fn(units[0])]
+            return list(_pool(len(units)).map(fn, units))
+
+        if not transpose:
+            Y = np.empty((na * nu, ncol), dtype=rdt)
+
+            def fwd(vb):
+                for q0, q1 in qs:
+                    _kernels.slice_forward(*rays, nz, nx, vb[0], vb[1], q0, q1, X, Y)
+
+            run(fwd, view_blocks(nt))
+            out = Y
+            shape = (na, nu, ny)
+        else:
+            Y = np.zeros((nz * nx, ncol), dtype=rdt)
+            if len(qs) >= nt:  # columns in parallel: every thread all views
+
+                def adj(qb):
+                    for q0, q1 in qb:
+                        _kernels.slice_adjoint(*rays, nz, nx, 0, na, q0, q1, X, Y)
+
+                run(adj, [qs[t::nt] for t in range(min(nt, len(qs)))])
+            else:  # fewer columns than threads: views in parallel, private sums
+                blocks = view_blocks(nt)
+                accs = [Y] + [np.zeros_like(Y) for _ in blocks[1:]]
+
+                def adj_v(t):
+                    for q0, q1 in qs:
+                        _kernels.slice_adjoint(*rays, nz, nx, blocks[t][0], blocks[t][1],
+                                               q0, q1, X, accs[t])
+
+                run(adj_v, list(range(len(blocks))))
+                for a in accs[1:]:
+                    Y += a
+            out = Y
+            shape = (nz, nx, ny)
+        if cplx:
+            out = out.view(out_dt)
+        return np.ascontiguousarray(np.transpose(out.reshape(shape), (0, 2, 1)))
+
+    def _use_kernels(self, arr) -> bool:
+        """CPU: apply matrix-free (compiled kernels) instead of through the cached CSR matrix?
+
+        Building the matrix costs about as much as three applications with it, and on one or
+        two dense columns (a 2D slice, real or complex) the matrix-free kernels are as fast as
+        the matrix. So they are used for the first application of a geometry on at most two
+        columns (one FBP of a slice never builds a matrix; an iterative solver builds it on its
+        second call), and always when the matrix would not fit the operator cache (it would be
+        rebuilt on every call, at 8 bytes per nonzero: 16 GB for 1024^2 x 1000 views). On
+        many columns a cached matrix is 2-3x faster per application than the kernels.
+        """
+        if not _MATRIX_FREE:
+            return False
+        from . import _kernels
+
+        if not _kernels.available():
+            return False
+        rdt = self._rdt(arr)
+        if self._matrix_key(rdt, False) in Projector._cache:
+            return False
+        with _RAYS_LOCK:
+            seen = self._matrix_key(np.float64, False)[:-3] in _RAYS
+        ncol = self.vol_shape[1] * (2 if np.iscomplexobj(arr) else 1)
+        if ncol <= 2 and not seen:
+            return True
+        nz, _, nx = self.vol_shape
+        nnz = 2 * self.geometry.n_angles * self.det_shape[1] * max(nz, nx)  # upper bound
+        return nnz > Projector._cache_max_nnz
+
     def _fast_apply(self, arr, transpose):
         xp = xp_of(arr)
+        if xp is np and self._use_kernels(arr):
+            return self._kernel_apply(arr, transpose)
         rdt = np.float64 if (self.dtype == np.float64 or arr.dtype in (np.float64, np.complex128)) \
             else np.float32
         ent = self._matrices(xp, rdt)
@@ -642,9 +775,11 @@ def _evict():
 
 
 def clear_cache():
-    """Drop the cached sparse operators (frees their memory)."""
+    """Drop the cached sparse operators and ray tables (frees their memory)."""
     with Projector._cache_lock:
         Projector._cache.clear()
+    with _RAYS_LOCK:
+        _RAYS.clear()
 
 
 def _stack_rows(blocks, xp):
