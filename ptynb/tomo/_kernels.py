@@ -1,4 +1,7 @@
-"""Compiled CPU kernel (numba) that fills the tomography fast path's 2D Joseph slice matrix.
+"""Compiled CPU kernels (numba) of the tomography fast path's 2D Joseph slice operator: one
+that fills the slice matrix (:func:`slice_csr`) and a matrix-free forward and adjoint
+(:func:`slice_forward`, :func:`slice_adjoint`, at the end of this module) that apply the same
+weights without storing them.
 
 :meth:`ptynb.tomo.projector.Projector._build_blocks` knows, from
 :meth:`~ptynb.tomo.projector.Projector._slice_rays`, every ray's range of voxel planes inside

@@ -30,7 +30,12 @@ loading the cached kernel, about 0.3-0.6 s, is not worth it for a short script t
 one small operator). Products are split over threads by these row blocks (scipy's sparse
 kernels release the GIL); the adjoint uses the blocks' transposes (CSC views, no copies). On
 the GPU the blocks are stacked into one cupy CSR matrix whose transpose is converted on the
-first adjoint call. The general path (laminography, poses, other detectors) caches a sparse
+first adjoint call. On the CPU the first application of a geometry to a 2D slice (one or two
+dense columns), and every application of an operator too large for the operator cache, runs
+matrix-free instead: compiled kernels (:func:`ptynb.tomo._kernels.slice_forward` and
+``slice_adjoint``) evaluate the same Joseph weights on the fly, so a one-off FBP of a slice
+builds no matrix and a 1024^2 x 1000-view geometry never allocates its 16 GB of nonzeros
+(env ``PTYNB_TOMO_MATRIX_FREE=0`` always uses the matrix). The general path (laminography, poses, other detectors) caches a sparse
 matrix built from the per-view Joseph weights when it is small enough, else evaluates them
 per view on the fly. All paths use the same weights (to
 float64 rounding of the sample positions).
