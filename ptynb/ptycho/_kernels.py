@@ -1,4 +1,5 @@
-"""Fused CPU kernels (numba) for the sequential PIE sweep: one pass over memory per stage.
+"""Fused CPU kernels (numba) for the sequential PIE sweep and the batched LSQ-ML update: one
+pass over memory per stage.
 
 The sequential engines (ePIE, rPIE) do about 20 elementwise numpy passes per diffraction
 pattern besides the two FFTs; at 128 x 128 those passes cost more than the FFTs. These
@@ -21,9 +22,9 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the generic loop still works
     _nb = None
 
-__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "modulus_gaussian",
-           "poisson_apply", "poisson_sums", "ramp_multiply", "update_pie",
-           "update_pie_modes"]
+__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "lsq_object_sums",
+           "lsq_step_sums", "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply",
+           "update_pie", "update_pie_modes"]
 
 
 def available() -> bool:
@@ -330,3 +331,94 @@ def update_pie_modes(W, chi, P, O, y, x, so, sp, do_probe, regularized, alpha, b
                         p2[i, j] += pr2 * pr2 + pi2 * pi2
                     else:
                         dd[j] = complex(vr, vi)
+
+
+# ---------------------------------------------------------------------------- LSQ-ML (batched)
+@_jit
+def lsq_object_sums(pk, d, y, x, num, den):
+    """Object-update sums of one LSQ-ML batch for one slice, scattered into the object frame.
+
+    For every pattern ``b`` and mode ``m``: ``num[y_b + i, x_b + j] += conj(pk) d`` and
+    ``den[y_b + i, x_b + j] += |pk|^2`` (one pass; replaces the products, the sums over modes
+    and the two scatters of the generic code). ``pk`` (B, M, n, n) complex64, the waves
+    incident on the slice, or (1, M, n, n): the same probe for every pattern; ``d``
+    (B, M, n, n) complex64 the exit-wave update; ``y``, ``x`` (B,) int64 window corners;
+    ``num`` (Y, X) complex64, ``den`` (Y, X) float32, accumulated in place (patterns in
+    order, as the generic scatter).
+    """
+    B, M, n0, n1 = d.shape
+    shared = pk.shape[0] == 1
+    for b in range(B):
+        pb = 0 if shared else b
+        yb = y[b]
+        xb = x[b]
+        for m in range(M):
+            for i in range(n0):
+                nr = num[yb + i]
+                dr = den[yb + i]
+                pr = pk[pb, m, i]
+                qr = d[b, m, i]
+                for j in range(n1):
+                    p = pr[j]
+                    nr[xb + j] += p.conjugate() * qr[j]
+                    dr[xb + j] += p.real * p.real + p.imag * p.imag
+
+
+@_jit
+def lsq_step_sums(dO, pk, Ok, dP, d, with_probe, out):
+    """The five sums of the LSQ-ML step lengths per pattern, without forming the directions.
+
+    With ``a = dO[b] pk[b, m]`` (object direction times incident wave) and ``v = Ok[b] dP[m]``
+    (object patch times probe direction): ``out[b] = (sum |a|^2, Re sum conj(a) v,
+    sum |v|^2, Re sum conj(a) d, Re sum conj(v) d)`` over modes and pixels (float64 over
+    float32 row sums); the ``v`` terms are 0 if not ``with_probe``. ``dO``, ``Ok`` (B, n, n),
+    ``pk`` (B or 1, M, n, n), ``dP`` (M, n, n), ``d`` (B, M, n, n) complex64; ``out`` (B, 5)
+    float64.
+    """
+    B, M, n0, n1 = d.shape
+    shared = pk.shape[0] == 1
+    for b in range(B):
+        pb = 0 if shared else b
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        for m in range(M):
+            for i in range(n0):
+                dor = dO[b, i]
+                pr = pk[pb, m, i]
+                qr = d[b, m, i]
+                t0 = np.float32(0.0)
+                t3 = np.float32(0.0)
+                if with_probe:
+                    okr = Ok[b, i]
+                    dpr = dP[m, i]
+                    t1 = np.float32(0.0)
+                    t2 = np.float32(0.0)
+                    t4 = np.float32(0.0)
+                    for j in range(n1):
+                        a = dor[j] * pr[j]
+                        v = okr[j] * dpr[j]
+                        q = qr[j]
+                        t0 += a.real * a.real + a.imag * a.imag
+                        t1 += a.real * v.real + a.imag * v.imag
+                        t2 += v.real * v.real + v.imag * v.imag
+                        t3 += a.real * q.real + a.imag * q.imag
+                        t4 += v.real * q.real + v.imag * q.imag
+                    s1 += t1
+                    s2 += t2
+                    s4 += t4
+                else:
+                    for j in range(n1):
+                        a = dor[j] * pr[j]
+                        q = qr[j]
+                        t0 += a.real * a.real + a.imag * a.imag
+                        t3 += a.real * q.real + a.imag * q.imag
+                s0 += t0
+                s3 += t3
+        out[b, 0] = s0
+        out[b, 1] = s1
+        out[b, 2] = s2
+        out[b, 3] = s3
+        out[b, 4] = s4

@@ -556,6 +556,15 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     cost = 0.0
     pos_grad = np.zeros_like(state.positions) if refine else None
     bufs = (xp.zeros(obj.shape[1:], dtype=np.complex64), xp.zeros(obj.shape[1:], dtype=np.float32))
+    # CPU with numba: compiled object/step passes (any modes and slices); with one mode and no
+    # upsampling also the detector step (two passes per pattern)
+    fused_upd = xp is np and opts.get("fused", True) and _fused_ok(obj, probe)
+    fused_det = fused_upd and M == 1 and s == 1
+    if fused_upd:
+        from . import _kernels as K
+
+        sums = np.empty((bs, 5), np.float64)
+        no_dP = np.zeros((1, 1, 1), np.complex64)
 
     for b0 in range(0, J, bs):
         idx = np.sort(order[b0:b0 + bs])
@@ -571,8 +580,12 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
             phat[...] = probe
             phat = fft.forward(phat)
             P = empty((B, M, n, n), xp)
-            xp.multiply(phat[None], ry[:, None, :, None], out=P)
-            P *= rx[:, None, None, :]
+            if fused_upd:
+                for b in range(B):
+                    K.ramp_multiply(phat, ry[b], rx[b], np.float32(1.0), P[b])
+            else:
+                xp.multiply(phat[None], ry[:, None, :, None], out=P)
+                P *= rx[:, None, None, :]
             P = fft.inverse(P)
         else:
             P = xp.broadcast_to(probe[None], (B, M, n, n))
@@ -587,16 +600,19 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
         Psi = empty(chi.shape, xp)
         Psi[...] = chi
         Psi = fft.forward(Psi)
-        model = _abs2(Psi, xp)
-        model = model.sum(axis=1) if M > 1 else model[:, 0]  # (B, n, n)
-        if s > 1:
-            model = bin_intensity(model, s)
-        meas = problem.intensity[xp.asarray(idx) if xp is not np else idx]
-        cost += float(data_cost(model, meas, problem.mask, problem.noise).sum())
-        f = fourier_update_factor(model, meas, problem.mask, problem.noise)
-        if s > 1:
-            f = expand_ratio(f, s)
-        Psi *= f[:, None]
+        if fused_det:
+            cost += _lsq_detector_fused(problem, Psi, idx)
+        else:
+            model = _abs2(Psi, xp)
+            model = model.sum(axis=1) if M > 1 else model[:, 0]  # (B, n, n)
+            if s > 1:
+                model = bin_intensity(model, s)
+            meas = problem.intensity[xp.asarray(idx) if xp is not np else idx]
+            cost += float(data_cost(model, meas, problem.mask, problem.noise).sum())
+            f = fourier_update_factor(model, meas, problem.mask, problem.noise)
+            if s > 1:
+                f = expand_ratio(f, s)
+            Psi *= f[:, None]
         d = fft.inverse(Psi)
         d -= chi  # (B, M, n, n) exit-wave update
         if refine:
@@ -614,22 +630,30 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
         for k in range(L - 1, -1, -1):
             pk = psis[k]
             Ok = Opat[:, k]
-            gO = xp.conj(pk)
-            gO *= d
-            gO = gO.sum(axis=1) if M > 1 else gO[:, 0]  # (B, n, n)
             numO.fill(0)
             denO.fill(0)
-            scatter_add_patches(numO, gO, iy, ix)
-            if k == 0 and not sub:  # the same illumination at every position
-                w1 = _abs2(probe, xp).sum(axis=0)
-                scatter_add_patches(denO, xp.broadcast_to(w1, (B, n, n)), iy, ix)
+            if fused_upd:  # one compiled pass: products, mode sums and both scatters
+                pk = probe[None] if (k == 0 and not sub) else pk  # (1 or B, M, n, n)
+                Ok = np.ascontiguousarray(Ok)
+                K.lsq_object_sums(pk, d, iy, ix, numO, denO)
             else:
-                wO = _abs2(pk, xp)
-                scatter_add_patches(denO, wO.sum(axis=1) if M > 1 else wO[:, 0], iy, ix)
+                gO = xp.conj(pk)
+                gO *= d
+                gO = gO.sum(axis=1) if M > 1 else gO[:, 0]  # (B, n, n)
+                scatter_add_patches(numO, gO, iy, ix)
+                if k == 0 and not sub:  # the same illumination at every position
+                    w1 = _abs2(probe, xp).sum(axis=0)
+                    scatter_add_patches(denO, xp.broadcast_to(w1, (B, n, n)), iy, ix)
+                else:
+                    wO = _abs2(pk, xp)
+                    scatter_add_patches(denO, wO.sum(axis=1) if M > 1 else wO[:, 0], iy, ix)
             denO += np.float32(reg_o * float(denO.max()) + 1e-12)
             numO /= denO  # numO is now the object direction dO
             dOp = extract_patches(numO[None], iy_d, ix_d, n)[:, 0]  # (B, n, n)
-            a = dOp[:, None] * pk  # (B, M, n, n)
+            if fused_upd:
+                dOp = np.ascontiguousarray(dOp)
+            else:
+                a = dOp[:, None] * pk  # (B, M, n, n)
             do_probe = k == 0 and update_probe
             if do_probe:
                 gP = xp.conj(Ok)[:, None] * d
@@ -637,24 +661,37 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
                     # sum_j shift_{-f_j}(g_j) = F^-1[sum_j F(g_j) conj(ry_j rx_j)]: B forward
                     # FFTs and one inverse (linearity), not B of each
                     G = fft.forward(gP)
-                    G *= xp.conj(ry)[:, None, :, None]
-                    G *= xp.conj(rx)[:, None, None, :]
                     dP = empty((M, n, n), xp)
-                    dP[...] = G.sum(axis=0)
+                    if fused_upd:
+                        dP.fill(0)
+                        for b in range(B):
+                            K.add_ramp_multiply(G[b], ry[b], rx[b], dP)
+                    else:
+                        G *= xp.conj(ry)[:, None, :, None]
+                        G *= xp.conj(rx)[:, None, None, :]
+                        dP[...] = G.sum(axis=0)
                     dP = fft.inverse(dP)
                 else:
                     dP = gP.sum(axis=0)
                 den = _abs2(Ok, xp).sum(axis=0)
                 den += np.float32(reg_p * float(den.max()) + 1e-12)
                 dP /= den
-                bvec = Ok[:, None] * dP[None]
-                if step_rule == "mean":
-                    red = lambda u, v: (xp.conj(u) * v).real.sum(axis=(1, 2, 3))
-                else:  # batch totals: one BLAS inner product each
-                    red = lambda u, v: xp.vdot(u.ravel(), v.ravel()).real
-                aO, aP = _steps2(xp, red(a, a), red(a, bvec), red(bvec, bvec), red(a, d),
-                                 red(bvec, d), step_rule)
+                if fused_upd:  # the five sums in one pass, no direction arrays
+                    K.lsq_step_sums(dOp, pk, Ok, dP, d, True, sums[:B])
+                    aO, aP = _steps2(np, *sums[:B].T, step_rule)
+                else:
+                    bvec = Ok[:, None] * dP[None]
+                    if step_rule == "mean":
+                        red = lambda u, v: (xp.conj(u) * v).real.sum(axis=(1, 2, 3))
+                    else:  # batch totals: one BLAS inner product each
+                        red = lambda u, v: xp.vdot(u.ravel(), v.ravel()).real
+                    aO, aP = _steps2(xp, red(a, a), red(a, bvec), red(bvec, bvec), red(a, d),
+                                     red(bvec, d), step_rule)
                 aP = float(xp.clip(xp.nan_to_num(aP, nan=0.0, posinf=0.0), 0, max_step))
+            elif fused_upd:
+                K.lsq_step_sums(dOp, pk, Ok, no_dP, d, False, sums[:B])
+                A11, r1 = sums[:B, 0] + 1e-30, sums[:B, 3]
+                aO = (r1 / A11).mean() if step_rule == "mean" else r1.sum() / A11.sum()
             else:
                 if step_rule == "mean":
                     A11 = (a.real ** 2 + a.imag ** 2).sum(axis=(1, 2, 3)) + 1e-30
@@ -675,6 +712,63 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     if refine:
         _refine_step(problem, state, pos_grad)
     return cost / problem.norm
+
+
+class _LsqDetector:
+    """Per-problem constants of the fused LSQ-ML detector step (ortho-FFT units)."""
+
+    def __init__(self, problem):
+        n = problem.intensity.shape[-1]
+        self.I = np.ascontiguousarray(problem.intensity, dtype=np.float32)
+        self.valid = (np.ones((n, n), np.float32) if problem.mask is None
+                      else np.ascontiguousarray(problem.mask, dtype=np.float32))
+        self.amp = np.sqrt(self.I) if problem.noise == "gaussian" else None
+        self.const = None
+        if problem.noise == "poisson":  # constant part of the deviance, per pattern
+            I = self.I  # in chunks of patterns: the temporaries stay small
+            self.const = np.empty(I.shape[0], np.float64)
+            for c in range(0, I.shape[0], 64):
+                Ic = I[c:c + 64]
+                t = Ic * np.log(np.maximum(Ic, np.float32(1e-30)))  # 0 where I = 0
+                t -= Ic
+                t *= self.valid
+                self.const[c:c + 64] = t.sum(axis=(-2, -1), dtype=np.float64)
+        self.model = np.empty((n, n), np.float32)
+        self.g = np.empty((n, n), np.float32)
+        self.masked = problem.mask is not None
+
+
+def _lsq_detector_fused(problem, Psi, idx) -> float:
+    """Detector step of LSQ-ML for one probe mode without upsampling, on the CPU: the ortho
+    far fields ``Psi`` (B, 1, n, n) complex64 are replaced by their updates in place with the
+    compiled passes of the sequential engines (:mod:`ptynb.ptycho._kernels`): amplitude
+    projection (Gaussian), or the Poisson Newton step ``1 - a g`` with its sums in the same
+    pass. Same arithmetic as :func:`fourier_update_factor` and :func:`data_cost` (to float32
+    rounding and the 1e-6 regularisers). Returns the batch's misfit (ortho units,
+    unnormalised)."""
+    from . import _kernels as K
+
+    det = problem.__dict__.get("_lsq_det")
+    if det is None:
+        det = problem.__dict__["_lsq_det"] = _LsqDetector(problem)
+    f32 = np.float32
+    one, eps = f32(1.0), f32(1e-6)
+    cost = 0.0
+    for b, j in enumerate(idx.tolist()):
+        W = Psi[b, 0]
+        if det.amp is not None:
+            a = det.amp[j]
+            cost += K.modulus_gaussian(W, a, a, det.valid, eps, one)
+        else:
+            Ij = det.I[j]
+            s1, s2, s3 = K.poisson_sums(W, Ij, det.valid, eps, det.model, det.g)
+            step = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
+            logm = np.log(det.model, out=det.model)
+            if det.masked:
+                logm *= det.valid
+            cost += s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(det.const[j])
+            K.poisson_apply(W, det.g, det.valid, f32(step), one)
+    return cost
 
 
 def _steps2(xp, A11, A12, A22, r1, r2, rule):

@@ -27,7 +27,7 @@ real work arrays half of that; ``P = upsample * detector`` is the probe / exit-w
 ``batch_waves``        batched engine: object patches (B, L, P, P), incident waves of slices
                        1..L-1 and the exit wave (B, L, M, P, P); sequential engine (ePIE/rPIE,
                        one pattern at a time): (2 L M + 4 M + 2) windows
-``pattern_constants``  sequential engines: per-pattern constants (Poisson deviance / amplitudes)
+``pattern_constants``  per-pattern constants (Poisson deviance / amplitudes; LSQ-ML on the CPU too)
                        computed before the first sweep, 2 x (J, Dy, Dx) float32 with temporaries
 ``fft_workspace``      far-field wave / exit-wave update (B, M, P, P) complex, model intensity
                        and update factor (B, P, P) real, gathered patterns (B, Dy, Dx)
@@ -121,6 +121,7 @@ def estimate_memory(
     upsample: int = 1,
     momentum: bool = False,
     include_input: bool = False,
+    noise: str = "poisson",
 ) -> dict[str, Any]:
     """Estimate the peak host and device memory of one reconstruction.
 
@@ -154,6 +155,9 @@ def estimate_memory(
     include_input : bool
         Count the input measurement in ``host_bytes`` (for a lazily loaded measurement that
         the run will read into memory); otherwise it is listed in the breakdown only.
+    noise : {"poisson", "gaussian"}
+        Noise model of the run: with "gaussian", LSQ-ML on the CPU keeps the measured
+        amplitudes (one more float32 array the size of the intensities).
 
     Returns
     -------
@@ -242,11 +246,19 @@ def estimate_memory(
             bb = b
             # object patches (B, L), incident waves for slices 1..L-1 and the exit wave
             part["batch_waves"] = bb * (ns + ns * nm) * win * cb
-            # far field / exit-wave update, model, update factor, gathered patterns
-            part["fft_workspace"] = bb * nm * win * cb + 2 * bb * win * rb + bb * det * 4
-            # object/probe update directions, step-size products and their temporaries
-            part["lsqml_buffers"] = (bb * (5 * nm + 1) * win * cb + bb * win * rb
-                                     + oy * ox * (2 * cb + rb))
+            if dev == "cpu":
+                # compiled passes (numba is a dependency): the detector step works in place
+                # and the object sums and step lengths form no direction arrays
+                part["fft_workspace"] = bb * nm * win * cb + bb * det * 4
+                part["lsqml_buffers"] = bb * (2 * nm + 1) * win * cb + oy * ox * (2 * cb + rb)
+                # measured amplitudes (Gaussian), or one Poisson constant per pattern
+                part["pattern_constants"] = n * det * 4 if noise == "gaussian" else 8 * n
+            else:
+                # far field / exit-wave update, model, update factor, gathered patterns
+                part["fft_workspace"] = bb * nm * win * cb + 2 * bb * win * rb + bb * det * 4
+                # object/probe update directions, step-size products and their temporaries
+                part["lsqml_buffers"] = (bb * (5 * nm + 1) * win * cb + bb * win * rb
+                                         + oy * ox * (2 * cb + rb))
             part["fft_plans"] = (2 if dev == "cpu" else 1) * bb * nm * win * cb
         total = sum(part.values())
         if total > sum(batch_names.values()):

@@ -281,7 +281,8 @@ def fourier_update_factor(model, measured, mask, noise: str, eps: float = 1e-6):
     mask : bool array (N, N) or None
         True where the pixel is valid; invalid pixels keep the model (``f = 1``).
     noise : {"gaussian", "poisson"}
-        ``"gaussian"``: amplitude (modulus) projection ``f = sqrt(I / Imod)``.
+        ``"gaussian"``: amplitude (modulus) projection ``f = sqrt(I) / (sqrt(Imod) + eps)``
+        (``eps`` regularises the amplitude, as in the sequential engines).
         ``"poisson"``: step along the Poisson log-likelihood gradient,
         ``f = 1 - a g`` with ``g = max(1 - I / Imod, -1)`` and the per-pattern Newton step
         ``a = sum(g^2 Imod) / sum(g^2 (Imod + I))`` (exact second-order step of the
@@ -295,7 +296,7 @@ def fourier_update_factor(model, measured, mask, noise: str, eps: float = 1e-6):
     """
     xp = np if not is_gpu_array(model) else __import__("cupy")
     if noise == "gaussian":
-        f = xp.sqrt(measured / (model + eps))
+        f = xp.sqrt(measured) / (xp.sqrt(model) + eps)
     else:
         g = xp.maximum(1.0 - measured / (model + eps), -1.0)
         if mask is not None:

@@ -280,8 +280,10 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         ((min, max) rad), ``pure_phase`` (bool), ``tilt`` ((ty, tx) rad, multislice beam
         tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``step_rule`` (LSQ-ML
         step lengths from the batch's summed normal equations, "global", or their per-pattern
-        mean, "mean"), ``fused`` (True: the sequential engines use the compiled CPU sweep of
-        :mod:`ptynb.ptycho._kernels` where it applies; False: the generic loop), ``threads`` (FFTW
+        mean, "mean"), ``fused`` (True: on the CPU the sequential engines use the compiled
+        sweep of :mod:`ptynb.ptycho._kernels` where it applies, and LSQ-ML its compiled
+        object, step-length and (one mode, no upsampling) detector passes; False: the generic
+        numpy code), ``threads`` (FFTW
         threads of the batched transforms), ``fftw_effort`` ("estimate", "measure", "patient";
         default: "patient" for the single-pattern transforms of the sequential engines when a
         run does at least :data:`PATIENT_TRANSFORMS` of them, else "measure"; plans are kept
@@ -482,7 +484,7 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
         est = _mem.estimate_memory(
             n_patterns=J, detector_shape=(N, N), object_shape=(Y, X), n_slices=L, n_modes=M,
             batch_size=min(int(bs_eff), J), device=device, upsample=up, engine=list(sched),
-            momentum=bool(options.get("momentum")), include_input=lazy_input)
+            momentum=bool(options.get("momentum")), include_input=lazy_input, noise=noise)
         _mem.check_memory(est, device)
 
     # ---------------------------------------------------------------- probe + problem
