@@ -289,6 +289,18 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
             probe[...] = phat
         return c / problem.norm
 
+    if (L > 1 and not refine and xp is np and _fused_ok(obj, probe)
+            and opts.get("fused", True) and H is not None):
+        c = _pie_fast_sweep_multislice(problem, buf, obj, probe, order, iy_all.tolist(),
+                                       ix_all.tolist(), alpha, beta, regularized,
+                                       update_probe, npix,
+                                       ramps=(ry_all, rx_all) if sub else None)
+        if sub and update_probe:
+            fft.inverse(phat, norm=None)
+            phat *= inv_npix
+            probe[...] = phat
+        return c / problem.norm
+
     for j in order.tolist():
         y, x = int(iy_all[j]), int(ix_all[j])
         Ov = obj[:, y:y + n, x:x + n]
@@ -512,6 +524,134 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
                 K.add_ramp_multiply(D, ry_all[j], rx_all[j], phat)
         else:
             pmax = float(p2.max())
+    return cost
+
+
+def _pie_fast_sweep_multislice(problem, buf, obj, P, order, iy, ix, alpha, beta, regularized,
+                               update_probe, npix, ramps=None):
+    """The PIE sweep through L > 1 slices on the CPU with the compiled kernels.
+
+    Per pattern: exit waves slice by slice (one kernel pass each, also writing ``|O|^2`` and
+    ``sum_m |psi|^2`` for the step sizes) with angular-spectrum propagation between slices;
+    the detector step; then back through the slices: one kernel pass updates the slice and
+    writes the incident-wave update, which is propagated back (conjugate kernel) to be the
+    previous slice's exit-wave update; at the first slice the update goes to the probe (in
+    place, or to its spectrum for sub-pixel positions). The same arithmetic as the generic
+    loop of :func:`_pie_iteration` (the reference and the GPU path). ``obj`` (L, Y, X),
+    ``P`` (M, n, n) updated in place; ``ramps`` as in :func:`_pie_fast_sweep`.
+    """
+    from . import _kernels as K
+
+    L = obj.shape[0]
+    M, n = P.shape[0], P.shape[-1]
+    fft = problem.fft1
+    f32 = np.float32
+    inv1 = f32(1.0 / npix)
+    psi, chi, W, D = buf.psi, buf.chi, buf.W, buf.dpsi
+    key = (fft.threads, fft.effort)
+    plans = getattr(buf, "ms_plans", None)  # plans on this buffer's own arrays
+    if plans is None or plans[0] != key:
+        mk = lambda a, b, inv: fftw_plan(a, b, inverse=inv, threads=fft.threads,  # noqa: E731
+                                         effort=fft.effort)
+        plans = buf.ms_plans = (key, {
+            "psi": [(mk(psi[k], psi[k], False), mk(psi[k], psi[k], True)) for k in range(L)],
+            "exit": mk(chi[L - 1], W, False), "W": mk(W, W, True),
+            "D": (mk(D, D, False), mk(D, D, True))})
+    pl = plans[1]
+    Hn = (problem.kernel * inv1).astype(np.complex64)  # propagation incl. the 1/npix
+    Hcn = np.conj(Hn)
+    single = M == 1 and problem.upsample == 1
+    gaussian = problem.noise == "gaussian" and single
+    poisson = problem.noise == "poisson" and single
+    valid = (np.ones((n, n), np.float32) if problem.mask is None
+             else np.ascontiguousarray(problem.mask, dtype=np.float32))
+    masked = problem.mask is not None
+    eps = f32(1e-6 * np.sqrt(npix))
+    eps_p = f32(1e-6 * npix)
+    mbuf = np.empty((n, n), np.float32)
+    gbuf = np.empty((n, n), np.float32)
+    o2 = np.empty((L, n, n), np.float32)
+    p2 = np.empty((L, n, n), np.float32)
+    rows = np.empty((6, n), np.float32)
+    a32, b32 = f32(alpha), f32(beta)
+    sub = ramps is not None
+    if sub:
+        ry_all, rx_all = ramps
+        phat = buf.phat
+    const = getattr(buf, "const", None)
+
+    def exit_wave(k, inc):
+        if M == 1:
+            K.exit_wave(inc[0], obj[k], y, x, chi[k, 0], o2[k], p2[k], True)
+        else:
+            K.exit_wave_modes(inc, obj[k], y, x, chi[k], o2[k], p2[k], True)
+
+    def update(k, inc, Wk, do_psi, direct, so, sp, off_o, off_p):
+        if M == 1:
+            K.update_pie(Wk[0], chi[k, 0], inc[0], obj[k], y, x, so, sp, do_psi, regularized,
+                         a32, b32, off_o, off_p, p2[k], D[0], direct)
+        else:
+            K.update_pie_modes(Wk, chi[k], inc, obj[k], y, x, so, sp, do_psi, regularized, a32,
+                               b32, off_o, off_p, p2[k], D, direct, rows)
+
+    cost = 0.0
+    for j in order.tolist():
+        y = iy[j]
+        x = ix[j]
+        # ---- forward through the slices
+        if sub:
+            K.ramp_multiply(phat, ry_all[j], rx_all[j], inv1, psi[0])
+            pl["psi"][0][1].execute()
+            inc0 = psi[0]
+        else:
+            inc0 = P
+        for k in range(L):
+            exit_wave(k, inc0 if k == 0 else psi[k])
+            if k < L - 1:
+                nxt = psi[k + 1]
+                nxt[...] = chi[k]
+                pl["psi"][k + 1][0].execute()
+                nxt *= Hn
+                pl["psi"][k + 1][1].execute()
+        pl["exit"].execute()
+        # ---- detector
+        if gaussian:
+            cost += K.modulus_gaussian(W[0], buf.amp[j], buf.amp_s[j], valid, eps, inv1) / npix
+        elif poisson:
+            Ij = buf.I[j]
+            s1, s2, s3 = K.poisson_sums(W[0], Ij, valid, eps_p, mbuf, gbuf)
+            a = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
+            logm = np.log(mbuf, out=mbuf)
+            if masked:
+                logm *= valid
+            cost += (s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(const[j])) / npix
+            K.poisson_apply(W[0], gbuf, valid, f32(a), inv1)
+        else:
+            cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
+        pl["W"].execute()  # W: the updated exit wave of the last slice
+        # ---- back through the slices
+        for k in range(L - 1, -1, -1):
+            inc = inc0 if k == 0 else psi[k]
+            do_psi = k > 0 or update_probe
+            pmax = float(p2[k].max())
+            omax = float(o2[k].max()) + 1e-12
+            if regularized:
+                so = sp = f32(0.0)
+                off_o, off_p = f32(alpha * pmax + 1e-12), f32(beta * omax)
+            else:
+                so, sp = f32(alpha / (pmax + 1e-12)), f32(beta / omax)
+                off_o = off_p = f32(0.0)
+            direct = k == 0 and not sub
+            update(k, inc, W, do_psi, direct, so, sp, off_o, off_p)
+            if not do_psi or direct:
+                continue
+            pl["D"][0].execute()
+            if k > 0:  # back to the previous slice's exit plane: its updated exit wave
+                D *= Hcn
+                pl["D"][1].execute()
+                np.add(chi[k - 1], D, out=W)
+            else:  # sub-pixel probe: the update goes to the spectrum
+                K.add_ramp_multiply(D, ry_all[j], rx_all[j], phat)
     return cost
 
 
