@@ -292,6 +292,23 @@ def test_initial_probe_from_attrs(small):
     assert abs((w * yy).sum() / w.sum() - 16) < 1 and abs((w * xx).sum() / w.sum() - 16) < 1
 
 
+def _dead_pixels():
+    """A 32 x 32 detector mask with two dead pixels."""
+    mask = np.ones((32, 32), bool)
+    mask[3, 5] = mask[20, 11] = False
+    return mask
+
+
+def _assert_same_run(a, b, fields=True, cost_rtol=1e-4):
+    """Compiled (``a``) and generic (``b``) runs agree: object and probe to 1e-4 of their
+    maxima (float32 rounding), the cost history to ``cost_rtol``."""
+    if fields:
+        for v in ("object", "probe"):
+            x, y = a[v].values, b[v].values
+            assert np.abs(x - y).max() < 1e-4 * np.abs(y).max(), v
+    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=cost_rtol)
+
+
 @pytest.mark.parametrize("noise,masked,subpixel,extra", [
     ("gaussian", False, True, {}), ("gaussian", True, "round", {}), ("poisson", True, True, {}),
     ("poisson", False, "round", {"step_rule": "mean"}), ("poisson", False, True, {"modes": 3}),
@@ -312,10 +329,7 @@ def test_lsqml_fused_equals_generic(small, noise, masked, subpixel, extra):
         truth = two_layer_xray_data(n=32, grid=5)
         extra = dict(extra, slice_thickness=float(truth.attrs["slice_thickness"]))
     ds = _clean(truth)
-    mask = None
-    if masked:
-        mask = np.ones((32, 32), bool)
-        mask[3, 5] = mask[20, 11] = False
+    mask = _dead_pixels() if masked else None
     kw = dict(engine="lsqml", subpixel=subpixel, noise=noise, progress=False, mask=mask, **extra)
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
@@ -324,10 +338,7 @@ def test_lsqml_fused_equals_generic(small, noise, masked, subpixel, extra):
     # the probe times (1 + 1e-7 noise), moves the object by 0.049 after one iteration (fused vs
     # generic: 0.033); with Poisson noise by 3e-7. So that case is compared by its error below.
     chaotic = noise == "gaussian" and subpixel is True
-    for v in ("object", "probe"):
-        x, y = a[v].values, b[v].values
-        assert chaotic or np.abs(x - y).max() < 1e-4 * np.abs(y).max(), v
-    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=1e-3 if chaotic else 1e-4)
+    _assert_same_run(a, b, fields=not chaotic, cost_rtol=1e-3 if chaotic else 1e-4)
     if "slices" in extra:  # per-slice accuracy is the multislice tests' business
         return
     a = reconstruct(ds, fused=True, iterations=15, **kw)
@@ -351,18 +362,12 @@ def test_fused_multislice_sweep_equals_generic_loop(engine, noise, masked, subpi
         pytest.skip("numba not installed")
     truth = two_layer_xray_data(n=32, grid=5)
     ds = _clean(truth)
-    mask = None
-    if masked:
-        mask = np.ones((32, 32), bool)
-        mask[3, 5] = mask[20, 11] = False
+    mask = _dead_pixels() if masked else None
     kw = dict(engine=engine, subpixel=subpixel, noise=noise, progress=False, mask=mask,
               modes=modes, slices=slices, slice_thickness=float(truth.attrs["slice_thickness"]))
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
-    for v in ("object", "probe"):
-        x, y = a[v].values, b[v].values
-        assert np.abs(x - y).max() < 1e-4 * np.abs(y).max(), v
-    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=1e-4)
+    _assert_same_run(a, b)
     a = reconstruct(ds, fused=True, iterations=10, **kw)
     b = reconstruct(ds, fused=False, iterations=10, **kw)
     ca, cb = float(a["cost"].values[-1]), float(b["cost"].values[-1])
@@ -389,20 +394,14 @@ def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel,
     if not _kernels.available():
         pytest.skip("numba not installed")
     ds = _clean(small)
-    mask = None
-    if masked:
-        mask = np.ones((32, 32), bool)
-        mask[3, 5] = mask[20, 11] = False
+    mask = _dead_pixels() if masked else None
     if modes > 1:
         ds = _clean(xray_data(n=32, grid=5, counts=1e6, modes=modes))
     kw = dict(engine=engine, subpixel=subpixel, noise=noise, progress=False, mask=mask,
               modes=modes)
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
-    for v in ("object", "probe"):
-        x, y = a[v].values, b[v].values
-        assert np.abs(x - y).max() < 1e-4 * np.abs(y).max(), v
-    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=1e-4)
+    _assert_same_run(a, b)
     a = reconstruct(ds, fused=True, iterations=15, **kw)
     b = reconstruct(ds, fused=False, iterations=15, **kw)
     truth = small if modes == 1 else xray_data(n=32, grid=5, counts=1e6, modes=modes)

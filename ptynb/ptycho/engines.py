@@ -152,11 +152,87 @@ class _PieBuffers:
         self.amp = xp.sqrt(I) if problem.noise == "gaussian" else None
         self.amp_s = self.amp * np.float32(1.0 / self.npix) if self.amp is not None else None
         if problem.noise == "poisson":  # constant part of the Poisson deviance per pattern
-            m = problem.mask if problem.mask is not None else 1.0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ilogi = xp.where(I > 0, I * xp.log(xp.maximum(I, 1e-30)), 0.0)
-            self.const = _host(((ilogi - I) * m).sum(axis=(-2, -1), dtype=np.float64))
+            self.const = _poisson_const(I, problem.mask)
         self.invmask = None if problem.mask is None else ~problem.mask
+
+
+def _poisson_const(I, mask) -> np.ndarray:
+    """Constant part ``sum_pixels valid (I log I - I)`` of each pattern's Poisson deviance
+    (host float64 (J,)), for intensities ``I`` (J, N, N) float32 (numpy or cupy) in the units
+    the engine works in; computed in chunks of patterns so the temporaries stay small."""
+    xp = np if not hasattr(I, "get") else __import__("cupy")
+    out = np.empty(I.shape[0], np.float64)
+    for c in range(0, I.shape[0], 64):
+        Ic = I[c:c + 64]
+        t = Ic * xp.log(xp.maximum(Ic, np.float32(1e-30)))  # 0 where I = 0
+        t -= Ic
+        if mask is not None:
+            t *= mask
+        out[c:c + 64] = _host(t.sum(axis=(-2, -1), dtype=np.float64))
+    return out
+
+
+class _CompiledDetector:
+    """The detector step of the compiled CPU engines on one far field ``W`` (n, n) complex64,
+    in place (:mod:`ptynb.ptycho._kernels`): amplitude projection (Gaussian noise) or the
+    Poisson Newton step ``1 - a g`` with its sums in the same pass; ``det(j, W)`` returns the
+    misfit of pattern ``j``.
+
+    Works in the units of ``I`` (J, n, n) float32: the sequential engines' unnormalised FFT
+    units (``I`` x npix, with the inverse FFT's 1/npix folded into the update: ``inv1`` =
+    1/npix), or LSQ-ML's ortho units (``inv1`` = 1). ``amp``, ``amps``: measured amplitudes
+    and the amplitudes times ``inv1`` (Gaussian); ``const`` (J,): :func:`_poisson_const`
+    (Poisson); ``eps``, ``eps_p``: regularisers of the model amplitude and intensity.
+    """
+
+    def __init__(self, noise, I, mask, *, amp=None, amps=None, const=None, eps, eps_p, inv1):
+        n = I.shape[-1]
+        f32 = np.float32
+        self.gaussian = noise == "gaussian"
+        self.I, self.amp, self.amps, self.const = I, amp, amps, const
+        self.valid = (np.ones((n, n), f32) if mask is None
+                      else np.ascontiguousarray(mask, dtype=f32))
+        self.masked = mask is not None
+        self.eps, self.eps_p, self.inv1 = f32(eps), f32(eps_p), f32(inv1)
+        self.model = np.empty((n, n), f32)
+        self.g = np.empty((n, n), f32)
+
+    @classmethod
+    def for_pie(cls, problem, buf, npix):
+        """The sequential engines' step (unnormalised units of :class:`_PieBuffers`)."""
+        return cls(problem.noise, buf.I, problem.mask, amp=buf.amp, amps=buf.amp_s,
+                   const=getattr(buf, "const", None), eps=1e-6 * np.sqrt(npix),
+                   eps_p=1e-6 * npix, inv1=1.0 / npix)
+
+    @classmethod
+    def for_lsqml(cls, problem):
+        """LSQ-ML's step (ortho units); kept on the problem (amplitudes, constants)."""
+        det = problem.__dict__.get("_lsq_det")
+        if det is None:
+            I = np.ascontiguousarray(problem.intensity, dtype=np.float32)
+            gauss = problem.noise == "gaussian"
+            amp = np.sqrt(I) if gauss else None
+            det = problem.__dict__["_lsq_det"] = cls(
+                problem.noise, I, problem.mask, amp=amp, amps=amp,
+                const=None if gauss else _poisson_const(I, problem.mask),
+                eps=1e-6, eps_p=1e-6, inv1=1.0)
+        return det
+
+    def __call__(self, j, W) -> float:
+        from . import _kernels as K
+
+        if self.gaussian:
+            return K.modulus_gaussian(W, self.amp[j], self.amps[j], self.valid, self.eps,
+                                      self.inv1)
+        Ij = self.I[j]
+        s1, s2, s3 = K.poisson_sums(W, Ij, self.valid, self.eps_p, self.model, self.g)
+        a = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
+        logm = np.log(self.model, out=self.model)  # numpy's SIMD log
+        if self.masked:
+            logm *= self.valid
+        cost = s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(self.const[j])
+        K.poisson_apply(W, self.g, self.valid, np.float32(a), self.inv1)
+        return cost
 
 
 def _abs2(a, xp):
@@ -278,23 +354,14 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
     pos_grad = np.zeros_like(state.positions) if refine else None
     Y, X = obj.shape[1:]
 
-    if (L == 1 and not refine and xp is np and _fused_ok(obj, probe)
-            and opts.get("fused", True)):
-        c = _pie_fast_sweep(problem, buf, obj[0], probe, order, iy_all.tolist(),
-                            ix_all.tolist(), alpha, beta, regularized, update_probe, npix,
-                            ramps=(ry_all, rx_all) if sub else None)
-        if sub and update_probe:
-            fft.inverse(phat, norm=None)
-            phat *= inv_npix
-            probe[...] = phat
-        return c / problem.norm
-
-    if (L > 1 and not refine and xp is np and _fused_ok(obj, probe)
-            and opts.get("fused", True) and H is not None):
-        c = _pie_fast_sweep_multislice(problem, buf, obj, probe, order, iy_all.tolist(),
-                                       ix_all.tolist(), alpha, beta, regularized,
-                                       update_probe, npix,
-                                       ramps=(ry_all, rx_all) if sub else None)
+    if (not refine and xp is np and _fused_ok(obj, probe) and opts.get("fused", True)
+            and (L == 1 or H is not None)):
+        if L == 1:
+            sweep, O = _pie_fast_sweep, obj[0]
+        else:
+            sweep, O = _pie_fast_sweep_multislice, obj
+        c = sweep(problem, buf, O, probe, order, iy_all.tolist(), ix_all.tolist(), alpha,
+                  beta, regularized, update_probe, npix, ramps=(ry_all, rx_all) if sub else None)
         if sub and update_probe:
             fft.inverse(phat, norm=None)
             phat *= inv_npix
@@ -426,27 +493,14 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
     inv_plan = fft._plan(W, True)
     inv_plan.update_arrays(W, W)  # the cached plan runs in place on this buffer
     f32 = np.float32
-    single = M == 1 and problem.upsample == 1
-    gaussian = problem.noise == "gaussian" and single
-    poisson = problem.noise == "poisson" and single
+    # one mode, no upsampling: the compiled detector step; else the generic one
+    det = (_CompiledDetector.for_pie(problem, buf, npix)
+           if M == 1 and problem.upsample == 1 else None)
     W0 = W[0]
-    valid = (np.ones((n, n), np.float32) if problem.mask is None
-             else np.ascontiguousarray(problem.mask, dtype=np.float32))
-    amp_all, amps_all = buf.amp, buf.amp_s
-    eps = f32(1e-6 * np.sqrt(npix))
     inv1 = f32(1.0 / npix)
-    # Poisson likelihood: two fused passes (model and Newton direction with their sums; the
-    # update), the log for the reported misfit by numpy (SIMD log)
-    psums, papply = K.poisson_sums, K.poisson_apply
-    I_all, const = buf.I, getattr(buf, "const", None)
-    masked = problem.mask is not None
-    eps_p = f32(1e-6 * npix)
-    mbuf = np.empty((n, n), np.float32)
-    gbuf = np.empty((n, n), np.float32)
     o2 = np.empty((n, n), np.float32)  # |O patch|^2, then its maximum
     p2 = np.empty((n, n), np.float32)  # sum_m |P_m|^2, then its maximum
     a32, b32 = f32(alpha), f32(beta)
-    modulus = K.modulus_gaussian
     rows = np.empty((6, n), np.float32)  # scratch of the mixed-state update
     sub = ramps is not None
     if sub:
@@ -496,17 +550,8 @@ def _pie_fast_sweep(problem, buf, O, P, order, iy, ix, alpha, beta, regularized,
         else:
             exit_wave(False)
         fwd_plan.execute()
-        if gaussian:
-            cost += modulus(W0, amp_all[j], amps_all[j], valid, eps, inv1) / npix
-        elif poisson:
-            Ij = I_all[j]
-            s1, s2, s3 = psums(W0, Ij, valid, eps_p, mbuf, gbuf)
-            a = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
-            logm = np.log(mbuf, out=mbuf)
-            if masked:
-                logm *= valid
-            cost += (s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(const[j])) / npix
-            papply(W0, gbuf, valid, f32(a), inv1)
+        if det is not None:
+            cost += det(j, W0) / npix
         else:  # mixed states or upsampling: the generic detector step
             cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
         inv_plan.execute()
@@ -551,7 +596,7 @@ def _pie_fast_sweep_multislice(problem, buf, obj, P, order, iy, ix, alpha, beta,
     key = (fft.threads, fft.effort)
     plans = getattr(buf, "ms_plans", None)  # plans on this buffer's own arrays
     if plans is None or plans[0] != key:
-        mk = lambda a, b, inv: fftw_plan(a, b, inverse=inv, threads=fft.threads,  # noqa: E731
+        mk = lambda a, b, inv: fftw_plan(a, b, inverse=inv, threads=fft.threads,
                                          effort=fft.effort)
         plans = buf.ms_plans = (key, {
             "psi": [(mk(psi[k], psi[k], False), mk(psi[k], psi[k], True)) for k in range(L)],
@@ -560,16 +605,8 @@ def _pie_fast_sweep_multislice(problem, buf, obj, P, order, iy, ix, alpha, beta,
     pl = plans[1]
     Hn = (problem.kernel * inv1).astype(np.complex64)  # propagation incl. the 1/npix
     Hcn = np.conj(Hn)
-    single = M == 1 and problem.upsample == 1
-    gaussian = problem.noise == "gaussian" and single
-    poisson = problem.noise == "poisson" and single
-    valid = (np.ones((n, n), np.float32) if problem.mask is None
-             else np.ascontiguousarray(problem.mask, dtype=np.float32))
-    masked = problem.mask is not None
-    eps = f32(1e-6 * np.sqrt(npix))
-    eps_p = f32(1e-6 * npix)
-    mbuf = np.empty((n, n), np.float32)
-    gbuf = np.empty((n, n), np.float32)
+    det = (_CompiledDetector.for_pie(problem, buf, npix)
+           if M == 1 and problem.upsample == 1 else None)
     o2 = np.empty((L, n, n), np.float32)
     p2 = np.empty((L, n, n), np.float32)
     rows = np.empty((6, n), np.float32)
@@ -578,7 +615,6 @@ def _pie_fast_sweep_multislice(problem, buf, obj, P, order, iy, ix, alpha, beta,
     if sub:
         ry_all, rx_all = ramps
         phat = buf.phat
-    const = getattr(buf, "const", None)
 
     def exit_wave(k, inc):
         if M == 1:
@@ -615,17 +651,8 @@ def _pie_fast_sweep_multislice(problem, buf, obj, P, order, iy, ix, alpha, beta,
                 pl["psi"][k + 1][1].execute()
         pl["exit"].execute()
         # ---- detector
-        if gaussian:
-            cost += K.modulus_gaussian(W[0], buf.amp[j], buf.amp_s[j], valid, eps, inv1) / npix
-        elif poisson:
-            Ij = buf.I[j]
-            s1, s2, s3 = K.poisson_sums(W[0], Ij, valid, eps_p, mbuf, gbuf)
-            a = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
-            logm = np.log(mbuf, out=mbuf)
-            if masked:
-                logm *= valid
-            cost += (s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(const[j])) / npix
-            K.poisson_apply(W[0], gbuf, valid, f32(a), inv1)
+        if det is not None:
+            cost += det(j, W[0]) / npix
         else:
             cost += _fourier_step(problem, buf, j, W, problem.upsample, npix)
         pl["W"].execute()  # W: the updated exit wave of the last slice
@@ -740,8 +767,10 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
         Psi = empty(chi.shape, xp)
         Psi[...] = chi
         Psi = fft.forward(Psi)
-        if fused_det:
-            cost += _lsq_detector_fused(problem, Psi, idx)
+        if fused_det:  # ortho far fields, replaced by their updates in place
+            det = _CompiledDetector.for_lsqml(problem)
+            for b, j in enumerate(idx.tolist()):
+                cost += det(j, Psi[b, 0])
         else:
             model = _abs2(Psi, xp)
             model = model.sum(axis=1) if M > 1 else model[:, 0]  # (B, n, n)
@@ -852,63 +881,6 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     if refine:
         _refine_step(problem, state, pos_grad)
     return cost / problem.norm
-
-
-class _LsqDetector:
-    """Per-problem constants of the fused LSQ-ML detector step (ortho-FFT units)."""
-
-    def __init__(self, problem):
-        n = problem.intensity.shape[-1]
-        self.I = np.ascontiguousarray(problem.intensity, dtype=np.float32)
-        self.valid = (np.ones((n, n), np.float32) if problem.mask is None
-                      else np.ascontiguousarray(problem.mask, dtype=np.float32))
-        self.amp = np.sqrt(self.I) if problem.noise == "gaussian" else None
-        self.const = None
-        if problem.noise == "poisson":  # constant part of the deviance, per pattern
-            I = self.I  # in chunks of patterns: the temporaries stay small
-            self.const = np.empty(I.shape[0], np.float64)
-            for c in range(0, I.shape[0], 64):
-                Ic = I[c:c + 64]
-                t = Ic * np.log(np.maximum(Ic, np.float32(1e-30)))  # 0 where I = 0
-                t -= Ic
-                t *= self.valid
-                self.const[c:c + 64] = t.sum(axis=(-2, -1), dtype=np.float64)
-        self.model = np.empty((n, n), np.float32)
-        self.g = np.empty((n, n), np.float32)
-        self.masked = problem.mask is not None
-
-
-def _lsq_detector_fused(problem, Psi, idx) -> float:
-    """Detector step of LSQ-ML for one probe mode without upsampling, on the CPU: the ortho
-    far fields ``Psi`` (B, 1, n, n) complex64 are replaced by their updates in place with the
-    compiled passes of the sequential engines (:mod:`ptynb.ptycho._kernels`): amplitude
-    projection (Gaussian), or the Poisson Newton step ``1 - a g`` with its sums in the same
-    pass. Same arithmetic as :func:`fourier_update_factor` and :func:`data_cost` (to float32
-    rounding and the 1e-6 regularisers). Returns the batch's misfit (ortho units,
-    unnormalised)."""
-    from . import _kernels as K
-
-    det = problem.__dict__.get("_lsq_det")
-    if det is None:
-        det = problem.__dict__["_lsq_det"] = _LsqDetector(problem)
-    f32 = np.float32
-    one, eps = f32(1.0), f32(1e-6)
-    cost = 0.0
-    for b, j in enumerate(idx.tolist()):
-        W = Psi[b, 0]
-        if det.amp is not None:
-            a = det.amp[j]
-            cost += K.modulus_gaussian(W, a, a, det.valid, eps, one)
-        else:
-            Ij = det.I[j]
-            s1, s2, s3 = K.poisson_sums(W, Ij, det.valid, eps, det.model, det.g)
-            step = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
-            logm = np.log(det.model, out=det.model)
-            if det.masked:
-                logm *= det.valid
-            cost += s3 - float(np.dot(Ij.ravel(), logm.ravel())) + float(det.const[j])
-            K.poisson_apply(W, det.g, det.valid, f32(step), one)
-    return cost
 
 
 def _steps2(xp, A11, A12, A22, r1, r2, rule):

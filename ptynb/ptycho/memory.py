@@ -240,8 +240,10 @@ def estimate_memory(
             part["batch_waves"] = (2 * ns * nm + 4 * nm + 2) * win * cb
             part["fft_workspace"] = 4 * win * rb + det * 4
             part["fft_plans"] = 2 * nm * win * cb
-            # per-pattern constants (Poisson deviance, amplitudes) and their temporaries
-            part["pattern_constants"] = 2 * n * det * 4
+            # the intensities in unnormalised FFT units, and for Gaussian noise the measured
+            # amplitudes with and without the 1/npix (Poisson: one constant per pattern, made
+            # in chunks of patterns)
+            part["pattern_constants"] = n * det * 4 * (3 if noise == "gaussian" else 1) + 8 * n
         else:
             bb = b
             # object patches (B, L), incident waves for slices 1..L-1 and the exit wave
