@@ -110,6 +110,7 @@ def test_estimate_gpu_splits_host_and_device():
     (dict(engine="magic"), "engine"),
     (dict(device="tpu"), "device"),
     (dict(dtype_bytes=4), "dtype_bytes"),
+    (dict(noise="laplace"), "noise"),
 ])
 def test_estimate_bad_input(kw, name):
     args = dict(n_patterns=10, detector_shape=(32, 32), object_shape=(64, 64))
@@ -146,14 +147,16 @@ def demo_measurement():
     return ds.drop_vars(["true_object", "true_probe"])
 
 
-@pytest.mark.parametrize("engine, slices, modes, batch", [
-    ("lsqml", 1, 1, 32),
-    ("lsqml", 2, 3, 16),
-    ("epie", 1, 1, None),
-    ("epie", 3, 2, None),
+@pytest.mark.parametrize("engine, slices, modes, batch, noise", [
+    ("lsqml", 1, 1, 32, "poisson"),
+    ("lsqml", 2, 3, 16, "poisson"),
+    ("epie", 1, 1, None, "poisson"),
+    ("epie", 3, 2, None, "poisson"),
+    ("lsqml", 1, 1, 32, "gaussian"),
+    ("epie", 1, 1, None, "gaussian"),
 ])
 def test_estimate_within_30_percent_of_measured_peak(demo_measurement, engine, slices, modes,
-                                                      batch):
+                                                      batch, noise):
     """The estimate vs the tracemalloc peak of a real ptynb.ptycho.reconstruct run."""
     from ptynb.ptycho import reconstruct
     from ptynb import backend
@@ -163,7 +166,7 @@ def test_estimate_within_30_percent_of_measured_peak(demo_measurement, engine, s
     # cache load allocate tens of MB of Python objects that are not part of a run's memory)
     reconstruct(meas.isel(scan=slice(0, 4)), engine=engine, iterations=1, slices=slices,
                 modes=modes, slice_thickness=1e-6 if slices > 1 else None, batch_size=batch,
-                progress=False)
+                noise=noise, progress=False)
     backend._PLANS.clear()
     tracemalloc.start()
     try:
@@ -171,14 +174,14 @@ def test_estimate_within_30_percent_of_measured_peak(demo_measurement, engine, s
         tracemalloc.reset_peak()
         rec = reconstruct(meas, engine=engine, iterations=2, slices=slices, modes=modes,
                           slice_thickness=1e-6 if slices > 1 else None, batch_size=batch,
-                          progress=False)
+                          noise=noise, progress=False)
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
     est = memory.estimate_memory(
         n_patterns=meas.sizes["scan"], detector_shape=(meas.sizes["qy"], meas.sizes["qx"]),
         object_shape=(rec.sizes["y"], rec.sizes["x"]), n_slices=slices, n_modes=modes,
-        batch_size=batch or 32, engine=engine, device="cpu")
+        batch_size=batch or 32, engine=engine, device="cpu", noise=noise)
     ratio = est["host_bytes"] / peak
     assert 0.7 <= ratio <= 1.3, (ratio, peak, est["breakdown"])
 

@@ -184,6 +184,9 @@ def estimate_memory(
     cb = _pos_int("dtype_bytes", dtype_bytes)
     if cb not in (8, 16):
         raise ValidationError("dtype_bytes", f"must be 8 (complex64) or 16 (complex128), got {cb}")
+    noise = str(noise).lower()
+    if noise not in ("poisson", "gaussian"):
+        raise ValidationError("noise", f"must be 'poisson' or 'gaussian', got {noise!r}")
     rb = cb // 2
     if isinstance(engine, str):
         names = [engine]
