@@ -135,13 +135,33 @@ def test_frc_from_half_datasets():
     assert np.all((res > 1.5 * s.pixel_size) & (res < 20 * s.pixel_size))
 
 
-def test_cancel_returns_partial_result():
+def test_cancel_returns_partial_result(tmp_path):
+    """Cancel while the beams are being reconstructed: a partial tree comes back (no exception),
+    with the finished measurement, the partial reconstruction and status "cancelled", and it
+    saves like a complete one."""
     ev = threading.Event()
-    ev.set()
-    tree = st.run(st.Settings(n_beams=2, scan_grid=4, epie_iterations=2, lsqml_iterations=0),
-                  progress=False, cancel=ev)
+
+    def report(fraction, message):
+        if message.startswith("reconstructing: iteration 3"):
+            ev.set()
+
+    tree = st.run(st.Settings(n_beams=2, scan_grid=4, epie_iterations=20, lsqml_iterations=0),
+                  progress=False, cancel=ev, report=report)
     assert tree.attrs["status"] == "cancelled"
     assert "measurement" in tree  # what finished is kept
+    rec = tree["reconstruction"].to_dataset()
+    assert rec.attrs["status"] == "cancelled"
+    assert 1 <= int(np.isfinite(rec.cost.values).sum(axis=-1).max()) < 20
+    assert "layers" not in tree
+    back = ptynb.io.load(ptynb.io.save(tree, tmp_path / "partial.h5"))
+    assert back.attrs["status"] == "cancelled"
+
+
+def test_cancel_before_start_runs_nothing():
+    ev = threading.Event()
+    ev.set()
+    tree = st.run(st.Settings(n_beams=2, scan_grid=4), progress=False, cancel=ev)
+    assert tree.attrs["status"] == "cancelled" and tree.attrs["steps_done"] == []
 
 
 def test_bad_input_is_specific():

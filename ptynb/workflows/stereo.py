@@ -24,8 +24,10 @@ import numpy as np
 import param
 import xarray as xr
 
-from ..data import ValidationError, provenance
+from ..control import Cancelled
+from ..data import ValidationError
 from . import stereo_steps as steps
+from ._base import Run, Step, Workflow, WorkflowSettings
 from .stereo_steps import (
     anaglyph,
     depth_resolution_general,
@@ -49,14 +51,31 @@ __all__ = [
     "assemble",
     "combine_beams",
     "anaglyph",
+    "WORKFLOW",
 ]
 
 DEG = np.pi / 180.0
 BEAM_LABELS = {2: ("left", "right"), 3: ("left", "center", "right")}
 
 
-class Settings(param.Parameterized):
+class Settings(WorkflowSettings):
     """All parameters of the stereo workflow (SI units; angles in degrees)."""
+
+    groups = {
+        "Sample and beams": ["sample", "n_beams", "theta_s", "separation", "particle_radius", "n_layers",
+                             "astigmatism", "defocus", "energy_eV", "seed"],
+        "Scan and detector": ["scan_grid", "overlap", "jitter", "detector", "pixel_size",
+                              "counts_per_pattern"],
+        "Reconstruction": ["epie_iterations", "lsqml_iterations", "position_refinement_start", "upsample",
+                           "parallel"],
+        "Analysis": ["reference_beam", "shift_source", "layer_shift_px", "subpixel", "layer_iterations", "frc",
+                     "caustic_range", "material"],
+    }
+    presets = {
+        "standard (about a minute)": {},
+        "quick look (seconds)": dict(n_beams=2, scan_grid=8, epie_iterations=15, lsqml_iterations=5,
+                                     layer_iterations=100),
+    }
 
     # --- sample and beams
     sample = param.Selector(objects=["two_layer", "ic_stack"], default="two_layer",
@@ -108,29 +127,6 @@ class Settings(param.Parameterized):
     def tilts_deg(self) -> tuple[float, ...]:
         t = float(self.theta_s)
         return (-t, t) if int(self.n_beams) == 2 else (-t, 0.0, t)
-
-    def as_attrs(self) -> dict:
-        """Settings as JSON-friendly attrs (for provenance)."""
-        out = {}
-        for k, v in self.param.values().items():
-            if k == "name":
-                continue
-            out[f"setting_{k}"] = v if v is not None else "None"
-        return out
-
-
-# ----------------------------------------------------------------------------- utilities
-def _noop_progress(fraction, message=""):
-    return None
-
-
-def _check_cancel(cancel):
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("cancelled")
-
-
-class Cancelled(Exception):
-    """Raised inside the pipeline when its cancel event is set."""
 
 
 # ----------------------------------------------------------------------------- step 1: data
@@ -623,18 +619,50 @@ def depth_numbers(settings: Settings, resolution: float | None = None, mean_phas
 
 
 # ----------------------------------------------------------------------------- pipeline
-def assemble(settings: Settings, *, measurement=None, reconstruction=None, caustics=None, views=None,
-             layers=None, frc=None, status: str = "complete") -> xr.DataTree:
-    """Collect step results (from a notebook run step by step) into the result DataTree that
-    :func:`run` returns and the app displays."""
-    tree = xr.DataTree(dataset=xr.Dataset(attrs=provenance(kind="stereo_result", workflow="stereo",
-                                                            **settings.as_attrs())))
-    for name, part in (("measurement", measurement), ("reconstruction", reconstruction),
-                       ("views", views), ("layers", layers), ("frc", frc)):
-        if part is not None:
-            tree[name] = xr.DataTree(part)
-    if caustics is not None:
-        tree["caustics"] = caustics
+def _step_measurement(run: Run) -> xr.Dataset:
+    m = run.inputs.get("measurement")
+    if m is None:
+        run.report(0.0, "simulating the stereo measurement")
+        return simulate(run.settings, progress=run.progress)
+    run.report(0.0, "checking the data")
+    return check_stereo_measurement(m)
+
+
+def _step_reconstruction(run: Run) -> xr.Dataset:
+    s = run.settings
+    n_total = (s.epie_iterations + s.lsqml_iterations) or 1
+    n_beams = run["measurement"].sizes["beam"]
+    calls = [0]
+
+    def cb(it, info):  # iterations of each beam in turn (serial) -> one monotone fraction
+        calls[0] += 1
+        run.report(min(calls[0], n_total * n_beams) / (n_total * n_beams),
+                   f"reconstructing: iteration {min(it + 1, n_total)}/{n_total}")
+
+    rec = reconstruct_beams(run["measurement"], s, progress=run.progress, cancel=run.cancel, callback=cb)
+    if rec.attrs.get("status") == "cancelled" or run.cancelled:
+        raise Cancelled("cancelled during reconstruction", partial=rec)
+    return rec
+
+
+def _step_layers(run: Run) -> xr.Dataset:
+    m = run["measurement"]
+    truth = m["true_layers"] if "true_layers" in m else None
+    depths = m["layer_z"].values if "layer_z" in m.coords else None
+    return separate_layers(run["views"], run.settings, truth=truth, depths=depths, progress=run.progress)
+
+
+def _step_frc(run: Run) -> xr.Dataset:
+    fr = frc_per_beam(run["measurement"], run.settings, progress=run.progress, cancel=run.cancel)
+    run.check_cancel()
+    return fr
+
+
+def summarize(settings: Settings, results: dict) -> dict:
+    """Root attrs of a stereo result: the depth numbers for these settings (with the FRC
+    resolution when measured, else two pixels), the material's mean phase and the thickness
+    from it (when the views exist), and the layer shift used by layer recovery."""
+    frc, views, layers = results.get("frc"), results.get("views"), results.get("layers")
     resolution = None
     if frc is not None and np.isfinite(frc["resolution"].values).any():
         resolution = float(np.nanmean(frc["resolution"].values))
@@ -644,12 +672,40 @@ def assemble(settings: Settings, *, measurement=None, reconstruction=None, caust
         nums["mean_material_phase"] = mean_phase
     if layers is not None:
         nums["measured_layer_shift_px"] = float(layers.attrs["layer_shift_px"])
-    tree.attrs.update(nums)
-    tree.attrs["status"] = status
-    return tree
+    return nums
 
 
-STEPS = ("simulate", "reconstruct", "caustics", "align", "layers", "frc")
+WORKFLOW = Workflow(
+    name="stereo",
+    title="Stereo hard X-ray ptychography",
+    description="Two or three inclined nanobeams scan the sample at once: reconstruct each beam, characterise "
+                "the beams (caustics, focus, astigmatism), align the views, look at anaglyphs, and separate "
+                "layers that are closer than the multislice depth limit.",
+    settings=Settings,
+    steps=(
+        Step("measurement", _step_measurement, "simulating the stereo measurement", weight=5),
+        Step("reconstruction", _step_reconstruction, "reconstructing each beam", weight=60),
+        Step("caustics", lambda r: characterise_beams(r["reconstruction"], r.settings), "beam caustics", weight=5),
+        Step("views", lambda r: align_views(r["reconstruction"], r.settings), "aligning the views", weight=5),
+        Step("layers", _step_layers, "separating the layers", weight=10),
+        Step("frc", _step_frc, "FRC from half datasets", weight=15, when=lambda r: bool(r.settings.frc)),
+    ),
+    summarize=summarize,
+    check_measurement=check_stereo_measurement,
+    views="ptynb.viz.stereo:views",
+    app="ptynb.apps.stereo:app",
+    summary_keys=(("stereo_depth_limit", "stereo depth limit (Eq. 2)", 1e9, "nm"),
+                  ("multislice_depth_limit", "multislice depth limit (Eq. 1)", 1e6, "um"),
+                  ("measured_layer_shift_px", "layer shift between the outer views", 1.0, "px"),
+                  ("thickness_from_phase", "thickness from phase", 1e9, "nm")),
+)
+
+
+def assemble(settings: Settings, *, status: str = "complete", **results) -> xr.DataTree:
+    """Collect step results (from a notebook run step by step: ``measurement``,
+    ``reconstruction``, ``caustics``, ``views``, ``layers``, ``frc``) into the result tree that
+    :func:`run` returns and the app displays (the same code as :func:`run`)."""
+    return WORKFLOW.assemble(settings, status=status, **results)
 
 
 def run(settings: Settings | None = None, measurement: xr.Dataset | None = None, *,
@@ -666,75 +722,19 @@ def run(settings: Settings | None = None, measurement: xr.Dataset | None = None,
     progress : bool
         tqdm progress bars.
     report : callable(fraction, message), optional
-        Progress callback for apps (fraction in [0, 1]).
+        Progress callback for apps (fraction in [0, 1], never decreasing).
     cancel : threading.Event, optional
-        When set, the run stops at the next check; a partial tree (status "cancelled") is
-        returned with whatever is finished.
+        When set, the run stops at the next check and returns a partial tree (status
+        "cancelled") with every finished step and the partial reconstruction.
 
     Returns
     -------
-    DataTree with nodes ``measurement``, ``reconstruction``, ``views`` (aligned phases),
-    ``caustics/<beam>``, ``layers``, and ``frc`` (if enabled); root attrs hold the depth
-    numbers, the status and the settings.
+    DataTree with nodes ``measurement``, ``reconstruction``, ``caustics/<beam>``, ``views``
+    (aligned phases), ``layers`` and ``frc`` (if enabled); root attrs hold the depth numbers,
+    the status and the settings (``setting_<name>``; :meth:`Settings.from_attrs` rebuilds them).
+    On an error the exception carries the partial tree as ``exc.partial_tree``.
     """
-    s = settings or Settings()
-    report = report or _noop_progress
-    tree = xr.DataTree(dataset=xr.Dataset(attrs=provenance(kind="stereo_result", workflow="stereo",
-                                                            **s.as_attrs())))
-    tree.attrs["status"] = "running"
-    try:
-        report(0.0, "simulating the stereo measurement" if measurement is None else "checking the data")
-        if measurement is None:
-            measurement = simulate(s, progress=progress)
-        check_stereo_measurement(measurement)
-        tree["measurement"] = xr.DataTree(measurement)
-        _check_cancel(cancel)
-
-        n_total = (s.epie_iterations + s.lsqml_iterations) or 1
-
-        def cb(it, info):
-            report(0.05 + 0.6 * min(it + 1, n_total) / n_total, f"reconstructing: iteration {it + 1}/{n_total}")
-
-        report(0.05, "reconstructing each beam")
-        rec = reconstruct_beams(measurement, s, progress=progress, cancel=cancel, callback=cb)
-        tree["reconstruction"] = xr.DataTree(rec)
-        if rec.attrs.get("status") == "cancelled" or (cancel is not None and cancel.is_set()):
-            raise Cancelled("cancelled during reconstruction")
-
-        report(0.7, "beam caustics")
-        tree["caustics"] = characterise_beams(rec, s)
-        _check_cancel(cancel)
-
-        report(0.75, "aligning the views")
-        views = align_views(rec, s)
-        tree["views"] = xr.DataTree(views)
-        _check_cancel(cancel)
-
-        report(0.8, "separating the layers")
-        truth = measurement["true_layers"] if "true_layers" in measurement else None
-        depths = measurement["layer_z"].values if "layer_z" in measurement.coords else None
-        layers = separate_layers(views, s, truth=truth, depths=depths, progress=progress)
-        tree["layers"] = xr.DataTree(layers)
-        _check_cancel(cancel)
-
-        resolution = None
-        if s.frc:
-            report(0.85, "FRC from half datasets")
-            fr = frc_per_beam(measurement, s, progress=progress, cancel=cancel)
-            tree["frc"] = xr.DataTree(fr)
-            r = fr["resolution"].values
-            resolution = float(np.nanmean(r)) if np.isfinite(r).any() else None
-        mean_phase = _mean_material_phase(views)
-        nums = depth_numbers(s, resolution=resolution, mean_phase=mean_phase)
-        nums["mean_material_phase"] = mean_phase
-        nums["measured_layer_shift_px"] = float(layers.attrs["layer_shift_px"])
-        tree.attrs.update(nums)
-        tree.attrs["status"] = "complete"
-        report(1.0, "done")
-    except Cancelled:
-        tree.attrs["status"] = "cancelled"
-        report(1.0, "cancelled")
-    return tree
+    return WORKFLOW.run(settings, measurement, progress=progress, report=report, cancel=cancel)
 
 
 def _mean_material_phase(views: xr.Dataset) -> float:
