@@ -237,8 +237,10 @@ class WorkflowSettings(param.Parameterized):
             attr = tail
         try:
             setattr(target, attr, value)
-        except ValueError as exc:
-            raise ValidationError(key, f"{value!r} rejected: {exc}") from None
+        except (ValueError, TypeError):
+            p = target.param[attr]
+            raise ValidationError(key, f"{value!r} rejected: must be a {describe_type(p)}"
+                                  f"{describe_bounds(p)}") from None
 
     def set_text(self, key: str, text: str) -> None:
         """Set one setting from text (``ptynb run --set key=text``), type-checked."""
