@@ -1,0 +1,316 @@
+"""One web app for any registered workflow: :class:`WorkflowApp`.
+
+The page: a link back to the index, the source (simulate, or a file under the data directory),
+a preset, one card per settings group (number widgets labelled with their units), Run /
+Cancel (with progress) / Save, an error Alert, a status line, and the tabs of the workflow's
+views function (``Workflow.views``, default :func:`ptynb.viz.tree_views`). A workflow with no
+``app`` of its own is served as ``WorkflowApp(workflow)``; one that needs more subclasses it
+and overrides the hooks (see the class docstring).
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import panel as pn
+import param
+import xarray as xr
+
+from ._files import FILE_SUFFIXES, DataFilePicker, data_dir
+from ._task import TaskRunner
+
+__all__ = ["WorkflowApp", "SIMULATE", "FROM_FILE", "unit_of", "save_path"]
+
+SIMULATE = "simulated demo"
+FROM_FILE = "file from the data directory"
+SAVE_FORMATS = (".h5", ".zarr")
+
+_UNIT_RE = re.compile(r"\((m|nm|um|mm|px|pixels?|eV|keV|degrees|deg|rad|s|1/m|counts)\s*[);,]")
+
+
+def unit_of(settings_cls, name: str) -> str | None:
+    """Unit of a setting: ``settings_cls.units[name]`` if declared, else parsed from its doc
+    ("Distance between the two layers (m)" -> "m")."""
+    declared = getattr(settings_cls, "units", None)
+    if isinstance(declared, dict) and name in declared:
+        return declared[name] or None
+    doc = settings_cls.param[name].doc or ""
+    m = _UNIT_RE.search(doc)
+    return m.group(1) if m else None
+
+
+def save_path(directory: Path, stem: str, suffix: str) -> Path:
+    """``<directory>/<stem>_<YYYYmmdd-HHMMSS><suffix>``, never an existing path (a counter
+    is appended when the same second is taken)."""
+    if suffix not in SAVE_FORMATS:
+        raise ValueError(f"save format must be one of {SAVE_FORMATS}, not {suffix!r}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = directory / f"{stem}_{stamp}{suffix}"
+    k = 2
+    while path.exists():
+        path = directory / f"{stem}_{stamp}-{k}{suffix}"
+        k += 1
+    return path
+
+
+def _load_any(path):
+    try:
+        from ..io import load_any
+    except ImportError:  # until ptynb.io.load_any exists
+        from .explorer import load_any
+    return load_any(path)
+
+
+class WorkflowApp(pn.viewable.Viewer):
+    """A registered workflow as a web app (one instance per browser session).
+
+    Parameters
+    ----------
+    workflow : Workflow or str
+        The workflow (or its registered name).
+    settings : WorkflowSettings, optional
+        Start from these settings (default: the first preset).
+    result : DataTree, optional
+        Show this result at once (e.g. a notebook's results).
+
+    Hooks a subclass may override
+    -----------------------------
+    ``load_measurement(path)``
+        Read and check the user's file (default: ``ptynb.io.load_any`` then
+        ``workflow.check_measurement``).
+    ``run_inputs()``
+        Keyword inputs of ``workflow.run`` besides settings (default: ``measurement``).
+    ``views(tree)``
+        ``[(tab title, view or [views])]`` (default: the workflow's views function).
+    ``make_pane(tab, obj)``
+        Turn one view (HoloViews object or markdown string) into a Panel object.
+    ``extra_controls()``
+        More widgets below the settings cards.
+    ``on_result(tree)``
+        Called after a (complete, cancelled or partial-error) result is shown.
+    Class attributes ``collapsed_groups`` (card titles to start collapsed; default all but
+    the first) and ``result_stem`` (saved file names).
+    """
+
+    source = param.Selector(objects=[SIMULATE, FROM_FILE], default=SIMULATE,
+                            doc="Simulate the workflow's demo measurement, or read one from the data directory")
+    preset = param.Selector(objects=[], default=None, doc="Named set of settings (the first is the default)")
+
+    collapsed_groups: tuple[str, ...] | None = None
+    result_stem: str | None = None
+    width_controls = 350
+
+    def __init__(self, workflow=None, *, settings=None, result: xr.DataTree | None = None, **params):
+        from ..workflows import get
+
+        wf = get(workflow) if isinstance(workflow, str) else workflow
+        if wf is None:
+            raise TypeError("WorkflowApp needs a workflow (a Workflow or a registered name)")
+        presets = list(getattr(wf.settings, "presets", {}) or {})
+        super().__init__(**params)
+        self.workflow = wf
+        self.param.preset.objects = presets
+        self.settings = settings if settings is not None else wf.settings()
+        if presets:
+            with param.discard_events(self):
+                self.preset = presets[0]
+            if settings is None:
+                self.settings.apply_preset(presets[0])
+        self.result: xr.DataTree | None = None
+        self.saved: list[Path] = []
+        self.runner = TaskRunner()
+        self.files = DataFilePicker()
+        self.files.visible = False
+        self.run_button = pn.widgets.Button(name="Run", button_type="primary", width=100,
+                                            css_classes=["ptynb-run"])
+        self.run_button.on_click(self.run)
+        self.save_button = pn.widgets.Button(name="Save result", width=160, disabled=True,
+                                             css_classes=["ptynb-save"])
+        self.save_button.on_click(self.save)
+        self.save_format = pn.widgets.RadioButtonGroup(options=list(SAVE_FORMATS), value=SAVE_FORMATS[0],
+                                                       width=120, css_classes=["ptynb-save-format"])
+        self.error = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["ptynb-error"])
+        self.partial = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-partial"])
+        self.message = pn.pane.Markdown("", css_classes=["ptynb-message"])
+        self.tabs = pn.Tabs(("Result", pn.pane.Markdown("Choose the settings and press **Run**.")),
+                            dynamic=False, css_classes=["ptynb-tabs"], sizing_mode="stretch_width")
+        self.param.watch(lambda e: setattr(self.files, "visible", e.new != SIMULATE), "source")
+        self.param.watch(self._apply_preset, "preset")
+        if result is not None:
+            self.show_result(result)
+
+    # ------------------------------------------------------------------ hooks
+    def load_measurement(self, path: Path) -> xr.Dataset:
+        """Read the user's file and check it with the workflow's ``check_measurement``."""
+        m = _load_any(path)
+        if self.workflow.check_measurement is not None:
+            m = self.workflow.check_measurement(m) or m
+        return m
+
+    def run_inputs(self) -> dict | None:
+        """Inputs of the run besides the settings; None when an error was shown instead."""
+        if self.source == SIMULATE:
+            return {"measurement": None}
+        path = self.files.path
+        if path is None:
+            self.show_error(f"choose a measurement file ({', '.join(FILE_SUFFIXES)}) in {data_dir()}")
+            return None
+        return {"measurement": self.load_measurement(path)}
+
+    def views(self, tree: xr.DataTree) -> list:
+        """The tabs of a result: the workflow's views function (default ``viz.tree_views``)."""
+        fn = self.workflow.views_function() if hasattr(self.workflow, "views_function") else None
+        if fn is None:
+            from ..viz import tree_views as fn
+        return fn(tree, self.settings)
+
+    def make_pane(self, tab: str, obj):
+        """One view as a Panel object: markdown strings as Markdown, the rest as HoloViews."""
+        if isinstance(obj, str):
+            return pn.pane.Markdown(obj, css_classes=["ptynb-view-text"])
+        if isinstance(obj, pn.viewable.Viewable):
+            return obj
+        return pn.pane.HoloViews(obj, linked_axes=False, css_classes=["ptynb-view"])
+
+    def extra_controls(self) -> list:
+        return []
+
+    def on_result(self, tree: xr.DataTree) -> None:
+        pass
+
+    # ------------------------------------------------------------------ settings
+    def setting_widgets(self, names: list[str]):
+        """A ``pn.Param`` of some settings; number widgets are labelled with their units."""
+        cls = type(self.settings)
+        widgets = {}
+        for n in names:
+            p = cls.param[n]
+            unit = unit_of(cls, n)
+            if unit and isinstance(p, param.Number):
+                widgets[n] = {"name": f"{p.label} ({unit})"}
+        return pn.Param(self.settings.param, parameters=names, widgets=widgets, show_name=False,
+                        sizing_mode="stretch_width")
+
+    def setting_cards(self) -> list:
+        groups = (type(self.settings).grouped() if hasattr(type(self.settings), "grouped")
+                  else {"Settings": [k for k in self.settings.param if k != "name"]})
+        cards = []
+        for i, (title, names) in enumerate(groups.items()):
+            collapsed = (title in self.collapsed_groups) if self.collapsed_groups is not None else i > 0
+            cards.append(pn.Card(self.setting_widgets(names), title=title, collapsed=collapsed,
+                                 width=self.width_controls - 20, css_classes=["ptynb-settings"]))
+        return cards
+
+    def _apply_preset(self, event):
+        if event.new is not None:
+            self.settings.apply_preset(event.new)
+
+    # ------------------------------------------------------------------ actions
+    def show_error(self, exc) -> None:
+        self.error.object = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+        self.error.visible = True
+
+    def run(self, _event=None) -> bool:
+        """Start a run with the current settings and source (synchronous without a server)."""
+        self.error.visible = False
+        try:
+            inputs = self.run_inputs()
+        except Exception as exc:  # noqa: BLE001 - shown in the page; the app keeps working
+            self.show_error(exc)
+            return False
+        if inputs is None:
+            return False
+        s = self.settings.copy() if hasattr(self.settings, "copy") else self.settings
+        wf = self.workflow
+
+        def job(progress, cancel):
+            return wf.run(s, progress=False, report=progress, cancel=cancel, **inputs)
+
+        started = self.runner.start(job, on_done=self.show_result, on_error=self._failed, message="starting...")
+        if not started:
+            self.show_error("a run is already in progress")
+        else:
+            self.message.object = "running..." if self.runner.running else self.message.object
+        return started
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def _failed(self, exc) -> None:
+        self.show_error(exc)
+        partial = getattr(exc, "partial_tree", None)
+        if isinstance(partial, xr.DataTree):
+            self.show_result(partial)
+
+    def save(self, _event=None) -> Path | None:
+        """Save the shown result under the data directory with a timestamped name."""
+        from .. import io
+
+        if self.result is None:
+            return None
+        try:
+            path = save_path(data_dir(), self.result_stem or f"{self.workflow.name}_result", self.save_format.value)
+            io.save(self.result, path)
+        except Exception as exc:  # noqa: BLE001 - shown in the page
+            self.show_error(exc)
+            return None
+        self.saved.append(path)
+        self.message.object = f"saved to `{path}`"
+        return path
+
+    # ------------------------------------------------------------------ result
+    def show_result(self, tree: xr.DataTree) -> None:
+        """Show a result tree (complete, cancelled or partial) in the tabs."""
+        self.result = tree
+        status = tree.attrs.get("status", "?")
+        self.message.object = f"run {status}"
+        self.save_button.disabled = False
+        if status != "complete":
+            done = tree.attrs.get("steps_done", [])
+            done = [done] if isinstance(done, str) else list(done)
+            self.partial.object = (f"**Partial result** (status: {status}); steps done: "
+                                   f"{', '.join(map(str, done)) or 'none'}. It can be saved.")
+            self.partial.visible = True
+        else:
+            self.partial.visible = False
+        try:
+            tabs = self.views(tree)
+            panes = []
+            for title, content in tabs:
+                items = content if isinstance(content, list) else [content]
+                panes.append((title, pn.Column(*[self.make_pane(title, o) for o in items],
+                                               sizing_mode="stretch_width")))
+        except Exception as exc:  # noqa: BLE001 - a view bug must not lose the result
+            self.show_error(exc)
+            return
+        active = self.tabs.active
+        old = list(getattr(self.tabs, "_names", []))
+        self.tabs[:] = panes
+        titles = [t for t, _ in panes]
+        if old and 0 <= active < len(old) and old[active] in titles:
+            self.tabs.active = titles.index(old[active])
+        self.on_result(tree)
+
+    # ------------------------------------------------------------------ layout
+    def controls(self):
+        wf = self.workflow
+        return pn.Column(
+            pn.pane.Markdown("[&larr; all apps](./)", css_classes=["ptynb-home"], margin=(0, 10)),
+            f"## {wf.title}",
+            pn.widgets.Select.from_param(self.param.source, css_classes=["ptynb-source"]),
+            self.files,
+            pn.widgets.Select.from_param(self.param.preset, css_classes=["ptynb-preset"]),
+            *self.setting_cards(),
+            *self.extra_controls(),
+            pn.Row(self.run_button, self.save_format), self.save_button,
+            self.runner, self.error, self.partial, self.message, width=self.width_controls,
+        )
+
+    def __panel__(self):
+        return pn.Row(self.controls(), self.tabs, sizing_mode="stretch_width")
+
+
+def app_for(name: str):
+    """A fresh :class:`WorkflowApp` page for the registered workflow ``name``."""
+    return WorkflowApp(name).__panel__()
