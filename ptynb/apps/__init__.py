@@ -1,37 +1,67 @@
-"""Panel web apps: one per workflow plus the getting-started explorer, with an index page.
+"""Panel web apps: one per registered workflow plus the getting-started explorer, with an index page.
 
-``APPS`` maps a URL slug to ``(title, description, module:function)``; the function builds a
-fresh app for each browser session. Workflow issues add their entries here.
+The index and the routes read the workflow registry (:mod:`ptynb.workflows`): each workflow
+gets a card and a route ``/<name>`` served by its ``app`` (``"module:function"``) or, if it has
+none, by a generic :class:`~ptynb.apps._workflow.WorkflowApp`. ``EXTRA_APPS`` holds the apps
+that are not workflows (the explorer). Every build function makes a fresh app per browser
+session.
 """
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["APPS", "index", "build", "routes"]
+__all__ = ["EXTRA_APPS", "APPS", "app_entries", "index", "build", "routes"]
 
-APPS: dict[str, tuple[str, str, str]] = {
+#: apps that are not workflows: slug -> (title, description, "module:function")
+EXTRA_APPS: dict[str, tuple[str, str, str]] = {
     "explorer": (
         "Getting started: measurement explorer",
-        "Simulate the built-in X-ray or electron demo (or open a file), click scan positions to see "
-        "their diffraction patterns, look at the probe and object as amplitude and phase.",
+        ("Simulate the built-in X-ray or electron demo (or open a file), click scan positions to see "
+         "their diffraction patterns, look at the probe and object as amplitude and phase."),
         "ptynb.apps.explorer:app",
     ),
-    "stereo": (
-        "Stereo hard X-ray ptychography",
-        "Two or three inclined nanobeams scan the sample at once: reconstruct each beam, characterise "
-        "the beams (caustics, focus, astigmatism), align the views, look at anaglyphs, and separate "
-        "layers that are closer than the multislice depth limit.",
-        "ptynb.apps.stereo:app",
-    ),
 }
+_GENERIC = "ptynb.apps._workflow:app_for"
+
+
+def app_entries() -> dict[str, tuple[str, str, str | None]]:
+    """Slug -> (title, description, "module:function" or None for the generic WorkflowApp):
+    the extra apps first, then every registered workflow."""
+    from ..workflows import get, names
+
+    out: dict[str, tuple[str, str, str | None]] = dict(EXTRA_APPS)
+    for name in names():
+        if name in out:
+            continue
+        try:
+            wf = get(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not take the index down
+            out[name] = (name, f"(cannot load this workflow: {type(exc).__name__}: {exc})", None)
+            continue
+        out[name] = (wf.title, wf.description, wf.app)
+    return out
+
+
+def __getattr__(name):  # ``APPS`` (the old hard-coded dict) is now computed from the registry
+    if name == "APPS":
+        return app_entries()
+    raise AttributeError(name)
+
+
+def _load(path: str):
+    mod, _, fn = path.partition(":")
+    return getattr(importlib.import_module(mod), fn)
 
 
 def build(slug: str):
-    """Build the app registered under ``slug`` (a new object per call)."""
-    if slug not in APPS:
-        raise KeyError(f"no app {slug!r}; available: {', '.join(APPS)}")
-    mod, _, fn = APPS[slug][2].partition(":")
-    return getattr(importlib.import_module(mod), fn)()
+    """Build the app served at ``/<slug>`` (a new object per call)."""
+    entries = app_entries()
+    if slug not in entries:
+        raise KeyError(f"no app {slug!r}; available: {', '.join(entries)}")
+    target = entries[slug][2]
+    if target is None:
+        return _load(_GENERIC)(slug)
+    return _load(target)()
 
 
 def index():
@@ -41,7 +71,7 @@ def index():
     from .. import __version__
 
     cards = []
-    for slug, (title, text, _) in APPS.items():
+    for slug, (title, text, _) in app_entries().items():
         cards.append(pn.pane.Markdown(f"### [{title}](./{slug})\n\n{text}\n\n`/{slug}`",
                                       css_classes=["ptynb-app-card"], width=420,
                                       styles={"border": "1px solid #ddd", "border-radius": "6px",
@@ -55,6 +85,6 @@ def index():
 def routes() -> dict:
     """Slug -> function mapping for ``panel.serve`` (index at ``/``)."""
     out = {"/": index}
-    for slug in APPS:
+    for slug in app_entries():
         out[slug] = (lambda s=slug: build(s))
     return out

@@ -130,6 +130,7 @@ class Explorer(pn.viewable.Viewer):
 
     def __panel__(self):
         controls = pn.Column(
+            pn.pane.Markdown("[&larr; all apps](./)", css_classes=["ptynb-home"], margin=(0, 10)),
             "## Measurement explorer",
             pn.Param(self.param, parameters=["source", "seed", "phase_view"], show_name=False,
                      widgets={"source": {"type": pn.widgets.Select, "css_classes": ["ptynb-source"]}}),
