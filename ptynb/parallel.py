@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .control import STATUS_CANCELLED, STATUS_COMPLETE, check_event, is_cancelled
+
 __all__ = ["map_blocks", "get_client", "local_cluster", "split_blocks"]
 
 _DEFAULT_WORKERS = 2
@@ -213,7 +215,7 @@ def _call(func, block, kwargs):
 # ----------------------------------------------------------------------------- map
 def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"), *,
                client=None, parallel=None, progress: bool = True, join: str = "exact",
-               **kwargs):
+               cancel=None, pad: Sequence[str] = (), **kwargs):
     """Apply ``func`` to every ``beam``/``angle`` block of ``dataset`` and recombine.
 
     Parameters
@@ -241,6 +243,18 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
         ``"exact"`` (default) raises a ValueError if, e.g., the ``y``/``x`` grids of the
         blocks differ, instead of padding with NaN; ``"outer"`` pads (e.g. cost histories
         of different lengths).
+    cancel : threading.Event, optional
+        The :mod:`ptynb.control` convention: when set, serially no further block is started
+        (the first block always runs, so the result has its structure); on a cluster every
+        block not finished yet is cancelled. The blocks not run come back NaN-filled, the
+        data variable ``block_status`` (split dims) says ``"complete"``, ``"cancelled"``
+        (the block's own ``status`` attr) or ``"not run"`` for each block, and the result's
+        attrs say ``status="cancelled"``. ``func`` does not receive the event: pass it in
+        ``kwargs`` under another name if ``func`` should stop early too.
+    pad : sequence of str
+        Dims along which the blocks' results may differ in length (e.g. ``("iteration",)``
+        for cost histories of cancelled runs): padded with NaN to the longest (their
+        coordinate values are the union). Other mismatches still follow ``join``.
     **kwargs
         Passed to ``func``.
 
@@ -249,7 +263,9 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
     Dataset or DataArray
         The results concatenated along the split dims (first, in the dataset's order) with
         every coordinate along them restored (e.g. ``angle`` in degrees, ``beam`` labels and
-        ``beam_tilt``). Attrs that agree across blocks are kept.
+        ``beam_tilt``). Attrs that agree across blocks are kept; ``status`` is
+        ``"complete"`` only when every block has completed (blocks without a ``status``
+        attr count as complete), else ``"cancelled"``, and ``block_status`` is added.
 
     Raises
     ------
@@ -270,9 +286,10 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
     coords = _split_coords(dataset, split)
     shape = tuple(dataset.sizes[d] for d in split)
 
+    check_event(cancel)
     use_cluster = bool(parallel) or (parallel is None and client is not None)
     if not use_cluster:
-        results = _run_serial(func, dataset, split, blocks, kwargs, progress)
+        results = _run_serial(func, dataset, split, blocks, kwargs, progress, cancel)
     else:
         n_workers = _DEFAULT_WORKERS
         if (not isinstance(parallel, bool) and isinstance(parallel, (int, np.integer))
@@ -280,22 +297,31 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
             n_workers = int(parallel)
         if client is None:
             with local_cluster(n_workers=n_workers) as c:
-                results = _run_dask(c, func, dataset, split, blocks, kwargs, progress)
+                results = _run_dask(c, func, dataset, split, blocks, kwargs, progress, cancel)
         elif isinstance(client, str):
             from distributed import Client
 
             with Client(client) as c:
-                results = _run_dask(c, func, dataset, split, blocks, kwargs, progress)
+                results = _run_dask(c, func, dataset, split, blocks, kwargs, progress, cancel)
         else:
             results = _run_dask(get_client(client), func, dataset, split, blocks, kwargs,
-                                progress)
+                                progress, cancel)
 
     restored = {idx: _restore(res, dataset, split, idx, coords) for idx, res in results.items()}
+    status = {idx: str(res.attrs.get("status", STATUS_COMPLETE)) for idx, res in restored.items()}
+    missing = [idx for idx, _ in blocks if idx not in restored]
+    if missing:
+        template = next(iter(restored.values()))
+        for idx in missing:
+            restored[idx] = _not_run(template, dataset, split, idx, coords)
+            status[idx] = NOT_RUN
+    if pad:
+        restored = _pad(restored, pad)
     nested = _nest(restored, shape)
     try:
-        return xr.combine_nested(nested, concat_dim=list(split), combine_attrs="drop_conflicts",
-                                 coords="minimal", compat="override", join=join,
-                                 data_vars="all")
+        out = xr.combine_nested(nested, concat_dim=list(split), combine_attrs="drop_conflicts",
+                                coords="minimal", compat="override", join=join,
+                                data_vars="all")
     except ValueError as e:
         if join != "exact":
             raise
@@ -304,6 +330,55 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
             f"stacked along {split} without padding ({e}). Make the blocks share their grids "
             f"(e.g. one object frame for every angle) or pass join='outer' to pad with NaN."
         ) from None
+    if any(v != STATUS_COMPLETE for v in status.values()):
+        out.attrs["status"] = STATUS_CANCELLED
+        flags = np.array(_nest(status, shape), dtype=object).astype(str)
+        bs = xr.DataArray(flags, dims=split, attrs={
+            "long_name": "status of each block (complete, cancelled or not run)"})
+        if isinstance(out, xr.Dataset):
+            out["block_status"] = bs
+        else:
+            out = out.assign_coords(block_status=bs)
+    return out
+
+
+#: ``block_status`` of a block that was never started (cancelled before it)
+NOT_RUN = "not run"
+
+
+def _not_run(template, dataset, split, idx, coords):
+    """A NaN-filled stand-in for a block that never ran (shaped like ``template``)."""
+    def nan_like(da):
+        if np.issubdtype(da.dtype, np.complexfloating) or np.issubdtype(da.dtype, np.floating):
+            return xr.full_like(da, np.nan)
+        if np.issubdtype(da.dtype, np.number) or da.dtype == bool:
+            return xr.full_like(da, np.nan, dtype=np.float64)
+        return da
+
+    res = template.map(nan_like, keep_attrs=True) if isinstance(template, xr.Dataset) \
+        else nan_like(template)
+    res.attrs = {**template.attrs, "status": NOT_RUN}
+    sel = dict(zip(split, idx))
+    new = {name: (c.dims, c.isel({d: [sel[d]] for d in c.dims}).values, c.attrs)
+           for name, c in coords.items()}
+    return res.assign_coords(new)
+
+
+def _pad(restored: dict, dims: Sequence[str]) -> dict:
+    """Pad every result with NaN along ``dims`` to the longest (union of coordinate values)."""
+    out = dict(restored)
+    for d in dims:
+        have = [r for r in out.values() if d in r.dims]
+        if not have or len({r.sizes[d] for r in have}) == 1:
+            continue
+        if all(d in r.coords for r in have):
+            union = np.unique(np.concatenate([r[d].values for r in have]))
+            out = {k: (r.reindex({d: union}) if d in r.dims else r) for k, r in out.items()}
+        else:
+            n = max(r.sizes[d] for r in have)
+            out = {k: (r.pad({d: (0, n - r.sizes[d])}) if d in r.dims else r)
+                   for k, r in out.items()}
+    return out
 
 
 def _progress_bar(total, enabled, desc):
@@ -314,11 +389,13 @@ def _progress_bar(total, enabled, desc):
     return tqdm(total=total, desc=desc)
 
 
-def _run_serial(func, dataset, split, blocks, kwargs, progress):
+def _run_serial(func, dataset, split, blocks, kwargs, progress, cancel=None):
     bar = _progress_bar(len(blocks), progress, "blocks")
     out = {}
     try:
         for idx, block in blocks:
+            if out and is_cancelled(cancel):
+                break
             try:
                 out[idx] = func(block, **kwargs)
             except Exception as e:
@@ -331,8 +408,9 @@ def _run_serial(func, dataset, split, blocks, kwargs, progress):
     return out
 
 
-def _run_dask(client, func, dataset, split, blocks, kwargs, progress):
-    from distributed import as_completed
+def _run_dask(client, func, dataset, split, blocks, kwargs, progress, cancel=None):
+    from distributed import TimeoutError as dask_timeout
+    from distributed import wait
 
     token = uuid.uuid4().hex[:12]
     name = getattr(func, "__name__", "func")
@@ -345,21 +423,37 @@ def _run_dask(client, func, dataset, split, blocks, kwargs, progress):
     n_workers = len(client.scheduler_info().get("workers", {}))
     bar = _progress_bar(len(futures), progress, f"blocks on {n_workers} workers")
     out = {}
+    pending = set(futures)
     try:
-        for fut in as_completed(list(futures)):
-            idx = futures[fut]
+        while pending:
+            # poll: a set cancel event is seen within _POLL_S even while blocks run
             try:
-                out[idx] = fut.result()
-            except Exception as e:
-                for other in futures:
-                    if not other.done():
-                        other.cancel()
-                raise _rename_error(e, _label(dataset, split, idx)) from None
-            if bar is not None:
-                bar.update(1)
+                done, pending = wait(pending, timeout=None if cancel is None else _POLL_S,
+                                     return_when="FIRST_COMPLETED")
+            except (TimeoutError, dask_timeout):
+                done = set()
+            for fut in done:
+                idx = futures[fut]
+                try:
+                    out[idx] = fut.result()
+                except Exception as e:
+                    for other in futures:
+                        if not other.done():
+                            other.cancel()
+                    raise _rename_error(e, _label(dataset, split, idx)) from None
+                if bar is not None:
+                    bar.update(1)
+            if pending and is_cancelled(cancel) and out:
+                for fut in pending:
+                    fut.cancel()
+                break
     finally:
         if bar is not None:
             bar.close()
         for f in futures:
             f.release()
     return out
+
+
+#: seconds between checks of the cancel event while cluster blocks run
+_POLL_S = 0.1

@@ -4,10 +4,24 @@ Public API
 ----------
 - :func:`reconstruct` -- run ePIE / rPIE / LSQ-ML (chained, multislice, mixed states,
   position refinement, upsampling) on a measurement Dataset; returns a reconstruction Dataset.
+- settings objects (:mod:`.options`): :class:`PIEOptions`, :class:`LSQMLOptions`,
+  :class:`PositionRefinement`, :class:`ProbeConstraints`, :class:`ObjectConstraints`,
+  :class:`MultisliceOptions`, :class:`ComputeOptions` -- ``reconstruct(..., options=[...])``.
 - :class:`DivergenceError` -- raised when the cost becomes NaN/inf (``err.last_good``).
 - :data:`ENGINE_NAMES` -- available engines.
 - :mod:`.operators` -- the array-level forward model (numpy/cupy).
 """
+from .options import (
+    ComputeOptions,
+    LSQMLOptions,
+    MultisliceOptions,
+    ObjectConstraints,
+    PIEOptions,
+    PositionRefinement,
+    ProbeConstraints,
+)
 from .reconstruct import ENGINE_NAMES, DivergenceError, initial_probe, reconstruct
 
-__all__ = ["ENGINE_NAMES", "DivergenceError", "initial_probe", "reconstruct"]
+__all__ = ["ENGINE_NAMES", "DivergenceError", "initial_probe", "reconstruct", "PIEOptions",
+           "LSQMLOptions", "PositionRefinement", "ProbeConstraints", "ObjectConstraints",
+           "MultisliceOptions", "ComputeOptions"]

@@ -38,8 +38,19 @@ from .operators import (
     fourier_update_factor,
     scatter_add_patches,
 )
+from .options import LSQMLOptions, PIEOptions, engine_defaults
 
 __all__ = ["ENGINES", "Problem", "epie_iteration", "lsqml_iteration", "rpie_iteration"]
+
+
+_DEFAULTS: dict = {}
+
+
+def _defaults() -> dict:
+    """The engines' option defaults (from :mod:`ptynb.ptycho.options`, computed once)."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(engine_defaults())
+    return _DEFAULTS
 
 
 @dataclass
@@ -62,7 +73,9 @@ class Problem:
     norm : float
         Sum of valid measured counts (cost normalisation).
     options : dict
-        Engine knobs (alpha, beta, reg_object, reg_probe, ...).
+        Engine knobs by their engine keys (alpha, beta, reg_object, reg_probe, ...; see
+        :func:`ptynb.ptycho.options.engine_defaults`); missing keys are filled with the
+        defaults of the option classes.
     """
 
     xp: Any
@@ -81,6 +94,7 @@ class Problem:
         return self.intensity.shape[-1] * self.upsample
 
     def __post_init__(self):
+        self.options = {**_defaults(), **self.options}
         if self.fft is None:
             self.fft = FFT2(self.xp)
         if self.fft1 is None:
@@ -94,7 +108,7 @@ def _split(pos):
 
 
 def _subpixel(problem, state) -> bool:
-    mode = problem.options.get("subpixel", "auto")
+    mode = problem.options["subpixel"]
     if mode in (True, "fourier"):
         return True
     if mode in (False, "round", "none"):
@@ -113,14 +127,14 @@ def _refine_step(problem, state, grads):
     imperfect probe the positions would slowly shrink or grow, measured ~1 % per 40
     iterations). With ``position_affine=True`` only the mean is removed.
     """
-    if problem.options.get("position_affine", False) or grads.shape[0] < 4:
+    if problem.options["position_affine"] or grads.shape[0] < 4:
         g = grads - grads.mean(axis=0, keepdims=True)
     else:
         p = state.positions
         A = np.c_[p - p.mean(axis=0), np.ones(p.shape[0])]
         coef = np.linalg.lstsq(A, grads, rcond=None)[0]
         g = grads - A @ coef
-    lim = float(problem.options.get("position_step", 0.5))
+    lim = float(problem.options["position_step"])
     g = np.clip(g, -lim, lim)
 
     state.positions += g
@@ -325,9 +339,9 @@ def _fused_ok(obj, probe) -> bool:
 def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -> float:
     xp = problem.xp
     opts = problem.options
-    alpha = float(opts.get("alpha", 0.25 if regularized else 1.0))
-    beta = float(opts.get("beta", 0.25 if regularized else 1.0))
-    update_probe = iteration >= int(opts.get("probe_update_start", 0))
+    alpha, beta = PIEOptions.step_sizes("rpie" if regularized else "epie", opts["alpha"],
+                                        opts["beta"])
+    update_probe = iteration >= int(opts["probe_update_start"])
     fft = problem.fft1
     s = problem.upsample
     obj, probe = state.object, state.probe
@@ -354,7 +368,7 @@ def _pie_iteration(problem: Problem, state, iteration: int, regularized: bool) -
     pos_grad = np.zeros_like(state.positions) if refine else None
     Y, X = obj.shape[1:]
 
-    if (not refine and xp is np and _fused_ok(obj, probe) and opts.get("fused", True)
+    if (not refine and xp is np and _fused_ok(obj, probe) and opts["fused"]
             and (L == 1 or H is not None)):
         if L == 1:
             sweep, O = _pie_fast_sweep, obj[0]
@@ -708,12 +722,12 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     obj, probe = state.object, state.probe
     L, M, n = obj.shape[0], probe.shape[0], probe.shape[-1]
     J = problem.intensity.shape[0]
-    bs = max(1, min(int(opts.get("batch_size") or 16), J))
-    reg_o = float(opts.get("reg_object", 0.3))
-    reg_p = float(opts.get("reg_probe", 1e-2))
-    max_step = float(opts.get("max_step", 2.0))
-    step_rule = str(opts.get("step_rule", "global"))
-    update_probe = iteration >= int(opts.get("probe_update_start", 0))
+    bs = max(1, min(int(opts["batch_size"] or LSQMLOptions.DEFAULT_BATCH), J))
+    reg_o = float(opts["reg_object"])
+    reg_p = float(opts["reg_probe"])
+    max_step = float(opts["max_step"])
+    step_rule = str(opts["step_rule"])
+    update_probe = iteration >= int(opts["probe_update_start"])
     H = problem.kernel
     Hc = xp.conj(H) if H is not None else None
     sub = _subpixel(problem, state)
@@ -725,7 +739,7 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     bufs = (xp.zeros(obj.shape[1:], dtype=np.complex64), xp.zeros(obj.shape[1:], dtype=np.float32))
     # CPU with numba: compiled object/step passes (any modes and slices); with one mode and no
     # upsampling also the detector step (two passes per pattern)
-    fused_upd = xp is np and opts.get("fused", True) and _fused_ok(obj, probe)
+    fused_upd = xp is np and opts["fused"] and _fused_ok(obj, probe)
     fused_det = fused_upd and M == 1 and s == 1
     if fused_upd:
         from . import _kernels as K

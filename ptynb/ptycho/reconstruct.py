@@ -16,8 +16,10 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__
-from ..backend import FFTW_EFFORTS, get_xp, resolve_device, to_host
+from ..backend import get_xp, resolve_device, to_host
+from ..control import check_event
 from ..data import ValidationError, reconstruction, validate
+from . import options as _options
 from .engines import ENGINES, Problem
 from .operators import orthogonalize_modes, unshift_data
 from .state import State
@@ -77,20 +79,8 @@ def _engine_at(sched, it):
     return sched[-1][0]
 
 
-def _refine_start(position_refinement):
-    if position_refinement is None or position_refinement is False:
-        return None, {}
-    if position_refinement is True:
-        return 0, {}
-    if isinstance(position_refinement, dict):
-        opts = dict(position_refinement)
-        start = int(opts.pop("start", 0))
-        return start, opts
-    return int(position_refinement), {}
-
-
 def initial_probe(measurement: xr.Dataset, n: int, modes: int = 1, upsample: int = 1,
-                  probe=None, seed: int = 0) -> np.ndarray:
+                  probe=None) -> np.ndarray:
     """Initial probe modes (mode, n, n) complex64, power matched to the mean pattern.
 
     Sources, in order: ``probe`` (array or DataArray (py, px) or (mode, py, px)); an electron
@@ -202,7 +192,7 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
                 callback=None, callback_every: int = 1, progress: bool = True,
                 checkpoint=None, checkpoint_every: int | None = None, resume=None,
                 cancel: threading.Event | None = None, client=None, parallel: bool = False,
-                **options) -> xr.Dataset:
+                options=None, **knobs) -> xr.Dataset:
     """Reconstruct object and probe from a ptychographic measurement.
 
     Parameters
@@ -211,7 +201,8 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         ptynb measurement: ``intensity`` (..., scan, qy, qx) in counts, detector centred,
         positions ``scan_y``/``scan_x`` (m, probe centres), attrs ``pixel_size`` (m),
         ``energy_eV``, ``radiation``; optional ``mask`` (qy, qx), True = valid pixel. Leading
-        dims ``beam``/``angle`` are reconstructed independently.
+        dims ``beam``/``angle`` are reconstructed independently. A lazy (dask) intensity is
+        read only after the memory forecast.
     engine : str or list of (str, int)
         ``"epie"``, ``"rpie"`` (sequential, random order each iteration) or ``"lsqml"``
         (batched, optimal step sizes); a list chains engines, e.g.
@@ -235,20 +226,18 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         Reconstruction-grid upsampling ``s``: probe window ``s N`` pixels of ``pixel_size``,
         each detector pixel integrating ``s x s`` model pixels (far field sampled ``s`` times
         finer than the detector; "virtually enlarged illumination").
-    position_refinement : int, True or dict, optional
+    position_refinement : int, True, dict or PositionRefinement, optional
         Iteration from which positions are refined (gradient of the exit-wave update with
         respect to a shift, least-squares per pattern, mean shift removed, step clipped);
-        a dict ``{"start": k, "max_step": 0.5, "affine": False}``: ``max_step`` limits
-        each position's move per iteration (pixels); the affine part of the updates (global
-        scale/rotation/shear, which trades off against the probe's defocus) is removed
-        unless ``affine=True``.
+        True: from the start; a dict of :class:`~ptynb.ptycho.options.PositionRefinement`
+        fields (``start`` 0 unless given) or such an object (also accepted in ``options``).
     noise : {"poisson", "gaussian"}
         Noise model: Poisson likelihood (Newton step per pattern) or Gaussian on the
         amplitudes (modulus projection).
     batch_size : int, optional
-        Patterns per LSQ-ML batch (default 16).
+        Patterns per LSQ-ML batch (``LSQMLOptions.batch_size``).
     device : {"cpu", "gpu"}, optional
-        Compute device; data stay there across iterations.
+        Compute device; data stay there across iterations (``ComputeOptions.device``).
     seed : int
         Seed of the random pattern order / batches.
     callback : callable, optional
@@ -264,58 +253,53 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         Continue from a checkpoint written by a run with the same settings; the result is
         identical to an uninterrupted run (on the CPU).
     cancel : threading.Event, optional
-        Set it to stop after the current iteration; the result has ``status="cancelled"``.
-        KeyboardInterrupt does the same.
+        Set it to stop after the current iteration; the result has ``status="cancelled"``
+        (see :mod:`ptynb.control`). KeyboardInterrupt does the same. With leading
+        ``beam``/``angle`` dims, blocks not started are not run (NaN-filled, marked in
+        ``block_status``) and the cost histories are padded with NaN.
     client, parallel :
         Run leading ``angle``/``beam`` blocks on a dask cluster
         (see :func:`ptynb.parallel.map_blocks`).
-    **options
-        Engine knobs: ``alpha``, ``beta`` (PIE step sizes: ePIE 1, 1; rPIE 0.25, 0.25),
-        ``reg_object``, ``reg_probe`` (LSQ-ML preconditioner regularisation, fraction of the
-        maximum, defaults 0.3 and 0.01), ``max_step`` (LSQ-ML step limit, 2), ``momentum`` (LSQ-ML
-        heavy-ball factor between iterations, 0), ``probe_update_start`` (iteration, 0),
-        ``subpixel`` ("auto", True, False), ``probe_support`` (radius as a fraction of half
-        the window, None), ``probe_power`` (None, "measured" or a number of counts),
-        ``object_amplitude_max`` (e.g. 1.0), ``object_amplitude_min``, ``object_phase_range``
-        ((min, max) rad), ``pure_phase`` (bool), ``tilt`` ((ty, tx) rad, multislice beam
-        tilt), ``mask`` (qy, qx) bool overriding the dataset's mask, ``step_rule`` (LSQ-ML
-        step lengths from the batch's summed normal equations, "global", or their per-pattern
-        mean, "mean"), ``fused`` (True: on the CPU the sequential engines use the compiled
-        sweep of :mod:`ptynb.ptycho._kernels` where it applies, and LSQ-ML its compiled
-        object, step-length and (one mode, no upsampling) detector passes; False: the generic
-        numpy code), ``threads`` (FFTW
-        threads of the batched transforms), ``fftw_effort`` ("estimate", "measure", "patient";
-        default: "patient" for the single-pattern transforms of the sequential engines when a
-        run does at least :data:`PATIENT_TRANSFORMS` of them, else "measure"; plans are kept
-        in the FFTW wisdom file, see :func:`ptynb.backend.fftw_wisdom_path`).
+    options : options object or list/tuple of them, optional
+        Engine settings as objects of :mod:`ptynb.ptycho.options` (at most one per class),
+        e.g. ``[PIEOptions(alpha=0.5), LSQMLOptions(momentum=0.5)]``. A keyword below that
+        is also set (to a non-default value) in an object must agree with it.
+    **knobs
+        The same settings as flat keywords (the field names of the classes, prefixed where
+        ambiguous), plus ``mask`` (qy, qx) bool overriding the dataset's mask. Unknown
+        keywords raise with a suggestion. Every option, its default and bounds:
+
+<<OPTIONS>>
 
     Returns
     -------
     xarray.Dataset
         Reconstruction: ``object`` (..., slice, y, x) complex64 with ``y``/``x`` in the
         scan-position frame (m); ``probe`` (..., mode, py, px); refined ``scan_y``/``scan_x``
-        (..., scan) in m; ``cost`` (..., iteration); attrs with every setting,
-        ``ptynb_version`` and ``status`` ("complete" or "cancelled").
+        (..., scan) in m; ``cost`` (..., iteration); attrs with every setting
+        (``option_<key>``), ``ptynb_version`` and ``status`` ("complete" or "cancelled").
 
     Raises
     ------
     ptynb.data.ValidationError
         Bad input, found before the first iteration (failing :func:`ptynb.data.validate`,
         probe window larger than the detector window, positions outside a given object,
-        all-zero patterns, bad dims or options).
+        all-zero patterns, bad dims or options, an option out of its bounds).
     ptynb.ptycho.memory.InsufficientMemoryError
-        The estimated memory does not fit on the host/device.
+        The memory forecast (made before any large array is allocated) does not fit on the
+        host/device, unless ``allow_exceeding=True``.
     DivergenceError
         The cost became NaN/inf; ``err.last_good`` holds the last good reconstruction.
     """
     if not isinstance(measurement, xr.Dataset):
         raise ValidationError("measurement", f"must be an xarray.Dataset, got {type(measurement).__name__}")
+    check_event(cancel)
     validate(measurement)
-    _check_options(options)
+    opts, mask = _resolve_options(options, knobs, batch_size=batch_size, device=device,
+                                  position_refinement=position_refinement)
     settings = dict(engine=engine, iterations=iterations, probe=probe, slices=slices,
                     slice_thickness=slice_thickness, modes=modes, object=object,
-                    upsample=upsample, position_refinement=position_refinement, noise=noise,
-                    batch_size=batch_size, device=device, seed=seed, **options)
+                    upsample=upsample, noise=noise, seed=seed, mask=mask, options=opts)
     inten = measurement["intensity"]
     lead = [d for d in inten.dims if d in _LEAD]
     if not lead:
@@ -331,7 +315,7 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
         n = int(upsample) * inten.sizes["qy"]
         dx = float(measurement.attrs["pixel_size"])
         frame = _object_frame(measurement["scan_y"].values, measurement["scan_x"].values, dx, n,
-                              _margin(position_refinement))
+                              _margin(opts["position_start"]))
         settings["_frame"] = frame
     from ..parallel import map_blocks
 
@@ -339,44 +323,82 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
     kw = dict(settings=settings)
     if not use_cluster:
         kw.update(callback=callback, callback_every=callback_every, block_progress=progress,
-                  cancel=cancel)
-    out = map_blocks(_block, measurement, dims=lead, client=client,
-                     parallel=parallel if use_cluster else False, progress=progress, **kw)
-    return out
+                  block_cancel=cancel)
+    return map_blocks(_block, measurement, dims=lead, client=client,
+                      parallel=parallel if use_cluster else False, progress=progress,
+                      cancel=cancel, pad=("iteration",), **kw)
 
 
-#: engine knobs accepted as keyword options (documented under ``**options``)
-ENGINE_OPTIONS = ("alpha", "beta", "reg_object", "reg_probe", "max_step", "momentum",
-                  "step_rule", "probe_update_start", "subpixel", "probe_support", "probe_power",
-                  "object_amplitude_max", "object_amplitude_min", "object_phase_range",
-                  "pure_phase", "tilt", "mask", "threads", "fftw_effort", "fused")
+reconstruct.__doc__ = reconstruct.__doc__.replace("<<OPTIONS>>", _options.options_doc())
+
+#: flat keywords accepted by :func:`reconstruct` (documented under ``**knobs``)
+ENGINE_OPTIONS = (*_options.KEYWORDS, "mask")
+#: engine option keys that steer the computation but are not engine arithmetic
+_COMPUTE_KEYS = ("device", "threads", "fftw_effort", "allow_exceeding")
 
 
-def _check_options(options) -> None:
-    """Reject misspelt or unknown engine options (they would otherwise be ignored silently)."""
+def _resolve_options(options, knobs, *, batch_size, device, position_refinement):
+    """Options objects + flat keywords -> (engine option dict, mask or None).
+
+    Unknown keywords raise a ValidationError with a did-you-mean suggestion; the named
+    arguments ``batch_size``/``device`` count as given when not None.
+    """
     import difflib
 
-    for key in options:
+    for key in knobs:
         if key not in ENGINE_OPTIONS:
             close = difflib.get_close_matches(key, ENGINE_OPTIONS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValidationError("options", f"unknown option {key!r}{hint} Known: "
                                   f"{', '.join(ENGINE_OPTIONS)}")
-    eff = options.get("fftw_effort")
-    if eff is not None and str(eff).lower() not in FFTW_EFFORTS:
-        raise ValidationError("fftw_effort", f"must be one of {FFTW_EFFORTS}, got {eff!r}")
-    rule = options.get("step_rule")
-    if rule is not None and rule not in ("global", "mean"):
-        raise ValidationError("step_rule", f"must be 'global' or 'mean', got {rule!r}")
+    kw = dict(knobs)
+    mask = kw.pop("mask", None)
+    if batch_size is not None:
+        kw["batch_size"] = batch_size
+    if device is not None:
+        kw["device"] = device
+    objs = _options.resolve(options, kw, position_refinement=position_refinement)
+    opts: dict = {}
+    for obj in objs.values():
+        opts.update(obj.engine_items())
+    return opts, mask
 
 
-def _block(block, settings, block_progress=False, **kw):
+def _block(block, settings, block_progress=False, block_cancel=None, **kw):
     """map_blocks worker: one leading-dim block (module level so dask can pickle it)."""
-    return _reconstruct_single(block, settings, progress=block_progress, **kw)
+    return _reconstruct_single(block, settings, progress=block_progress, cancel=block_cancel,
+                               **kw)
 
 
-def _margin(position_refinement):
-    return 2 if position_refinement in (None, False) else 10
+def _margin(refine_start):
+    return 2 if refine_start is None else 10
+
+
+def _forecast(ds, *, J, N, Y, X, L, M, up, sched, opts, noise, device):
+    """Memory forecast of one reconstruction, from sizes only (nothing large allocated).
+
+    Raises :class:`~ptynb.ptycho.memory.InsufficientMemoryError` (forecast, free memory,
+    what to change) unless ``opts["allow_exceeding"]``, which warns instead.
+    """
+    from . import memory as _mem
+
+    bs = opts["batch_size"] or (_options.LSQMLOptions.DEFAULT_BATCH
+                                if any(e == "lsqml" for e, _ in sched) else 1)
+    est = _mem.estimate_memory(
+        n_patterns=J, detector_shape=(N, N), object_shape=(Y, X), n_slices=L, n_modes=M,
+        batch_size=min(int(bs), J), device=device, upsample=up, engine=list(sched),
+        momentum=bool(opts["momentum"]), include_input=hasattr(ds["intensity"].data, "dask"),
+        noise=noise)
+    try:
+        _mem.check_memory(est, device)
+    except _mem.InsufficientMemoryError as e:
+        if not opts["allow_exceeding"]:
+            raise _mem.InsufficientMemoryError(
+                f"{e} (object frame {Y} x {X} pixels x {L} slice(s); pass "
+                "allow_exceeding=True to run anyway)") from None
+        import warnings
+
+        warnings.warn(f"allow_exceeding=True: {e}", ResourceWarning, stacklevel=3)
 
 
 # ============================================================================ one reconstruction
@@ -391,13 +413,13 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     M = int(s.pop("modes"))
     obj_in = s.pop("object")
     up = int(s.pop("upsample"))
-    refine_start, refine_opts = _refine_start(s.pop("position_refinement"))
     noise = str(s.pop("noise")).lower()
-    batch_size = s.pop("batch_size")
-    device = resolve_device(s.pop("device"))
     seed = int(s.pop("seed"))
     frame = s.pop("_frame", None)
-    options = s  # engine knobs
+    mask = s.pop("mask", None)
+    options = dict(s.pop("options"))  # engine knobs by engine key, complete
+    refine_start = options["position_start"]
+    device = resolve_device(options["device"])
     for name, val, lo in (("slices", L, 1), ("modes", M, 1), ("upsample", up, 1)):
         if val < lo:
             raise ValidationError(name, f"must be >= {lo}, got {val}")
@@ -417,16 +439,10 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     N = inten.sizes["qy"]
     if inten.sizes["qx"] != N:
         raise ValidationError("intensity", f"detector must be square, got {inten.shape[-2:]}")
-    I = np.asarray(to_host(inten.data), dtype=np.float32)
-    sums = I.sum(axis=(1, 2))
-    if np.any(sums <= 0):
-        bad = np.flatnonzero(sums <= 0)
-        raise ValidationError("intensity", f"{bad.size} pattern(s) are all zero (scan index {bad[:5].tolist()}...)")
-    J = I.shape[0]
+    J = inten.sizes["scan"]
     dx = float(attrs["pixel_size"])
     lam = float(attrs.get("wavelength") or 0.0)
     n = up * N
-    mask = options.pop("mask", None)
     if mask is None and "mask" in ds:
         mask = ds["mask"].values
     if mask is not None:
@@ -440,8 +456,8 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     if sy.size != J or sx.size != J:
         raise ValidationError("scan_y/scan_x", f"have {sy.size}/{sx.size} positions for {J} patterns")
 
-    # ---------------------------------------------------------------- object frame
-    margin = _margin(refine_start if refine_start is not None else None)
+    # ---------------------------------------------------------------- object frame (sizes only)
+    margin = _margin(refine_start)
     if obj_in is not None:
         o = obj_in
         if isinstance(o, xr.DataArray):
@@ -464,7 +480,7 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
         if frame is None:
             frame = _object_frame(sy, sx, dx, n, margin)
         oy, ox, Y, X = frame
-        obj0 = np.ones((L, Y, X), np.complex64)
+        obj0 = None  # allocated after the memory forecast
     pos = np.stack([sy / dx - n // 2 - oy, sx / dx - n // 2 - ox], axis=1)
     ip = np.floor(pos + 0.5)
     out = (ip[:, 0] < 0) | (ip[:, 1] < 0) | (ip[:, 0] + n > Y) | (ip[:, 1] + n > X)
@@ -473,40 +489,32 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
             "scan_y/scan_x", f"{int(out.sum())} position(s) put the {n}x{n} probe window outside "
             f"the object ({Y}x{X} pixels from y={oy * dx:.4g} m, x={ox * dx:.4g} m)")
 
-    # ---------------------------------------------------------------- memory
-    try:
-        from . import memory as _mem
-    except ImportError:  # pragma: no cover - written in parallel by another engineer
-        _mem = None
-    bs_eff = batch_size or (16 if any(e == "lsqml" for e, _ in sched) else 1)
-    if _mem is not None:
-        lazy_input = hasattr(ds["intensity"].data, "dask")
-        est = _mem.estimate_memory(
-            n_patterns=J, detector_shape=(N, N), object_shape=(Y, X), n_slices=L, n_modes=M,
-            batch_size=min(int(bs_eff), J), device=device, upsample=up, engine=list(sched),
-            momentum=bool(options.get("momentum")), include_input=lazy_input, noise=noise)
-        _mem.check_memory(est, device)
+    # ---------------------------------------------------------------- memory, before allocating
+    _forecast(ds, J=J, N=N, Y=Y, X=X, L=L, M=M, up=up, sched=sched, opts=options, noise=noise,
+              device=device)
+    I = np.asarray(to_host(inten.data), dtype=np.float32)
+    sums = I.sum(axis=(1, 2))
+    if np.any(sums <= 0):
+        bad = np.flatnonzero(sums <= 0)
+        raise ValidationError("intensity", f"{bad.size} pattern(s) are all zero (scan index {bad[:5].tolist()}...)")
+    if obj0 is None:
+        obj0 = np.ones((L, Y, X), np.complex64)
 
     # ---------------------------------------------------------------- probe + problem
-    p0 = initial_probe(ds, n, M, up, probe=probe_in, seed=seed)
+    p0 = initial_probe(ds, n, M, up, probe=probe_in)
     kernel = None
     if L > 1:
         from ..physics.propagation import angular_spectrum_kernel
 
-        tilt = tuple(options.pop("tilt", (0.0, 0.0)))
-        kernel = xp.asarray(angular_spectrum_kernel((n, n), dx, lam, float(dz), tilt=tilt, xp=np)
+        kernel = xp.asarray(angular_spectrum_kernel((n, n), dx, lam, float(dz),
+                                                    tilt=tuple(options["tilt"]), xp=np)
                             .astype(np.complex64))
-    else:
-        options.pop("tilt", None)
     meas = unshift_data(I, np)
     m_unshift = unshift_data(mask, np) if mask is not None else None
     norm = float((I * mask).sum()) if mask is not None else float(I.sum())
-    opts = dict(options)
-    opts["batch_size"] = batch_size
-    opts.update({"position_step": float(refine_opts.get("max_step", 0.5)),
-                 "position_affine": bool(refine_opts.get("affine", False))})
-    threads = opts.pop("threads", None)
-    effort = opts.pop("fftw_effort", None)
+    opts = {k: v for k, v in options.items() if k not in _COMPUTE_KEYS}
+    threads = options["threads"]
+    effort = options["fftw_effort"]
     if effort is None:  # a patient plan (~1 s at 128^2, once per machine) pays off on long runs
         n_seq = 2 * J * L * M * sum(k for e, k in sched if e in ("epie", "rpie"))
         effort = "patient" if n_seq >= PATIENT_TRANSFORMS else "measure"
@@ -517,8 +525,7 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
                       fft=FFT2(xp, threads), fft1=FFT2(xp, 1, effort=effort))
 
     fp = _fingerprint(dict(sched=sched, J=J, N=N, n=n, L=L, M=M, Y=Y, X=X, oy=oy, ox=ox, dz=dz,
-                           noise=noise, seed=seed, refine=refine_start, refine_opts=refine_opts,
-                           options={k: v for k, v in opts.items() if k != "mask"}))
+                           noise=noise, seed=seed, options=opts))
     if resume is not None:
         from .checkpoint import load_checkpoint
 
@@ -558,7 +565,7 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
         bar = tqdm(total=total, initial=state.iteration, desc="ptycho", leave=False)
     status = "complete"
     last_good = state.copy()
-    momentum = float(opts.get("momentum", 0.0) or 0.0)
+    momentum = float(opts["momentum"])
     try:
         while state.iteration < total:
             if cancel is not None and cancel.is_set():
