@@ -1,0 +1,211 @@
+"""WorkflowApp without a server (the TaskRunner then finishes synchronously): the stereo app
+with its quick preset, and the generic app of a toy workflow (default views, cancel, errors
+with a partial tree, timestamped saves)."""
+from __future__ import annotations
+
+import numpy as np
+import param
+import pytest
+import xarray as xr
+
+pn = pytest.importorskip("panel")
+
+from ptynb.apps._workflow import SIMULATE, WorkflowApp, save_path, unit_of  # noqa: E402
+from ptynb.workflows import Step, Workflow, WorkflowSettings  # noqa: E402
+
+QUICK = "quick look (seconds)"
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTYNB_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _render(app):
+    from bokeh.document import Document
+
+    return app.__panel__().get_root(Document())
+
+
+# ----------------------------------------------------------------------------- a toy workflow
+class ToySettings(WorkflowSettings):
+    groups = {"Size": ["n", "pixel"], "Behaviour": ["fail", "cancel_after"]}
+    presets = {"default": {}, "small": {"n": 8}}
+    n = param.Integer(default=16, bounds=(4, 64), doc="Image size (px)")
+    pixel = param.Number(default=10e-9, bounds=(1e-10, None), doc="Pixel size (m)")
+    fail = param.Boolean(default=False, doc="Raise in the second step")
+    cancel_after = param.Boolean(default=False, doc="Set the cancel event in the first step")
+
+
+def _measure(run):
+    s = run.settings
+    y = np.arange(s.n) * s.pixel
+    img = np.outer(np.sin(y / s.pixel / 3), np.cos(y / s.pixel / 5)).astype(np.float32)
+    if s.cancel_after and run.cancel is not None:
+        run.cancel.set()
+    return xr.Dataset({"image": (("y", "x"), img)}, coords={"y": y, "x": y})
+
+
+def _process(run):
+    if run.settings.fail:
+        raise RuntimeError("toy failure in process")
+    run.check_cancel()
+    m = run["measurement"]
+    return xr.Dataset({"cost": (("iteration",), np.linspace(1.0, 0.1, 5))}, attrs={"mean": float(m.image.mean())})
+
+
+TOY = Workflow(name="toy", title="Toy workflow", description="For the tests.", settings=ToySettings,
+               steps=(Step("measurement", _measure, "making the image"), Step("process", _process, "processing")),
+               summarize=lambda s, r: {"answer": 42.0})
+
+
+def test_generic_app_runs_and_shows_default_views():
+    app = WorkflowApp(TOY)
+    assert app.preset == "default" and app.source == SIMULATE
+    app.preset = "small"
+    assert app.settings.n == 8
+    assert app.run()
+    assert app.message.object == "run complete" and not app.error.visible
+    assert app.result.attrs["status"] == "complete" and app.result.attrs["setting_n"] == 8
+    titles = list(app.tabs._names)
+    assert titles[0] == "Summary" and {"measurement", "process"} <= set(titles)
+    _render(app)
+
+
+def test_number_widgets_are_labelled_with_units():
+    assert unit_of(ToySettings, "pixel") == "m" and unit_of(ToySettings, "n") == "px"
+    app = WorkflowApp(TOY)
+    cards = app.setting_cards()
+    assert [c.title for c in cards] == ["Size", "Behaviour"]
+    names = [w.name for w in cards[0].objects[0].widget_objs.values()] if hasattr(cards[0].objects[0], "widget_objs") \
+        else [w.name for w in cards[0].objects[0].layout.objects]
+    assert "Pixel (m)" in names
+
+
+def test_generic_app_cancel_gives_a_partial_tree():
+    app = WorkflowApp(TOY)
+    app.settings.cancel_after = True
+    app.run()
+    assert app.result.attrs["status"] == "cancelled"
+    assert app.message.object == "run cancelled"
+    assert app.partial.visible and "cancelled" in app.partial.object
+    assert "measurement" in app.result and "process" not in app.result
+
+
+def test_generic_app_error_shows_alert_and_partial_tree(data_dir):
+    app = WorkflowApp(TOY)
+    app.settings.fail = True
+    app.run()
+    assert app.error.visible and "RuntimeError: toy failure in process" in app.error.object
+    assert app.result is not None and app.result.attrs["status"] == "error"
+    assert app.partial.visible and not app.save_button.disabled
+    assert app.save() is not None
+
+
+def test_bad_file_source_shows_an_error(data_dir):
+    (data_dir / "junk.h5").write_bytes(b"not hdf5")
+    app = WorkflowApp(TOY)
+    app.source = "file from the data directory"
+    assert not app.run()
+    assert "choose a measurement file" in app.error.object
+    app.files.refresh()
+    app.files.select.value = "junk.h5"
+    assert not app.run()
+    assert app.error.visible and "junk.h5" in app.error.object
+
+
+def test_save_writes_a_new_timestamped_file_each_time(data_dir):
+    import ptynb
+
+    app = WorkflowApp(TOY)
+    app.run()
+    paths = [app.save() for _ in range(3)]
+    assert len(set(paths)) == 3 and all(p.exists() and p.parent == data_dir for p in paths)
+    assert all(p.name.startswith("toy_result_") and p.suffix == ".h5" for p in paths)
+    app.save_format.value = ".zarr"
+    z = app.save()
+    assert z.suffix == ".zarr" and z.exists()
+    back = ptynb.io.load(paths[0])
+    assert back.attrs["answer"] == 42.0
+    with pytest.raises(ValueError):
+        save_path(data_dir, "x", ".txt")
+
+
+# ----------------------------------------------------------------------------- stereo
+def test_stereo_app_quick_preset_runs_and_shows_every_tab(data_dir):
+    from ptynb.apps.stereo import StereoApp
+    from ptynb.viz.stereo import TABS
+
+    app = StereoApp()
+    app.preset = QUICK
+    assert app.settings.scan_grid == 8 and app.settings.n_beams == 2
+    app.run()
+    assert not app.error.visible, app.error.object
+    assert app.message.object == "run complete"
+    assert list(app.tabs._names) == list(TABS)
+    assert "extra shift +0.0 px; difference rms" in app.anaglyph_caption.object
+    before = app.anaglyph_caption.object
+    app.shift_slider.value = 0.5
+    assert "extra shift +0.5 px" in app.anaglyph_caption.object and app.anaglyph_caption.object != before
+    numbers = [o for o in app.tabs[3].objects if "ptynb-numbers" in o.css_classes]
+    assert numbers and "stereo depth limit" in numbers[0].object
+    layers = [o for o in app.tabs[2].objects if "ptynb-layer-numbers" in o.css_classes]
+    assert layers and "layer shift between the outer views" in layers[0].object
+    _render(app)
+    p1, p2 = app.save(), app.save()
+    assert p1 != p2 and p1.exists() and p2.exists()
+
+
+def test_stereo_app_cancel_keeps_the_partial_reconstruction(data_dir):
+    from ptynb.apps.stereo import StereoApp
+
+    app = StereoApp()
+    app.preset = QUICK
+    runner = app.runner
+    original = runner._progress
+
+    def progress(fraction, message=""):  # cancel once the reconstruction is under way
+        original(fraction, message)
+        if "iteration" in message:
+            runner._cancel.set()
+
+    runner._progress = progress
+    app.run()
+    assert app.result.attrs["status"] == "cancelled"
+    assert app.message.object == "run cancelled"
+    assert "reconstruction" in app.result and "layers" not in app.result
+    assert app.partial.visible
+    assert app.save().exists()
+
+
+def test_stereo_app_opens_on_a_given_result():
+    from ptynb.apps.stereo import StereoApp
+    from test_viz import synthetic_stereo_tree
+
+    from ptynb.workflows import get
+
+    s = get("stereo").settings()
+    app = StereoApp(settings=s, result=synthetic_stereo_tree())
+    assert app.settings is s and app.result is not None
+    assert "Depth numbers" in list(app.tabs._names)
+
+
+def test_index_and_routes_read_the_registry():
+    from ptynb import apps
+    from ptynb.workflows import names, register
+
+    register(TOY, replace=True)
+    try:
+        r = apps.routes()
+        assert "explorer" in r and all(n in r for n in names())
+        assert "toy" in r
+        page = apps.build("toy")
+        assert isinstance(page, pn.layout.Row)
+        idx = apps.index()
+        text = " ".join(str(getattr(o, "object", "")) for o in idx.objects[1].objects)
+        assert "Toy workflow" in text and "Stereo hard X-ray ptychography" in text
+    finally:
+        from ptynb.workflows import _REGISTRY
+
+        _REGISTRY.pop("toy", None)
