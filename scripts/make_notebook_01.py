@@ -23,6 +23,7 @@ nanoparticles on one side of a 200 nm Si₃N₄ membrane and zone-plate structur
 6. Separate the layers (Eq. 3, with sub-pixel shifts).
 7. Measure FRC resolution from half datasets.
 
+Every figure comes from `ptynb.viz.stereo` (imported as `stereo_views`), the views the app shows too.
 The parameters below are CI-small (about a minute on 2 cores). Raise `SCAN_GRID`, `DETECTOR` and the
 iteration counts for real work."""),
     code("""# Parameters (papermill-style: this cell is tagged "parameters")
@@ -40,6 +41,8 @@ import panel as pn
 
 import ptynb
 from ptynb import viz
+from ptynb.apps import as_panel
+from ptynb.viz import stereo as stereo_views
 from ptynb.workflows import stereo
 
 hv.extension("bokeh", logo=False)
@@ -59,8 +62,9 @@ dr = 60 nm, 25 µm central stop) 120 µm upstream of its focus. The tilted beams
 print(dict(m.sizes))
 print("beams:", list(m.beam.values), "tilts (deg):", m.beam_tilt.values)
 truth = m.true_layers
-(viz.image(truth.sel(layer="particles"), title="true layer 1: Au particles (phase, rad)", cmap="gray")
- + viz.image(truth.sel(layer="zone_plate"), title="true layer 2: zone-plate structures (phase, rad)", cmap="gray"))"""),
+(viz.image(truth.sel(layer="particles"), title="true layer 1: Au particles", cmap="gray", label="phase", value_unit="rad")
+ + viz.image(truth.sel(layer="zone_plate"), title="true layer 2: zone-plate structures", cmap="gray", label="phase",
+             value_unit="rad"))"""),
     md("""## 2. Depth limits
 
 The paper's Eq. 1 gives the multislice depth limit of a single view, 5.2 δ²/λ, and Eq. 2 the
@@ -75,7 +79,7 @@ rows = [("multislice limit, delta = 14 nm (Eq. 1)", f"{n14['multislice_depth_lim
         ("stereo limit, delta = 16.2 nm, 1.5 deg (Eq. 2)", f"{n16['stereo_depth_limit'] * 1e9:.0f} nm"),
         ("layer shift 2 d tan(theta_s), d = 480 nm", f"{n16['layer_shift_m'] * 1e9:.1f} nm = {n16['layer_shift_px']:.2f} px"),
         ("Au thickness from a mean phase of -0.61 rad", f"{n16['thickness_from_phase'] * 1e9:.0f} nm")]
-pn.pane.Markdown("| quantity | value |\\n|---|---|\\n" + "\\n".join(f"| {a} | {b} |" for a, b in rows))"""),
+pn.pane.Markdown(viz.markdown_table(rows))"""),
     code("""# the paper's numbers
 assert abs(n14["multislice_depth_limit"] - 7e-6) < 0.7e-6
 assert abs(n16["multislice_depth_limit"] - 9e-6) < 0.45e-6
@@ -88,8 +92,7 @@ assert abs(ptynb.physics.zone_plate_focal_length(74.9e-6, 60e-9, lam) - 29e-3) <
 The paper's recipe: ePIE, then a parallel update (LSQ-ML), optionally with position refinement and
 upsampling. The beams are independent, so `settings.parallel = True` sends them to a dask cluster."""),
     code("""rec = stereo.reconstruct_beams(m, settings)
-curves = [viz.cost_curve(rec.cost.sel(beam=b), title="cost").relabel(str(b)) for b in rec.beam.values]
-hv.Overlay(curves).opts(title="convergence (ePIE, then LSQ-ML)", legend_position="top_right")"""),
+stereo_views.convergence(rec)"""),
     code("""viz.complex_image(rec.object.sel(beam=rec.beam.values[0]).isel(slice=0), mode="both",
                   title=f"{rec.beam.values[0]} view")"""),
     md("""## 4. The beams: probes, caustics, focus
@@ -97,17 +100,9 @@ hv.Overlay(curves).opts(title="convergence (ePIE, then LSQ-ML)", legend_position
 Each retrieved probe is propagated along z to find its focus. The horizontal and vertical caustics
 show astigmatism: set `astigmatism` in the settings to see the two line foci separate."""),
     code("""caustics = stereo.characterise_beams(rec, settings)
-panels = []
-for b in rec.beam.values:
-    c = caustics[str(b)].to_dataset()
-    a = c.attrs
-    img = hv.Image(c.horizontal.values.T[::-1], bounds=(c.z.values[0] * 1e3, c.px.values[0] * 1e6,
-                                                       c.z.values[-1] * 1e3, c.px.values[-1] * 1e6),
-                   kdims=["z (mm)", "x (um)"]).opts(cmap="fire", frame_width=260, frame_height=140,
-                                                    title=f"{b}: focus {a['focus_x'] * 1e3:.3f} mm, "
-                                                          f"spot {a['focal_spot_x'] * 1e9:.0f} nm")
-    panels.append(img)
-hv.Layout(panels).cols(3)"""),
+as_panel([view for b in rec.beam.values
+          for view in (stereo_views.caustic(caustics[str(b)].to_dataset(), str(b)),
+                       stereo_views.caustic_summary(caustics[str(b)].to_dataset(), str(b)))])"""),
     code("""for b in rec.beam.values:
     a = caustics[str(b)].to_dataset().attrs
     # focus ~120 um downstream; spot of a zone plate with central stop ~ 0.97 dr ~ 58 nm
@@ -122,19 +117,8 @@ shift the difference image loses one layer and shows the contours of the other (
 of the paper)."""),
     code("""views = stereo.align_views(rec, settings)
 print("alignment shifts (px):", dict(zip(views.beam.values, zip(views.shift_y.values.round(2), views.shift_x.values.round(2)))))
-ys, xs = np.nonzero(views.valid.values)
-crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-left, right = views.phase.sel(beam="left").values[crop], views.phase.sel(beam="right").values[crop]
-shift = pn.widgets.FloatSlider(name="extra shift of the right view (px)", start=-6, end=6, step=0.1, value=0.0)
-
-def compare(dx):
-    rgb = stereo.anaglyph(left, right, shift=(0, dx))
-    diff = left - np.real(stereo.steps.fourier_shift(right, (0, dx)))
-    return (hv.RGB(rgb[::-1]).opts(title="anaglyph: left red, right cyan", frame_width=300, aspect="equal")
-            + hv.Image(diff[::-1]).opts(cmap="RdBu", symmetric=True, colorbar=True, frame_width=300,
-                                        aspect="equal", title=f"left - right shifted by {dx:+.1f} px"))
-
-pn.Column(shift, pn.bind(compare, shift))"""),
+print(stereo_views.anaglyph_caption(views, 0.0, "left", "right"))
+stereo_views.anaglyph(views)"""),
     md("""## 6. Separate the layers
 
 The two-layer model: one layer is identical in both aligned views, the other shifted by *s*. The
@@ -150,8 +134,7 @@ print(f"layer shift {a['layer_shift_px']:+.2f} px -> implied separation {a['sepa
 for name in ("particles", "zone_plate"):
     print(f"{name:11s} PCC sub-pixel {a['pcc_' + name]:.3f} (cross-talk {a['crosstalk_' + name]:.3f}) | "
           f"integer {ai['pcc_' + name]:.3f} ({ai['crosstalk_' + name]:.3f})")
-(viz.image(layers.layers.isel(layer=0), title=f"recovered: {a['layer_0_is']}", cmap="gray")
- + viz.image(layers.layers.isel(layer=1), title=f"recovered: {a['layer_1_is']}", cmap="gray"))"""),
+as_panel([hv.Layout(stereo_views.layers(layers, views)).cols(2), stereo_views.layer_numbers(layers)])"""),
     code("""assert a["pcc_particles"] >= 0.8 and a["pcc_zone_plate"] >= 0.8
 assert (a["crosstalk_particles"] + a["crosstalk_zone_plate"] < ai["crosstalk_particles"] + ai["crosstalk_zone_plate"]
         or a["pcc_particles"] + a["pcc_zone_plate"] > ai["pcc_particles"] + ai["pcc_zone_plate"])"""),
@@ -165,14 +148,14 @@ outer = m.sel(beam=["left", "right"])
 frc = stereo.frc_per_beam(outer, s_frc, progress=False)
 for b, r in zip(frc.beam.values, frc.resolution.values):
     print(f"{b}: {r * 1e9:.1f} nm ({r / settings.pixel_size:.1f} px)")
-hv.Overlay([hv.Curve((frc.q.values * 1e-6, frc.frc.sel(beam=b).values), "q (1/um)", "FRC", label=str(b))
-            for b in frc.beam.values]).opts(title="FRC of half-data reconstructions", frame_width=400)"""),
+as_panel([stereo_views.frc(frc), stereo_views.frc_summary(frc, settings.pixel_size)])"""),
     code("""assert np.all(np.isfinite(frc.resolution.values))
 assert np.all(frc.resolution.values < 20 * settings.pixel_size)"""),
     md("""## 8. The same workflow as an app
 
-`ptynb serve` serves this at `/stereo`. Below, the app opens on this notebook's results. Press
-**Run** to recompute with the settings in the app."""),
+`ptynb serve` serves this at `/stereo`. Below, the app opens on this notebook's results: its tabs
+are the same `ptynb.viz.stereo` views as above (`stereo_views.views(tree)`). Press **Run** to
+recompute with the settings in the app."""),
     code("""tree = stereo.assemble(settings, measurement=m, reconstruction=rec, caustics=caustics, views=views,
                        layers=layers, frc=frc)
 from ptynb.apps.stereo import StereoApp

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["EXTRA_APPS", "APPS", "app_entries", "index", "build", "routes"]
+__all__ = ["EXTRA_APPS", "APPS", "app_entries", "index", "build", "routes", "as_panel"]
 
 #: apps that are not workflows: slug -> (title, description, "module:function")
 EXTRA_APPS: dict[str, tuple[str, str, str]] = {
@@ -88,3 +88,14 @@ def routes() -> dict:
     for slug in app_entries():
         out[slug] = (lambda s=slug: build(s))
     return out
+
+
+def as_panel(items, **column_kwargs):
+    """A list of views (HoloViews objects and markdown strings, as a workflow's ``views``
+    returns them for one tab) as one ``pn.Column`` (for notebooks)."""
+    import panel as pn
+
+    items = items if isinstance(items, (list, tuple)) else [items]
+    return pn.Column(*[pn.pane.Markdown(o) if isinstance(o, str) else
+                       (o if isinstance(o, pn.viewable.Viewable) else pn.pane.HoloViews(o, linked_axes=False))
+                       for o in items], **column_kwargs)
