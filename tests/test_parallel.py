@@ -109,6 +109,76 @@ def test_bad_input():
         parallel.get_client(3.5)
 
 
+def history(block, stop=None):
+    """A per-block 'reconstruction' whose cost history has 2 + index entries; it marks itself
+    cancelled (and stops the run) at the block whose angle is ``stop``."""
+    k = int(round((float(block["angle"]) + 30.0) / 20.0))  # 0..3
+    status = "complete"
+    if stop is not None and float(block["angle"]) == stop:
+        status = "cancelled"
+    return xr.Dataset({"object": (("y", "x"), np.full((2, 2), k + 1.0, np.complex64)),
+                       "cost": (("iteration",), np.arange(2.0 + k))},
+                      coords={"iteration": np.arange(2 + k)}, attrs={"status": status})
+
+
+def test_pad_histories_along_iteration_only():
+    out = parallel.map_blocks(history, _dataset(), progress=False, pad=("iteration",))
+    assert out.sizes["iteration"] == 5 and out.attrs["status"] == "complete"
+    assert "block_status" not in out
+    np.testing.assert_array_equal(out["cost"].values[0], [0.0, 1.0, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(out["cost"].values[3], np.arange(5.0))
+    with pytest.raises(ValueError, match="different coordinates"):  # without pad: refused
+        parallel.map_blocks(history, _dataset(), progress=False)
+
+
+def test_serial_cancel_stops_before_next_block():
+    import threading
+
+    ev = threading.Event()
+    calls = []
+
+    def func(block):
+        calls.append(float(block["angle"]))
+        if len(calls) == 2:
+            ev.set()  # set while the second block runs
+        return history(block, stop=-10.0)
+
+    out = parallel.map_blocks(func, _dataset(), progress=False, cancel=ev, pad=("iteration",))
+    assert calls == [-30.0, -10.0]
+    assert out.attrs["status"] == "cancelled"
+    assert list(out["block_status"].values) == ["complete", "cancelled", "not run", "not run"]
+    assert out.sizes["iteration"] == 3
+    np.testing.assert_array_equal(out["cost"].values[1], [0.0, 1.0, 2.0])
+    assert np.all(np.isnan(out["cost"].values[2:])) and np.all(np.isnan(out["object"].values[2:]))
+    np.testing.assert_array_equal(out["angle"].values, _dataset()["angle"].values)
+    with pytest.raises(TypeError, match="threading.Event"):
+        parallel.map_blocks(func, _dataset(), progress=False, cancel="stop")
+
+
+def slow_after_first(block):
+    import time
+
+    if float(block["angle"]) != -30.0:
+        time.sleep(3.0)
+    return history(block)
+
+
+def test_cluster_cancel_cancels_pending_blocks(client):
+    import threading
+    import time
+
+    ev = threading.Event()
+    ev.set()  # already set: the first finished block is kept, every other one cancelled
+    t0 = time.perf_counter()
+    out = parallel.map_blocks(slow_after_first, _dataset(), client=client, progress=False,
+                              cancel=ev, pad=("iteration",))
+    assert time.perf_counter() - t0 < 2.5  # did not wait for the 3 s blocks
+    assert out.attrs["status"] == "cancelled"
+    assert list(out["block_status"].values) == ["complete", "not run", "not run", "not run"]
+    np.testing.assert_array_equal(out["cost"].values[0], [0.0, 1.0])
+    assert np.all(np.isnan(out["cost"].values[1:]))
+
+
 @pytest.fixture(scope="module")
 def client():
     with parallel.local_cluster(n_workers=2) as c:

@@ -416,3 +416,149 @@ def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel,
     truth = small if modes == 1 else xray_data(n=32, grid=5, counts=1e6, modes=modes)
     ea, eb = object_error(a, truth), object_error(b, truth)
     assert ea < 0.1 and abs(ea - eb) < 0.1 * eb, (ea, eb)
+
+
+# ----------------------------------------------------------------------------- cancel with leading dims
+def _cancel_at(event, block_of, it_stop):
+    """Callback setting ``event`` at iteration ``it_stop`` of the ``block_of``-th block."""
+    seen = {"block": -1}
+
+    def cb(it, info):
+        if it == 1:
+            seen["block"] += 1
+        if seen["block"] == block_of and it == it_stop:
+            event.set()
+    return cb
+
+
+def test_cancel_in_first_block_returns_stackable_partial_result():
+    ds, _ = _angles_measurement(2)
+    ev = threading.Event()
+    rec = reconstruct(ds, engine="epie", iterations=5, progress=False, cancel=ev,
+                      callback=_cancel_at(ev, 0, 2))
+    assert rec.attrs["status"] == "cancelled"
+    assert list(rec["block_status"].values) == ["cancelled", "not run"]
+    cost = rec["cost"].values
+    assert cost.shape == (2, 2) and np.all(np.isfinite(cost[0])) and np.all(np.isnan(cost[1]))
+    assert np.all(np.isnan(rec["object"].isel(angle=1).values))
+    assert np.all(np.isfinite(rec["object"].isel(angle=0).values))
+
+
+def test_cancel_in_second_block_pads_cost_with_nan():
+    ds, _ = _angles_measurement(2)
+    ev = threading.Event()
+    rec = reconstruct(ds, engine="lsqml", iterations=5, progress=False, cancel=ev,
+                      callback=_cancel_at(ev, 1, 2))
+    assert rec.attrs["status"] == "cancelled"
+    assert list(rec["block_status"].values) == ["complete", "cancelled"]
+    cost = rec["cost"].values
+    assert cost.shape == (2, 5) and np.all(np.isfinite(cost[0]))
+    assert np.all(np.isfinite(cost[1, :2])) and np.all(np.isnan(cost[1, 2:]))
+    np.testing.assert_array_equal(rec["iteration"].values, np.arange(5))
+    # an uncancelled run is unchanged: no block_status, status complete
+    full = reconstruct(ds, engine="lsqml", iterations=2, progress=False, cancel=threading.Event())
+    assert full.attrs["status"] == "complete" and "block_status" not in full
+
+
+@pytest.mark.slow
+def test_cancel_on_local_cluster_returns_partial_result():
+    ds, _ = _angles_measurement(4)
+    ev = threading.Event()
+    ev.set()  # on a cluster the event is seen between blocks: blocks not finished are dropped
+    rec = reconstruct(ds, engine="lsqml", iterations=3, progress=False, cancel=ev,
+                      parallel=True)
+    status = list(rec["block_status"].values)
+    assert rec.attrs["status"] == "cancelled" and status.count("complete") >= 1
+    assert status.count("not run") >= 1 and set(status) <= {"complete", "not run"}
+    for k, st in enumerate(status):
+        cost = rec["cost"].isel(angle=k).values
+        assert np.all(np.isfinite(cost)) if st == "complete" else np.all(np.isnan(cost))
+
+
+def test_cancel_must_be_an_event(small):
+    with pytest.raises(TypeError, match="threading.Event"):
+        reconstruct(small, iterations=1, cancel=True, progress=False)
+
+
+# ----------------------------------------------------------------------------- memory forecast
+def _far_apart(distance_px):
+    """A tiny measurement (4 patterns of 16 x 16) whose last position is moved
+    ``distance_px`` pixels away diagonally."""
+    d = xray_data(n=16, grid=2, counts=1e4)
+    dx = float(d.attrs["pixel_size"])
+    sy = d["scan_y"].values.copy()
+    sx = d["scan_x"].values.copy()
+    sy[-1] += distance_px * dx
+    sx[-1] += distance_px * dx
+    return measurement(d["intensity"].values, sy, sx, radiation="xray",
+                       energy_eV=d.attrs["energy_eV"], pixel_size=dx)
+
+
+def test_far_apart_positions_refused_before_allocation(monkeypatch):
+    import time
+    import tracemalloc
+
+    from ptynb.ptycho import memory
+
+    # two positions 60,000 px apart: a 27 GiB object, refused on a machine with 16 GiB free
+    distance = 60_000
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda device="cpu": {"host": 16 * 2**30, "device": None})
+    ds = _far_apart(distance)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(memory.InsufficientMemoryError) as ei:
+            reconstruct(ds, engine="epie", iterations=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5.0
+    assert peak < 20 * 2**20  # nothing object-sized was allocated
+    import re
+
+    msg = str(ei.value)
+    Y, X = map(int, re.search(r"object frame (\d+) x (\d+) pixels", msg).groups())
+    assert distance + 16 <= Y <= distance + 40 and distance + 16 <= X <= distance + 40
+    need, unit = re.search(r"needs about ([\d.]+) (GiB|TiB)", msg).groups()
+    assert float(need) * 2**(30 if unit == "GiB" else 40) >= 2 * 8 * Y * X  # object x2
+    assert "available" in msg and "allow_exceeding=True" in msg
+
+
+def test_allow_exceeding_runs_with_a_warning(small, monkeypatch):
+    from ptynb.ptycho import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host": 1000, "device": None})
+    with pytest.raises(memory.InsufficientMemoryError):
+        reconstruct(small, iterations=1, progress=False)
+    with pytest.warns(ResourceWarning, match="does not fit"):
+        rec = reconstruct(small, iterations=1, progress=False, allow_exceeding=True)
+    assert rec.sizes["iteration"] == 1
+
+
+def test_lazy_measurement_not_read_before_forecast(monkeypatch):
+    da = pytest.importorskip("dask.array")
+    from ptynb.ptycho import memory
+
+    ds = _far_apart(60_000)
+    reads = []
+
+    def load(x):
+        reads.append(x.size)  # dask also calls it on tiny arrays to infer the dtype
+        return x
+
+    lazy = da.from_array(ds["intensity"].values, chunks=(1, 16, 16)).map_blocks(load)
+    ds = ds.copy()
+    ds["intensity"] = (ds["intensity"].dims, lazy)
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda device="cpu": {"host": 16 * 2**30, "device": None})
+    with pytest.raises(memory.InsufficientMemoryError):
+        reconstruct(ds, engine="epie", iterations=1, progress=False)
+    assert sum(reads) < 16 * 16  # not even one pattern was read
+    # a measurement that fits is read (the counter works)
+    ok = _far_apart(0)
+    ok["intensity"] = (ok["intensity"].dims,
+                       da.from_array(ok["intensity"].values, chunks=(1, 16, 16)).map_blocks(load))
+    reads.clear()
+    reconstruct(ok, engine="epie", iterations=1, progress=False)
+    assert sum(reads) >= ok["intensity"].size
