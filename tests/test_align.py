@@ -10,7 +10,8 @@ from ptynb.data import ValidationError
 
 # the package re-exports the function ``align``; take the modules themselves
 A = importlib.import_module("ptynb.tomo.align")
-U = importlib.import_module("ptynb.tomo.unwrap")
+J = importlib.import_module("ptynb.tomo.joint")
+U = importlib.import_module("ptynb.imaging")
 
 
 @pytest.fixture
@@ -354,13 +355,13 @@ def test_cgls_float32_si_units_and_ramp_preconditioner():
         return float(torch.sum((fwd(v, q0) - data) ** 2) / torch.sum(data ** 2))
 
     x0 = torch.zeros_like(vol)
-    plain = A._cgls(lambda v: fwd(v, q0), data, x0, 5, torch)
-    pre = A._cgls(lambda v: fwd(v, q0), data, x0, 5, torch,
-                  precond=A._ramp_preconditioner(vol.shape, torch, vol.dtype, vol.device))
+    plain = J._cgls(lambda v: fwd(v, q0), data, x0, 5, torch)
+    pre = J._cgls(lambda v: fwd(v, q0), data, x0, 5, torch,
+                  precond=J._ramp_preconditioner(vol.shape, torch, vol.dtype, vol.device))
     assert rel(plain) < 1e-3  # without the rescaling: stuck at 1.5e-2 after the first step
     assert rel(pre) < 0.5 * rel(plain)
     # never worse than the start, also when started at the solution
-    again = A._cgls(lambda v: fwd(v, q0), data, pre, 5, torch)
+    again = J._cgls(lambda v: fwd(v, q0), data, pre, 5, torch)
     assert rel(again) <= rel(pre)
 
 
@@ -372,21 +373,21 @@ def test_pose_gauss_newton_fixed_volume(rng):
     vol, ang, fwd = _posed_setup(n=24)
     true = np.concatenate([rng.normal(0, 1.0, (ang.size, 2)), rng.normal(0, 1.0, (ang.size, 3))], axis=1)
     data = fwd(vol, true)
-    est, nproj = A._pose_gauss_newton(lambda q: fwd(vol, q), data, np.zeros_like(true), [0, 1, 2, 3, 4],
+    est, nproj = J._pose_gauss_newton(lambda q: fwd(vol, q), data, np.zeros_like(true), [0, 1, 2, 3, 4],
                                       8, (0.05,) * 5, torch)
     err = np.abs(est - true)
     assert err[:, :2].max() < 1e-3  # px
     assert err[:, 2:].max() < 1e-3  # deg
     assert nproj <= 1 + 8 * (5 + 4)
     # only the requested columns move
-    est, _ = A._pose_gauss_newton(lambda q: fwd(vol, q), data, np.zeros_like(true), [0, 1], 3, (0.05,) * 5, torch)
+    est, _ = J._pose_gauss_newton(lambda q: fwd(vol, q), data, np.zeros_like(true), [0, 1], 3, (0.05,) * 5, torch)
     assert np.all(est[:, 2:] == 0) and np.abs(est[:, :2]).max() > 0
 
 
 def test_joint_refinement_bad_solver():
     da = xr.DataArray(np.ones((4, 8, 8)), dims=("angle", "y", "x"), coords={"angle": [0, 1, 2, 3.0]})
     with pytest.raises(ValidationError, match="pose_solver"):
-        A.joint_refinement(da, pose_solver="lbfgs", progress=False)
+        J.joint_refinement(da, pose_solver="lbfgs", progress=False)
 
 
 @pytest.mark.slow
@@ -431,3 +432,110 @@ def test_joint_refinement_recovers_shifts_and_rotations(rng):
     print(f"volume PCC {pcc_joint:.4f}")
     assert pcc_joint > 0.99
     assert pcc_joint > metrics.pcc(vol, tomo.fbp(P))
+
+
+# ----------------------------------------------------------------------------- cancel
+def _cancel_at(k):
+    """An Event and a callback that sets it in round ``k`` (and records the rounds seen)."""
+    import threading
+
+    ev = threading.Event()
+    seen = []
+
+    def cb(i, info):
+        seen.append(i)
+        if i == k:
+            ev.set()
+
+    return ev, cb, seen
+
+
+def _small_series(rng, n=16, views=20):
+    vol = blob_volume(n, [((2.0, -1.0, 3.0), 2.0, 1.0), ((-3.0, 3.0, -2.0), 1.5, 0.8)])
+    ang = np.linspace(0, 180, views, endpoint=False)
+    return _misaligned(vol, ang, rng, rms=1.5)[1]
+
+
+def test_align_cancel_projection_matching(rng):
+    """Setting the event in round k returns the shifts after k + 1 rounds, marked cancelled."""
+    meas = _small_series(rng)
+    k = 1
+    ev, cb, seen = _cancel_at(k)
+    kw = dict(method="projection_matching", reconstruct="fbp", tol=0.0, progress=False)
+    out, info = A.align(meas, iterations=8, callback=cb, cancel=ev, **kw)
+    assert info["status"] == "cancelled" and out.attrs["status"] == "cancelled"
+    assert seen == [0, 1] and len(info["history"]) == k + 1
+    ref_out, ref = A.align(meas, iterations=k + 1, **kw)
+    assert ref["status"] == "complete" and ref_out.attrs["status"] == "complete"
+    np.testing.assert_allclose(info["shifts"], ref["shifts"], atol=1e-9)
+    np.testing.assert_allclose(info["history"], ref["history"], atol=1e-9)
+    # a truthy callback return does not stop
+    _, full = A.align(meas, iterations=3, callback=lambda i, d: True, **kw)
+    assert len(full["history"]) == 3 and full["status"] == "complete"
+    with pytest.raises(TypeError, match="cancel"):
+        A.align(meas, iterations=1, cancel="stop", **kw)
+
+
+def test_align_cancel_cross_correlation(rng):
+    meas = _small_series(rng)
+    ev, cb, seen = _cancel_at(0)
+    _, info = A.align(meas, method="cross_correlation", iterations=10, upsample=1000,
+                      callback=cb, cancel=ev, progress=False)
+    assert info["status"] == "cancelled" and seen == [0] and len(info["history"]) == 1
+
+
+def test_joint_refinement_cancel_and_options(rng):
+    """Cancel in round k: k + 1 rounds of history, poses of a (k + 1)-round run; options object
+    and keywords give the same run."""
+    meas = _small_series(rng, views=12)
+    k = 1
+    ev, cb, seen = _cancel_at(k)
+    opts = J.JointRefinementOptions(schedule=(("shifts", 1.0, 4),), prealign=None, volume_steps=2,
+                                    pose_steps=1, coupled_iterations=0)
+    _, s1, e1, info = J.joint_refinement(meas, options=opts, callback=cb, cancel=ev, progress=False)
+    assert info["status"] == "cancelled" and seen == [0, 1]
+    assert info["loss"].size == k + 1 and info["stages"] == [("shifts", 1, k + 1)]
+    # the same run as keywords (overriding the rounds of the schedule), not cancelled
+    _, s2, e2, info2 = J.joint_refinement(meas, schedule=(("shifts", 1.0, k + 1),), prealign=None,
+                                          volume_steps=2, pose_steps=1, coupled_iterations=0,
+                                          progress=False)
+    assert info2["status"] == "complete" and info2["loss"].size == k + 1
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    np.testing.assert_allclose(info["loss"], info2["loss"], rtol=1e-4)
+    assert info2["options"] == opts.copy(schedule=(("shifts", 1.0, k + 1),))
+
+
+def test_joint_refinement_options_object():
+    O = J.JointRefinementOptions
+    d = O.defaults()
+    assert d["iterations"] == 4 and d["schedule"] == J.MSPT_SCHEDULE and d["coupled_iterations"] == 40
+    # keywords override the options object, the object itself is not changed
+    base = O(iterations=2, mask="auto")
+    o = O.resolve(base, {"iterations": 3})
+    assert (o.iterations, o.mask, base.iterations) == (3, "auto", 2)
+    assert O.resolve(None, {}).values() == d
+    # unknown keywords: ValidationError with a suggestion
+    with pytest.raises(ValidationError, match="did you mean 'pose_steps'"):
+        O.resolve(None, {"pose_step": 3})
+    da = xr.DataArray(np.ones((4, 8, 8)), dims=("angle", "y", "x"), coords={"angle": [0, 1, 2, 3.0]})
+    with pytest.raises(ValidationError, match="did you mean 'mask_margin'"):
+        J.joint_refinement(da, mask_margn=2, progress=False)
+    with pytest.raises(ValidationError, match="iterations"):
+        O(iterations=0)
+    with pytest.raises(ValidationError, match="volume_solver"):
+        O().volume_solver = "lbfgs"
+    with pytest.raises(ValidationError, match="options"):
+        J.joint_refinement(da, options={"iterations": 2}, progress=False)
+
+
+def test_joint_refinement_docstring_defaults_come_from_the_class():
+    """Every option is documented once in joint_refinement's docstring, with the class default,
+    and the function signature repeats none of them."""
+    import inspect
+
+    O = J.JointRefinementOptions
+    doc = J.joint_refinement.__doc__
+    for name, default in O.defaults().items():
+        assert doc.count(f"\n    {name} : default {default!r}\n") == 1, name
+    sig = inspect.signature(J.joint_refinement).parameters
+    assert not set(O.fields()) & set(sig)

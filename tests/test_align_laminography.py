@@ -38,6 +38,7 @@ from scipy.spatial.transform import Rotation
 from ptynb.data import ValidationError
 
 A = importlib.import_module("ptynb.tomo.align")
+J = importlib.import_module("ptynb.tomo.joint")
 
 TILT = 61.108
 
@@ -218,7 +219,7 @@ def test_auto_support_keeps_the_object():
 
     vol = blob_volume(32, random_blobs(32, 12)).values
     vb = ndi.gaussian_filter(vol, 1.0).reshape(16, 2, 16, 2, 16, 2).mean(axis=(1, 3, 5))
-    m = A._auto_support(vb, 2, (32, 32, 32), 0.1, 3.0)
+    m = J._auto_support(vb, 2, (32, 32, 32), 0.1, 3.0)
     assert m.shape == (32, 32, 32) and m.dtype == bool
     lost = vol[~m].sum() / vol.sum()
     old = np.kron(ndi.binary_dilation(vb > 0.2 * vb.max(), iterations=1), np.ones((2, 2, 2), bool))
@@ -229,19 +230,19 @@ def test_auto_support_keeps_the_object():
     assert m.mean() < 0.5  # still a support, not everything
     # sign does not matter (phase objects may be negative); empty volume -> no constraint;
     # a grid that is not a multiple of the binning is padded
-    np.testing.assert_array_equal(A._auto_support(-vb, 2, (32, 32, 32), 0.1, 3.0), m)
-    assert A._auto_support(np.zeros((8, 8, 8)), 2, (16, 16, 16), 0.1, 3.0).all()
-    assert A._auto_support(vb, 2, (33, 32, 33), 0.1, 3.0).shape == (33, 32, 33)
+    np.testing.assert_array_equal(J._auto_support(-vb, 2, (32, 32, 32), 0.1, 3.0), m)
+    assert J._auto_support(np.zeros((8, 8, 8)), 2, (16, 16, 16), 0.1, 3.0).all()
+    assert J._auto_support(vb, 2, (33, 32, 33), 0.1, 3.0).shape == (33, 32, 33)
 
 
 def test_auto_mask_bad_parameters():
     da = xr.DataArray(np.ones((4, 8, 8)), dims=("angle", "y", "x"), coords={"angle": [0, 1, 2, 3.0]})
     with pytest.raises(ValidationError, match="mask_threshold"):
-        A.joint_refinement(da, mask="auto", mask_threshold=1.5, progress=False)
+        J.joint_refinement(da, mask="auto", mask_threshold=1.5, progress=False)
     with pytest.raises(ValidationError, match="mask_margin"):
-        A.joint_refinement(da, mask="auto", mask_margin=-1, progress=False)
+        J.joint_refinement(da, mask="auto", mask_margin=-1, progress=False)
     with pytest.raises(ValidationError, match="mask"):
-        A.joint_refinement(da, mask="everything", progress=False)
+        J.joint_refinement(da, mask="everything", progress=False)
 
 
 # ----------------------------------------------------------------------------- joint refinement

@@ -202,9 +202,56 @@ def test_sirt_and_sart_converge():
     sup[4:44, :, 4:44] = True
     rp = tomo.sirt(p, iterations=10, positivity=True, support=sup, progress=False).values
     assert rp.min() >= 0 and np.all(rp[~sup] == 0)
-    # a callback returning True stops early
-    r3 = tomo.sirt(p, iterations=50, progress=False, callback=lambda i, info: i >= 2)
-    assert r3.attrs["cost"].size == 3
+    # a callback only observes: returning True no longer stops the run
+    r3 = tomo.sirt(p, iterations=6, progress=False, callback=lambda i, info: True)
+    assert r3.attrs["cost"].size == 6 and r3.attrs["status"] == "complete"
+
+
+def _cancel_at(k):
+    """An Event and a callback that sets it at iteration ``k``."""
+    import threading
+
+    ev = threading.Event()
+    seen = []
+
+    def cb(i, info):
+        seen.append(i)
+        if i == k:
+            ev.set()
+
+    return ev, cb, seen
+
+
+@pytest.mark.parametrize("solver, kw", [
+    ("sirt", {}), ("sart", {"subsets": 4}), ("gradient", {"method": "adam"}),
+    ("gradient", {"method": "cg"})])
+def test_solvers_cancel_after_current_iteration(solver, kw):
+    """Setting the cancel event in the callback of iteration k returns the volume after k + 1
+    iterations, marked cancelled, equal to an uncancelled run of k + 1 iterations."""
+    img, _ = _blocks(24)
+    p = tomo.project(_slice_volume(img), np.linspace(0, 180, 16, endpoint=False))
+    k = 2
+    ev, cb, seen = _cancel_at(k)
+    fn = getattr(tomo, solver)
+    r = fn(p, iterations=20, progress=False, callback=cb, cancel=ev, **kw)
+    assert r.attrs["status"] == "cancelled"
+    assert seen == list(range(k + 1))
+    assert r.attrs["cost"].size == k + 1
+    ref = fn(p, iterations=k + 1, progress=False, **kw)
+    assert ref.attrs["status"] == "complete"
+    # equal to float32 rounding (the parallel kernels' sums are not bit-reproducible)
+    np.testing.assert_allclose(r.values, ref.values, rtol=1e-4, atol=1e-6 * np.abs(ref.values).max())
+    np.testing.assert_allclose(r.attrs["cost"], ref.attrs["cost"], rtol=1e-4)
+    longer = fn(p, iterations=k + 2, progress=False, **kw)  # one more iteration is visibly different
+    assert np.abs(longer.values - ref.values).max() > 1e-3 * np.abs(ref.values).max()
+
+
+def test_solvers_refuse_a_non_event_cancel():
+    img, _ = _blocks(8)
+    p = tomo.project(_slice_volume(img), np.linspace(0, 180, 4, endpoint=False))
+    for fn in (tomo.sirt, tomo.sart, tomo.gradient):
+        with pytest.raises(TypeError, match="cancel"):
+            fn(p, iterations=2, progress=False, cancel=True)
 
 
 def test_sirt_complex_projections():

@@ -6,17 +6,16 @@ from .masks import fourier_grid, missing_cone_mask, missing_wedge_mask  # noqa: 
 from .projector import Projector, backproject, project, projector_for  # noqa: F401
 from .torch_ops import backproject_torch, posed_project, project_torch  # noqa: F401
 
-from .unwrap import remove_phase_ramp, unwrap_phase, wrap_phase  # noqa: F401
+# 2D image tools live in ptynb.imaging (shared with the stereo workflow)
+from ..imaging import (phase_cross_correlation, remove_phase_ramp, shift_image,  # noqa: F401
+                       unwrap_phase, wrap_phase)
 
 # note: the function `align` shadows the submodule name; import the module itself with
 # `from ptynb.tomo import align as _m` only via importlib, or use these names directly.
 from .align import (  # noqa: F401, E402
-    MSPT_SCHEDULE,
     align,
-    joint_refinement,
-    phase_cross_correlation,
     remove_null_space,
     rigid_null_space,
     rotation_gauge,
-    shift_image,
 )
+from .joint import MSPT_SCHEDULE, JointRefinementOptions, joint_refinement  # noqa: F401, E402

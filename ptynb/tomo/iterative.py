@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ..backend import xp_of
+from ..control import STATUS_CANCELLED, STATUS_COMPLETE, check_event, is_cancelled
 from ..data import ValidationError
 from .projector import _on_device, _wrap_volume, projector_for
 
@@ -101,15 +102,16 @@ def _norm2(a, xp):
     return float(xp.vdot(a, a).real)
 
 
-def _finish(x, op, name, cost, **settings):
+def _finish(x, op, name, cost, cancelled=False, **settings):
     da = _wrap_volume(x, op, name=name, **settings)
     da.attrs["cost"] = np.asarray(cost, dtype=np.float64)
+    da.attrs["status"] = STATUS_CANCELLED if cancelled else STATUS_COMPLETE
     return da
 
 
 def sirt(projections: xr.DataArray, iterations: int = 100, x0=None, positivity: bool = False,
          support=None, callback=None, progress: bool = True, relaxation: float = 1.0, *,
-         volume_shape=None, device=None, dtype=np.float32) -> xr.DataArray:
+         volume_shape=None, device=None, dtype=np.float32, cancel=None) -> xr.DataArray:
     """Simultaneous iterative reconstruction technique.
 
     ``x <- x + relaxation * C A^T R (b - A x)`` with ``R = 1 / (A 1)`` (row sums) and
@@ -126,19 +128,25 @@ def sirt(projections: xr.DataArray, iterations: int = 100, x0=None, positivity: 
         Clip negative values after every update (real data only).
     support : bool array (z, y, x), optional
         Voxels allowed to be non-zero (True); must not be empty.
-    callback : callable(iteration, info) -> bool | None, optional
-        Called after every iteration with ``info = {"cost": float, "volume": array}``;
-        returning True stops early.
+    callback : callable(iteration, info), optional
+        Called after every iteration with ``info = {"cost": float, "volume": array}``, for
+        observing only (its return value is ignored; stop a run with ``cancel``).
     progress : bool
         Show a tqdm progress bar.
     relaxation : float
         Step factor (1 = standard SIRT; (0, 2) converges).
+    cancel : threading.Event, optional
+        Polled after every iteration (after ``callback``): once set, the run stops and
+        returns the volume so far with ``attrs["status"] = "cancelled"`` (see
+        :mod:`ptynb.control`).
 
     Returns
     -------
-    DataArray (z, y, x) with attrs ``method="sirt"``, settings and ``cost`` (iteration,).
+    DataArray (z, y, x) with attrs ``method="sirt"``, settings, ``cost`` (iteration,) and
+    ``status`` (``"complete"`` or ``"cancelled"``).
     """
     n_it = _check_iterations(iterations)
+    check_event(cancel)
     op, b, x, xp, rdt, mask = _setup(projections, x0, support, positivity, device, dtype,
                                      volume_shape)
     R = _safe_inv(op.forward(xp.ones(op.vol_shape, dtype=rdt)), xp, rdt)
@@ -147,14 +155,18 @@ def sirt(projections: xr.DataArray, iterations: int = 100, x0=None, positivity: 
         C = C * mask
     bn = max(_norm2(b, xp), 1e-300)
     cost = []
+    stopped = False
     for it in _progress(range(n_it), progress, "SIRT"):
         r = b - op.forward(x)
         cost.append(_norm2(r, xp) / bn)
         x += C * op.adjoint(R * r)
         _constrain(x, positivity, mask, xp)
-        if callback is not None and callback(it, {"cost": cost[-1], "volume": x}):
+        if callback is not None:
+            callback(it, {"cost": cost[-1], "volume": x})
+        if is_cancelled(cancel):
+            stopped = True
             break
-    return _finish(x, op, "sirt", cost, method="sirt", iterations=len(cost),
+    return _finish(x, op, "sirt", cost, stopped, method="sirt", iterations=len(cost),
                    positivity=bool(positivity), support=support is not None,
                    relaxation=float(relaxation), geometry=op.geometry.kind)
 
@@ -162,7 +174,7 @@ def sirt(projections: xr.DataArray, iterations: int = 100, x0=None, positivity: 
 def sart(projections: xr.DataArray, iterations: int = 10, subsets: int = 10,
          relaxation: float = 1.0, x0=None, positivity: bool = False, support=None,
          callback=None, progress: bool = True, *, volume_shape=None, device=None,
-         dtype=np.float32) -> xr.DataArray:
+         dtype=np.float32, cancel=None) -> xr.DataArray:
     """Ordered-subsets SART (OS-SART).
 
     The views are split into ``subsets`` interleaved groups (view ``i`` in group
@@ -171,10 +183,12 @@ def sart(projections: xr.DataArray, iterations: int = 10, subsets: int = 10,
     ``x <- x + relaxation * C_s A_s^T R_s (b_s - A_s x)``. ``subsets=1`` is SIRT,
     ``subsets = n_angles`` classical SART.
 
-    Parameters as :func:`sirt`; ``cost[k]`` is the relative squared residual summed over the
-    subsets during sweep ``k`` (each subset evaluated just before its update).
+    Parameters (``callback``, ``cancel``, ...) and result attrs as :func:`sirt`; ``cost[k]``
+    is the relative squared residual summed over the subsets during sweep ``k`` (each subset
+    evaluated just before its update). ``cancel`` is polled after every full sweep.
     """
     n_it = _check_iterations(iterations)
+    check_event(cancel)
     op, b, x, xp, rdt, mask = _setup(projections, x0, support, positivity, device, dtype,
                                      volume_shape)
     n = op.geometry.n_angles
@@ -194,6 +208,7 @@ def sart(projections: xr.DataArray, iterations: int = 10, subsets: int = 10,
         Cs.append(c if mask is None else c * mask)
     bn = max(_norm2(b, xp), 1e-300)
     cost = []
+    stopped = False
     for it in _progress(range(n_it), progress, "OS-SART"):
         acc = 0.0
         for gidx, o, R, C in zip(groups, ops, Rs, Cs):
@@ -202,9 +217,12 @@ def sart(projections: xr.DataArray, iterations: int = 10, subsets: int = 10,
             x += C * o.adjoint(R * r)
             _constrain(x, positivity, mask, xp)
         cost.append(acc / bn)
-        if callback is not None and callback(it, {"cost": cost[-1], "volume": x}):
+        if callback is not None:
+            callback(it, {"cost": cost[-1], "volume": x})
+        if is_cancelled(cancel):
+            stopped = True
             break
-    return _finish(x, op, "sart", cost, method="os-sart", iterations=len(cost), subsets=ns,
+    return _finish(x, op, "sart", cost, stopped, method="os-sart", iterations=len(cost), subsets=ns,
                    relaxation=float(relaxation), positivity=bool(positivity),
                    support=support is not None, geometry=op.geometry.kind)
 
@@ -279,7 +297,7 @@ def tv_value_and_grad(x, eps: float):
 def gradient(projections: xr.DataArray, iterations: int = 100, method: str = "adam",
              tv: float = 0.0, positivity: bool = False, support=None, lr: float | None = None,
              x0=None, tv_eps: float | None = None, callback=None, progress: bool = True, *,
-             volume_shape=None, device=None, dtype=np.float32) -> xr.DataArray:
+             volume_shape=None, device=None, dtype=np.float32, cancel=None) -> xr.DataArray:
     """Regularised least squares ``min 0.5 ||A x - b||^2 + tv * TV_eps(x)`` by Adam or CG.
 
     Parameters
@@ -303,14 +321,16 @@ def gradient(projections: xr.DataArray, iterations: int = 100, method: str = "ad
     x0 : array (z, y, x), optional
     tv_eps : float, optional
         TV smoothing (volume units); default ``1e-3 * s``.
-    callback, progress
+    callback, progress, cancel
         As :func:`sirt` (``info`` also holds ``"data"`` and ``"tv"`` terms).
 
     Returns
     -------
-    DataArray (z, y, x); attrs ``method="gradient-<method>"``, settings and ``cost``.
+    DataArray (z, y, x); attrs ``method="gradient-<method>"``, settings, ``cost`` and
+    ``status``.
     """
     n_it = _check_iterations(iterations)
+    check_event(cancel)
     meth = str(method).strip().lower()
     if meth not in ("adam", "cg"):
         raise ValidationError("method", f"must be 'adam' or 'cg', got {method!r}")
@@ -361,6 +381,7 @@ def gradient(projections: xr.DataArray, iterations: int = 100, method: str = "ad
         return g
 
     cost = []
+    stopped = False
     r = A(x) - b
     if meth == "adam":
         m = xp.zeros_like(x)
@@ -377,8 +398,10 @@ def gradient(projections: xr.DataArray, iterations: int = 100, method: str = "ad
             x = x - rdt(lr) * mh / (xp.sqrt(vh) + rdt(e * scale))
             _constrain(x, positivity, mask, xp)
             r = A(x) - b
-            if callback is not None and callback(it, {"cost": cost[-1], "volume": x,
-                                                      "data": data / bn, "tv": t}):
+            if callback is not None:
+                callback(it, {"cost": cost[-1], "volume": x, "data": data / bn, "tv": t})
+            if is_cancelled(cancel):
+                stopped = True
                 break
     else:
         g_old = d = None
@@ -420,10 +443,12 @@ def gradient(projections: xr.DataArray, iterations: int = 100, method: str = "ad
             g_old = g
             if clipped:
                 d = None  # restart after an active projection
-            if callback is not None and callback(it, {"cost": f_cur / bn, "volume": x,
-                                                      "data": data_n / bn, "tv": t_n}):
+            if callback is not None:
+                callback(it, {"cost": f_cur / bn, "volume": x, "data": data_n / bn, "tv": t_n})
+            if is_cancelled(cancel):
+                stopped = True
                 break
-    return _finish(x, op, "gradient", cost, method=f"gradient-{meth}", iterations=len(cost),
+    return _finish(x, op, "gradient", cost, stopped, method=f"gradient-{meth}", iterations=len(cost),
                    tv=tv, tv_eps=eps, lr=lr if meth == "adam" else None,
                    positivity=bool(positivity), support=support is not None,
                    geometry=op.geometry.kind)
