@@ -97,5 +97,5 @@ def as_panel(items, **column_kwargs):
 
     items = items if isinstance(items, (list, tuple)) else [items]
     return pn.Column(*[pn.pane.Markdown(o) if isinstance(o, str) else
-                       (o if isinstance(o, pn.viewable.Viewable) else pn.pane.HoloViews(o, linked_axes=False))
+                       (o if isinstance(o, pn.viewable.Viewable) else pn.panel(o, linked_axes=False))
                        for o in items], **column_kwargs)

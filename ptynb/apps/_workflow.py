@@ -20,7 +20,7 @@ import xarray as xr
 from ._files import FILE_SUFFIXES, DataFilePicker, data_dir
 from ._task import TaskRunner
 
-__all__ = ["WorkflowApp", "SIMULATE", "FROM_FILE", "unit_of", "save_path"]
+__all__ = ["WorkflowApp", "SIMULATE", "FROM_FILE", "unit_of", "save_path", "with_widgets", "app_for"]
 
 SIMULATE = "simulated demo"
 FROM_FILE = "file from the data directory"
@@ -52,6 +52,12 @@ def save_path(directory: Path, stem: str, suffix: str) -> Path:
         path = directory / f"{stem}_{stamp}-{k}{suffix}"
         k += 1
     return path
+
+
+def with_widgets(pane):
+    """A HoloViews pane with its sliders (DynamicMap/HoloMap kdims): the pane's layout, or the
+    pane itself when it has none (a bare pane in a layout shows the plot only)."""
+    return pane.layout if len(pane.widget_box) else pane
 
 
 def _load_any(path):
@@ -171,7 +177,7 @@ class WorkflowApp(pn.viewable.Viewer):
             return pn.pane.Markdown(obj, css_classes=["ptynb-view-text"])
         if isinstance(obj, pn.viewable.Viewable):
             return obj
-        return pn.pane.HoloViews(obj, linked_axes=False, css_classes=["ptynb-view"])
+        return with_widgets(pn.pane.HoloViews(obj, linked_axes=False, css_classes=["ptynb-view"]))
 
     def extra_controls(self) -> list:
         return []

@@ -12,7 +12,7 @@ import holoviews as hv
 import panel as pn
 import xarray as xr
 
-from ._workflow import WorkflowApp
+from ._workflow import WorkflowApp, with_widgets
 
 __all__ = ["StereoApp", "app"]
 
@@ -52,14 +52,11 @@ class StereoApp(WorkflowApp):
 
     # ------------------------------------------------------------------ hooks
     def make_pane(self, tab, obj):
-        from ..viz import stereo as vs
-
         if tab == "Views and anaglyph" and isinstance(obj, hv.Layout) and \
                 all(isinstance(o, hv.DynamicMap) for o in obj):
-            return pn.pane.HoloViews(obj, linked_axes=False, css_classes=["ptynb-anaglyph"],
-                                     widgets={"shift": self.shift_slider, "red": self.red_view,
-                                              "cyan": self.cyan_view},
-                                     widget_location="top_left")
+            return with_widgets(pn.pane.HoloViews(
+                obj, linked_axes=False, css_classes=["ptynb-anaglyph"], widget_location="top_left",
+                widgets={"shift": self.shift_slider, "red": self.red_view, "cyan": self.cyan_view}))
         if tab == "Views and anaglyph" and isinstance(obj, str):
             self._update_caption()
             return self.anaglyph_caption
@@ -67,7 +64,6 @@ class StereoApp(WorkflowApp):
             return pn.pane.Markdown(obj, css_classes=["ptynb-numbers"])
         if tab == "Layers" and isinstance(obj, str):
             return pn.pane.Markdown(obj, css_classes=["ptynb-layer-numbers"])
-        del vs
         return super().make_pane(tab, obj)
 
     def show_result(self, tree):
