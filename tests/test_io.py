@@ -225,7 +225,7 @@ def test_zarr_sharding_applied(tmp_path, meas, monkeypatch):
     _assert_exact(meas, io.load(tmp_path / "s.zarr"))
 
     # automatic shard size follows SHARD_BYTES (here: two 768-byte patterns per shard)
-    monkeypatch.setattr(io, "SHARD_BYTES", 2 * 16 * 12 * 4)
+    monkeypatch.setattr(io._common, "SHARD_BYTES", 2 * 16 * 12 * 4)
     io.save(meas, tmp_path / "a.zarr")
     assert zarr.open_array(str(tmp_path / "a.zarr" / "intensity"), mode="r").shards == (2, 16, 12)
 
@@ -484,7 +484,7 @@ def test_interrupted_save_keeps_previous_file(tmp_path, meas, monkeypatch, suffi
     changed = meas.copy(deep=True)
     changed["intensity"] = changed["intensity"] + 1
     name = "_write_hdf5" if suffix == ".h5" else "_write_zarr"
-    real = getattr(io, name)
+    real = getattr(io._store, name)
 
     def half_write(obj, tmp, *args):
         real(obj, tmp, *args)  # the temporary is complete on disk ...
@@ -495,7 +495,7 @@ def test_interrupted_save_keeps_previous_file(tmp_path, meas, monkeypatch, suffi
                 fh.truncate(os.path.getsize(tmp) // 2)
         raise exc("interrupted")
 
-    monkeypatch.setattr(io, name, half_write)
+    monkeypatch.setattr(io._store, name, half_write)
     with pytest.raises(exc, match="interrupted"):
         io.save(changed, path)
     assert _listdir(tmp_path) == before  # no temp file or directory left
@@ -560,7 +560,7 @@ def test_overwrite(tmp_path, meas, recon, suffix):
 
 def test_zarr_swap_fallback_without_renameat2(tmp_path, meas, recon, monkeypatch):
     path = io.save(meas, tmp_path / "x.zarr")
-    monkeypatch.setattr(io, "_renameat2_exchange", lambda a, b: False)
+    monkeypatch.setattr(io._atomic, "_renameat2_exchange", lambda a, b: False)
     io.save(recon, path)
     _assert_exact(recon, io.load(path))
     assert _listdir(tmp_path) == ["x.zarr"]

@@ -11,30 +11,11 @@ import panel as pn
 import param
 import xarray as xr
 
+from ..io import load_any  # noqa: F401  (moved to ptynb.io; importable from here for now)
 from ._files import FILE_SUFFIXES, DataFilePicker, data_dir  # noqa: F401  (re-exported)
 from ._task import TaskRunner
 
 DEMOS = {"X-ray demo (8 keV, zone-plate probe)": "xray", "Electron demo (200 keV, 4D-STEM)": "electron"}
-
-def load_any(path) -> xr.Dataset:
-    """Load a measurement from a ptynb HDF5/Zarr file or a CXI file (by suffix)."""
-    from .. import io
-
-    path = Path(path)
-    if path.suffix.lower() == ".cxi":
-        return io.read_cxi(path)
-    obj = io.load(path)
-    if isinstance(obj, xr.DataTree):
-        for node in obj.subtree:
-            if node.has_data and "intensity" in node.dataset:
-                from ..data import node_dataset
-
-                return node_dataset(obj, node.path)
-        raise ValueError(f"{path}: no measurement node (with 'intensity') in this file")
-    if not isinstance(obj, xr.Dataset) or "intensity" not in obj:
-        raise ValueError(f"{path}: not a measurement (no 'intensity' variable)")
-    return obj
-
 
 class Explorer(pn.viewable.Viewer):
     """Simulate a demo dataset or open a file, then explore patterns, probe and object."""

@@ -2,10 +2,11 @@
 
 A checkpoint is one HDF5 file holding named numpy arrays (object slices, probe modes,
 positions, momentum buffers, RNG state, cost history, ...) and a JSON-serialised ``meta``
-dict (iteration, engine settings, ...). Writing is atomic: the data go to a temporary file
-``<path>.tmp-XXXXXXXX`` in the same directory, which is flushed, ``fsync``-ed and then moved
-over ``path`` with :func:`os.replace`. An interrupted write (crash, KeyboardInterrupt, full
-disk) therefore never damages the previous checkpoint at ``path``.
+dict (iteration, engine settings, ...). Writing is atomic (:func:`ptynb.io._atomic.atomic_write`):
+the data go to a hidden temporary ``.<name>.tmp-<pid>-XXXXXXXX`` in the same directory, which
+is flushed, ``fsync``-ed and then moved over ``path`` with :func:`os.replace`. An interrupted
+write (crash, KeyboardInterrupt, full disk) therefore never damages the previous checkpoint at
+``path``; its temporary is removed (or, if the process was killed, by the next save).
 
 Arrays round-trip bit-exactly, whatever their dtype (complex64, float32, uint32 RNG state,
 bool masks, 0-d scalars). Reading a truncated or foreign file raises :class:`CheckpointError`
@@ -20,8 +21,7 @@ File layout (format version :data:`CHECKPOINT_VERSION`)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import os  # noqa: F401  (tests patch checkpoint.os.replace)
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,9 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: Mapping[str, Any] | N
     """
     import h5py
 
-    from ..backend import to_host
     from .. import __version__
+    from ..backend import to_host
+    from ..io._atomic import atomic_write
 
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
@@ -94,9 +95,7 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: Mapping[str, Any] | N
             )
         host[name] = np.asarray(to_host(arr))
 
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=directory)
-    try:
-        os.close(fd)
+    def write(tmp: Path):
         with h5py.File(tmp, "w") as f:
             f.attrs[_VERSION_ATTR] = CHECKPOINT_VERSION
             f.attrs["ptynb_version"] = __version__
@@ -104,26 +103,8 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: Mapping[str, Any] | N
             g = f.create_group("arrays")
             for name, a in host.items():
                 g.create_dataset(name, data=a)
-        sync_fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(sync_fd)
-        finally:
-            os.close(sync_fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - e.g. file systems without directory fsync
-        pass
+
+    atomic_write(path, write)  # temp sibling + fsync + os.replace; temp removed on failure
     return path
 
 
