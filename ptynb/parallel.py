@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .control import STATUS_CANCELLED, STATUS_COMPLETE, check_event, is_cancelled
+from .control import STATUS_CANCELLED, STATUS_COMPLETE, check_event, is_cancelled, progress_bar
 
-__all__ = ["map_blocks", "get_client", "local_cluster", "split_blocks"]
+__all__ = ["get_client", "local_cluster", "map_blocks", "split_blocks"]
 
 _DEFAULT_WORKERS = 2
 
@@ -313,7 +313,7 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
     if missing:
         template = next(iter(restored.values()))
         for idx in missing:
-            restored[idx] = _not_run(template, dataset, split, idx, coords)
+            restored[idx] = _not_run(template, split, idx, coords)
             status[idx] = NOT_RUN
     if pad:
         restored = _pad(restored, pad)
@@ -346,7 +346,7 @@ def map_blocks(func: Callable, dataset, dims: Sequence[str] = ("beam", "angle"),
 NOT_RUN = "not run"
 
 
-def _not_run(template, dataset, split, idx, coords):
+def _not_run(template, split, idx, coords):
     """A NaN-filled stand-in for a block that never ran (shaped like ``template``)."""
     def nan_like(da):
         if np.issubdtype(da.dtype, np.complexfloating) or np.issubdtype(da.dtype, np.floating):
@@ -381,16 +381,8 @@ def _pad(restored: dict, dims: Sequence[str]) -> dict:
     return out
 
 
-def _progress_bar(total, enabled, desc):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc)
-
-
 def _run_serial(func, dataset, split, blocks, kwargs, progress, cancel=None):
-    bar = _progress_bar(len(blocks), progress, "blocks")
+    bar = progress_bar(len(blocks), progress, "blocks")
     out = {}
     try:
         for idx, block in blocks:
@@ -421,7 +413,7 @@ def _run_dask(client, func, dataset, split, blocks, kwargs, progress, cancel=Non
         data = client.scatter(block, hash=False)
         futures[client.submit(_call, func, data, kwargs, key=key, pure=False)] = idx
     n_workers = len(client.scheduler_info().get("workers", {}))
-    bar = _progress_bar(len(futures), progress, f"blocks on {n_workers} workers")
+    bar = progress_bar(len(futures), progress, f"blocks on {n_workers} workers")
     out = {}
     pending = set(futures)
     try:

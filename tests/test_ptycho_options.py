@@ -17,9 +17,10 @@ from ptynb.ptycho import (
     PIEOptions,
     PositionRefinement,
     ProbeConstraints,
+    engines,
+    options,
     reconstruct,
 )
-from ptynb.ptycho import engines, options
 
 
 @pytest.fixture(scope="module")

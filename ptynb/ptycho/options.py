@@ -33,9 +33,20 @@ import param
 from ..backend import FFTW_EFFORTS
 from ..data import ValidationError
 
-__all__ = ["OptionsBase", "PIEOptions", "LSQMLOptions", "PositionRefinement", "ProbeConstraints",
-           "ObjectConstraints", "MultisliceOptions", "ComputeOptions", "OPTION_CLASSES",
-           "KEYWORDS", "engine_defaults", "options_doc"]
+__all__ = [
+    "KEYWORDS",
+    "OPTION_CLASSES",
+    "ComputeOptions",
+    "LSQMLOptions",
+    "MultisliceOptions",
+    "ObjectConstraints",
+    "OptionsBase",
+    "PIEOptions",
+    "PositionRefinement",
+    "ProbeConstraints",
+    "engine_defaults",
+    "options_doc",
+]
 
 
 def _bound_text(p: param.Parameter) -> str:
@@ -120,7 +131,7 @@ class OptionsBase(param.Parameterized):
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OptionsBase":
+    def from_dict(cls, d: dict) -> OptionsBase:
         """Inverse of :meth:`as_dict` (lists become tuples where the field is a tuple)."""
         vals = {}
         for k, v in dict(d).items():
@@ -129,7 +140,7 @@ class OptionsBase(param.Parameterized):
             vals[k] = v
         return cls(**vals)
 
-    def copy(self, **changes) -> "OptionsBase":
+    def copy(self, **changes) -> OptionsBase:
         """A new object with the same values and ``changes``."""
         return type(self)(**{**self.as_dict_raw(), **changes})
 

@@ -584,7 +584,7 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
                     v = delta if v is None else delta + np.float32(momentum) * v
                     state.momentum[key] = v
                     arr += np.float32(momentum) * (v - delta)
-            _constraints(problem, state, opts, ds, xp)
+            _constraints(problem, state, opts, xp)
             finite = np.isfinite(c) and bool(xp.isfinite(state.object.sum()))
             if not finite:
                 raise DivergenceError(
@@ -625,7 +625,7 @@ def _save(path, state, fp):
     save_checkpoint(path, arrays, meta)
 
 
-def _constraints(problem, state, opts, ds, xp):
+def _constraints(problem, state, opts, xp):
     """Probe/object constraints applied after every iteration (in place)."""
     probe, obj = state.probe, state.object
     n = probe.shape[-1]
