@@ -26,11 +26,12 @@ bound.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 import param
 
-from ..backend import FFTW_EFFORTS
+from ..backend import _DEVICE_ALIASES, FFTW_EFFORTS
 from ..data import ValidationError
 
 __all__ = [
@@ -276,7 +277,7 @@ class ProbeConstraints(OptionsBase):
         p = self.power
         if p is None or p == "measured":
             return
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p <= 0:
             raise ValidationError("ProbeConstraints.power",
                                   f"{p!r} rejected: must be None, 'measured' or a positive number")
 
@@ -321,9 +322,9 @@ class MultisliceOptions(OptionsBase):
 
 
 class ComputeOptions(OptionsBase):
-    """Where and how the arithmetic runs (none of it changes the result on the CPU)."""
+    """Where and how the arithmetic runs, and the memory check."""
 
-    device = param.Selector(default=None, objects=[None, "cpu", "gpu", "cuda", "cupy"],
+    device = param.Selector(default=None, objects=[None, *_DEVICE_ALIASES],
                             doc="compute device (None: ptynb's default)")
     threads = param.Integer(default=None, allow_None=True, bounds=(1, 1024),
                             doc="FFTW threads of the batched transforms (None: ptynb's default)")
@@ -448,8 +449,8 @@ def resolve(options=None, keywords: dict[str, Any] | None = None,
     items += [((PositionRefinement, f), "position_refinement", v)
               for f, v in _parse_refinement(position_refinement).items()]
     for (cls, field), kw, value in items:
-        if field == "fftw_effort" and isinstance(value, str):
-            value = value.lower()
+        if field in ("fftw_effort", "device") and isinstance(value, str):
+            value = value.strip().lower()
         if field == "tilt" and value is not None:
             value = tuple(float(t) for t in value)
         if field == "phase_range" and value is not None:
