@@ -98,6 +98,12 @@ def test_settings_copy_presets_groups_and_text():
     with pytest.raises(ValidationError, match="one of: 2, 3"):
         s.set_text("kind", "7")
 
+    class Open(WorkflowSettings):
+        a = param.Number(default=1.0, bounds=(0, 2), inclusive_bounds=(False, True))
+
+    with pytest.raises(ValidationError, match=r"a: 0.0 rejected: must be a number in \(0, 2\]"):
+        Open().set_text("a", "0")
+
 
 def test_groups_naming_unknown_settings_are_refused():
     class Bad(WorkflowSettings):
@@ -257,7 +263,7 @@ def test_cli_runs_the_plugin_workflow_with_set_and_reruns_from_its_result(tmp_pa
     assert toy.Settings.from_attrs(b.attrs).values() == toy.Settings.from_attrs(a.attrs).values()
     assert b.attrs["measured_sigma"] == a.attrs["measured_sigma"]
     helptext = _cli("run", "toy", "--help").stdout
-    assert "sigma (number, default 8e-08 in [1e-10, inf])" in helptext and "Standard deviation" in helptext
+    assert "sigma (number, default 8e-08 in [1e-10, inf))" in helptext and "Standard deviation" in helptext
     assert "'small'" in helptext
     assert "toy" in _cli("workflows").stdout
 

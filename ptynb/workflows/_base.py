@@ -141,9 +141,10 @@ def describe_bounds(p: param.Parameter) -> str:
         return f" (one of: {', '.join(map(str, p.objects))})"
     b = getattr(p, "bounds", None)
     if b and any(v is not None for v in b):
-        lo = "-inf" if b[0] is None else f"{b[0]:g}"
-        hi = "inf" if b[1] is None else f"{b[1]:g}"
-        return f" in [{lo}, {hi}]"
+        inc = getattr(p, "inclusive_bounds", (True, True))
+        lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + f"{b[0]:g}"
+        hi = "inf)" if b[1] is None else f"{b[1]:g}" + ("]" if inc[1] else ")")
+        return f" in {lo}, {hi}"
     return ""
 
 
