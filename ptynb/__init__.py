@@ -1,7 +1,9 @@
 """ptynb: labelled data, physics, engines and workflows for 3D ptychography.
 
 Submodules load on first use (``ptynb.io``, ``ptynb.tomo``, ...), so ``import ptynb`` stays
-fast and never imports panel, holoviews, torch or cupy.
+fast and never imports panel, holoviews, torch or cupy. The one eager import is
+:mod:`ptynb.accessor` (numpy and xarray only), which registers the ``.pty`` accessor on xarray
+objects as soon as ptynb is imported.
 """
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "apps", "backend", "cli", "data", "io", "learn", "metrics", "parallel", "physics",
-    "ptycho", "simulate", "tomo", "viz", "workflows",
+    "accessor", "apps", "backend", "cli", "control", "data", "imaging", "io", "metrics",
+    "parallel", "physics", "ptycho", "simulate", "tomo", "viz", "workflows",
 )
 
-__all__ = ["__version__", *_SUBMODULES]
+from . import accessor
+
+__all__ = ["__version__", *_SUBMODULES]  # noqa: PLE0604
 
 
 def __getattr__(name: str):

@@ -55,22 +55,26 @@ import xarray as xr
 
 from . import __version__
 
+# the .pty accessor (xarray/numpy only at module level): importing it registers ds.pty, and
+# keeps ptynb.data.PtyAccessor importable
+from .accessor import PtyAccessor
+
 __all__ = [
     "DIMS",
+    "PtyAccessor",
     "ValidationError",
     "centered_coord",
-    "real_space_coord",
-    "measurement",
-    "reconstruction",
-    "projections",
-    "volume",
-    "experiment",
-    "validate",
-    "derived_pixel_size",
-    "check_positive",
     "check_finite",
+    "check_positive",
+    "derived_pixel_size",
+    "experiment",
+    "measurement",
+    "projections",
     "provenance",
-    "PtyAccessor",
+    "real_space_coord",
+    "reconstruction",
+    "validate",
+    "volume",
 ]
 
 DIMS = {
@@ -264,7 +268,8 @@ def measurement(
     ValidationError
         For inconsistent shapes, missing geometry, bad values (see :func:`validate`).
     """
-    from .physics.units import check_radiation, wavelength as _wl
+    from ._units import check_radiation
+    from ._units import wavelength as _wl
 
     try:
         radiation = check_radiation(radiation)
@@ -669,7 +674,8 @@ def _check_spacing(name, coord, expected, unit):
 
 
 def _validate_measurement(ds: xr.Dataset):
-    from .physics.units import check_radiation, wavelength as _wl
+    from ._units import check_radiation
+    from ._units import wavelength as _wl
 
     if "intensity" not in ds:
         raise ValidationError("intensity", "missing from the measurement dataset")
@@ -849,48 +855,3 @@ def validate(obj) -> Any:
             "{'measurement', 'reconstruction', 'projections', 'volume'} or an 'intensity'/'object' variable")
     return obj
 
-
-# ----------------------------------------------------------------------------- accessor
-class PtyAccessor:
-    """``obj.pty``: thin access to ptynb functions (validate, save, views)."""
-
-    def __init__(self, obj):
-        self._obj = obj
-
-    def validate(self):
-        """Validate and return the object (see :func:`ptynb.data.validate`)."""
-        return validate(self._obj)
-
-    @property
-    def kind(self) -> str:
-        """Dataset kind: measurement, reconstruction, projections, volume or experiment."""
-        return _kind(self._obj)
-
-    @property
-    def wavelength(self) -> float:
-        """Wavelength (m) from the ``radiation``/``energy_eV`` attrs."""
-        from .physics.units import wavelength as _wl
-
-        a = self._obj.attrs
-        if "energy_eV" not in a or "radiation" not in a:
-            raise ValidationError("energy_eV", "missing from attrs")
-        return _wl(a["energy_eV"], a["radiation"])
-
-    def save(self, path, **kwargs):
-        """Save with :func:`ptynb.io.save` (HDF5 ``.h5``/``.nc`` or Zarr ``.zarr``)."""
-        from . import io
-
-        return io.save(self._obj, path, **kwargs)
-
-    def show(self, **kwargs):
-        """An interactive holoviews/panel view suited to the dataset kind."""
-        from . import viz
-
-        return viz.show(self._obj, **kwargs)
-
-
-for _reg in (xr.register_dataset_accessor, xr.register_dataarray_accessor, xr.register_datatree_accessor):
-    try:
-        _reg("pty")(PtyAccessor)
-    except Exception:  # pragma: no cover - accessor registration differences across versions
-        pass
