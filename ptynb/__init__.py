@@ -16,7 +16,7 @@ _SUBMODULES = (
     "parallel", "physics", "ptycho", "simulate", "tomo", "viz", "workflows",
 )
 
-from . import accessor  # noqa: E402, F401  (registers ds.pty; imports only numpy and xarray)
+from . import accessor  # noqa: F401  (registers ds.pty; imports only numpy and xarray)
 
 __all__ = ["__version__", *_SUBMODULES]  # noqa: PLE0604
 

@@ -652,3 +652,116 @@ def test_bad_input(tmp_path, meas):
     assert (folder / "precious.txt").read_text() == "keep me"
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         io.save(meas, tmp_path / "no_such_dir" / "a.h5")
+
+
+# ----------------------------------------------------------------------------- integrity
+def _dead_pid():
+    """A process id that is not running (a child that has exited and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr", ".cxi"])
+def test_stale_temporaries_of_killed_saves_are_removed(tmp_path, meas, suffix):
+    path = io.save(meas, tmp_path / f"m{suffix}")
+    dead = _dead_pid()
+    stale_file = tmp_path / f".m{suffix}.tmp-{dead}-0123abcd"
+    stale_file.write_bytes(b"half a file")
+    stale_dir = tmp_path / f".m{suffix}.old-{dead}-89abcdef"
+    (stale_dir / "intensity").mkdir(parents=True)
+    legacy = tmp_path / f".m{suffix}.tmp-deadbeef"  # ptynb <= 0.1: no pid in the name
+    legacy.write_bytes(b"x")
+    alive = tmp_path / f".m{suffix}.tmp-{os.getppid()}-00000000"  # a live process: kept
+    alive.write_bytes(b"y")
+    other = tmp_path / f".other{suffix}.tmp-{dead}-0123abcd"  # another target: kept
+    other.write_bytes(b"z")
+    io.save(meas, path)
+    assert _listdir(tmp_path) == sorted([path.name, alive.name, other.name])
+    _assert_exact(meas, io.load(path))
+
+
+def test_checkpoint_uses_the_shared_atomic_writer(tmp_path):
+    from ptynb.ptycho import checkpoint
+
+    path = tmp_path / "run.h5"
+    legacy = tmp_path / "run.h5.tmp-k2j4_x9q"  # tempfile.mkstemp name of the old writer
+    legacy.write_bytes(b"")
+    stale = tmp_path / f".run.h5.tmp-{_dead_pid()}-0123abcd"
+    stale.write_bytes(b"")
+    checkpoint.save_checkpoint(path, {"a": np.arange(5, dtype=np.int16)}, {"iteration": 3})
+    assert _listdir(tmp_path) == ["run.h5"]
+    arrays, meta = checkpoint.load_checkpoint(path)
+    np.testing.assert_array_equal(arrays["a"], np.arange(5, dtype=np.int16))
+    assert meta["iteration"] == 3
+
+
+def test_failed_write_removes_its_temporary(tmp_path, meas, monkeypatch):
+    seen = []
+    real = io._store._write_hdf5
+
+    def failing(obj, tmp, *args):
+        real(obj, tmp, *args)
+        seen.append(tmp)
+        assert tmp.name.startswith(".m.h5.tmp-") and tmp.exists()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io._store, "_write_hdf5", failing)
+    with pytest.raises(OSError, match="disk full"):
+        io.save(meas, tmp_path / "m.h5")
+    assert seen and _listdir(tmp_path) == []
+
+
+def _flip_byte_in_chunk(path, variable, chunk_index, offset=10):
+    with h5py.File(path, "r") as f:
+        d = f[variable]
+        assert d.fletcher32
+        start = d.id.get_chunk_info(chunk_index).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(start + offset)
+        b = fh.read(1)
+        fh.seek(start + offset)
+        fh.write(bytes([b[0] ^ 0x04]))
+
+
+def test_hdf5_checksum_detects_a_flipped_byte(tmp_path, meas, recon):
+    path = io.save(meas, tmp_path / "m.h5")
+    with h5py.File(path, "r") as f:
+        assert f["intensity"].fletcher32 and f["scan_y"].fletcher32 and f["mask"].fletcher32
+    _flip_byte_in_chunk(path, "intensity", 4)
+    with pytest.raises(FileFormatError, match=r"m\.h5.*checksum") as info:
+        io.load(path)
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(FileFormatError, match="checksum"):
+        io.open_intensity(path, 4)
+    np.testing.assert_array_equal(io.open_intensity(path, 3), meas["intensity"].values[3])  # other chunks fine
+    # complex (compound) data are protected too
+    rpath = io.save(recon, tmp_path / "r.h5")
+    _flip_byte_in_chunk(rpath, "object", 0, offset=100)
+    with pytest.raises(FileFormatError, match="checksum"):
+        io.load(rpath)
+
+
+def test_zarr_missing_chunk_is_an_error(tmp_path, meas):
+    path = io.save(meas, tmp_path / "m.zarr", shards=2)  # 7 patterns -> shards 0..3
+    shard = path / "intensity" / "c" / "1" / "0" / "0"
+    assert shard.is_file()
+    shard.unlink()
+    for lazy in (False, True):
+        with pytest.raises(FileFormatError, match=r"m\.zarr.*missing chunks.*intensity: 3 of 4 shards") as info:
+            io.load(path, lazy=lazy)
+        assert "fill_missing=True" in str(info.value)
+    with pytest.raises(FileFormatError, match="missing chunks"):
+        io.open_intensity(path, 0)
+    back = io.load(path, fill_missing=True)  # explicit opt-in: zarr's fill value
+    np.testing.assert_array_equal(back["intensity"].values[:2], meas["intensity"].values[:2])
+    assert np.isnan(back["intensity"].values[2:4]).all()
+    np.testing.assert_array_equal(back["intensity"].values[4:], meas["intensity"].values[4:])
+    # a coordinate chunk missing is caught as well
+    io.save(meas, tmp_path / "c.zarr")
+    (tmp_path / "c.zarr" / "scan_y" / "c" / "0").unlink()
+    with pytest.raises(FileFormatError, match="scan_y: 0 of 1"):
+        io.load(tmp_path / "c.zarr")

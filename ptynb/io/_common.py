@@ -180,7 +180,12 @@ def _wrap_errors(p: Path, what: str):
         except (FileFormatError, FileNotFoundError, ValidationError, MemoryError):
             raise
         except Exception as e:
-            raise FileFormatError(p, f"{what} ({type(e).__name__}: {e})") from e
+            msg = str(e)
+            if isinstance(e, OSError) and ("filter returned failure" in msg or "checksum" in msg.lower()):
+                # h5py reports a failed Fletcher32 check (or a damaged compressed chunk) like this
+                raise FileFormatError(p, f"corrupt data: a chunk fails its checksum or cannot be "
+                                         f"decompressed, the file is damaged ({type(e).__name__}: {msg})") from e
+            raise FileFormatError(p, f"{what} ({type(e).__name__}: {msg})") from e
     return cm()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ def _encoding_for(ds: xr.Dataset, fmt: str, chunks, shards, compression) -> dict
                 if c is not None and all(var.shape):
                     e["chunksizes"] = tuple(min(ci, si) for ci, si in zip(c, var.shape))
                 e.update(comp_h5)
+                if all(var.shape):
+                    e["fletcher32"] = True  # per-chunk checksum: corruption is an error on read
         else:
             if c is not None:
                 e["chunks"] = c
@@ -333,7 +336,38 @@ def _load_coords(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign_coords(lazy) if lazy else ds
 
 
-def load(path, *, lazy: bool = False, group: str | None = None, chunks=None):
+def _missing_zarr_chunks(p: Path, arrays=None) -> list[str]:
+    """``["var: 4 of 6 chunks stored", ...]`` for Zarr arrays with chunks absent from the store."""
+    import zarr
+
+    with _quiet_zarr(), _wrap_errors(p, "corrupt or unreadable Zarr store"):
+        if arrays is None:
+            root = zarr.open_group(str(p), mode="r")
+            arrays = [(path, a) for path, a in root.members(max_depth=None) if isinstance(a, zarr.Array)]
+        out = []
+        for path, a in arrays:
+            have, want = a.nchunks_initialized, a.nchunks
+            if have >= want:
+                continue
+            if a.shards is not None:  # zarr counts stored shards times the chunks per shard
+                per_shard = math.prod(s // c for s, c in zip(a.shards, a.chunks))
+                n_shards = math.prod(-(-n // s) for n, s in zip(a.shape, a.shards))
+                out.append(f"{path}: {-(-have // per_shard)} of {n_shards} shards stored")
+            else:
+                out.append(f"{path}: {have} of {want} chunks stored")
+    return out
+
+
+def _check_zarr_complete(p: Path, arrays=None):
+    missing = _missing_zarr_chunks(p, arrays)
+    if missing:
+        raise FileFormatError(p, "Zarr store has missing chunks (" + "; ".join(missing[:5])
+                              + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
+                              + "): incomplete copy or damaged store. Pass fill_missing=True to read "
+                              "them as the fill value (e.g. for a store written sparsely on purpose)")
+
+
+def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fill_missing: bool = False):
     """Load what :func:`save` wrote (or a netCDF4/HDF5, Zarr or CXI file from elsewhere).
 
     Parameters
@@ -353,6 +387,11 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None):
         Dask chunks for ``lazy=True`` (e.g. ``{"scan": 256}``); default: the stored chunks.
         Ignored when ``lazy=False``. Errors while computing lazily loaded data come from
         h5py/zarr directly (the file was checked when opened).
+    fill_missing : bool
+        Zarr only. False (default): a store in which some chunk/shard objects are absent
+        (an interrupted copy, a deleted file) raises :class:`FileFormatError`, checked when
+        the store is opened, lazily or not. True: missing chunks read as the fill value
+        (zarr's own behaviour; for stores written sparsely on purpose).
 
     Returns
     -------
@@ -364,7 +403,8 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None):
     FileNotFoundError
         ``path`` does not exist.
     FileFormatError
-        Truncated, corrupt or foreign file; the message names the path and the problem.
+        Truncated, corrupt or foreign file, an HDF5 chunk failing its Fletcher32 checksum,
+        a Zarr store with missing chunks; the message names the path and the problem.
     """
     p = _as_path(path)
     _check_exists(p)
@@ -372,6 +412,8 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None):
         return read_cxi(p)
     fmt = _sniff(p)
     info = _h5_inspect(p) if fmt == "hdf5" else _zarr_inspect(p)
+    if fmt == "zarr" and not fill_missing:
+        _check_zarr_complete(p)
     marker = info["attrs"].get(_OBJ_KEY)
     if marker is None and info["cxi"]:
         return read_cxi(p)
@@ -479,6 +521,7 @@ def open_intensity(path, index, *, group: str | None = None, variable: str = "in
                 raise FileFormatError(p, f"has no variable {variable!r}" + (f" in group {group!r}" if group else ""))
             a = g[variable]
             check(a.shape)
+            _check_zarr_complete(p, [(variable, a)])
             return np.asarray(a[idx])
 
 
