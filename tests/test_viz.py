@@ -196,7 +196,7 @@ def test_tree_views_on_a_synthetic_tree():
             render(it)
             kinds.setdefault(title, []).append(type(it).__name__)
     assert "Layout" in kinds["tomogram"]  # orthogonal slices
-    assert "Curve" in kinds["reconstruction"]  # convergence
+    assert "Curve" in kinds["reconstruction: curves"]  # convergence, in a tab of its own
     assert "Layout" in kinds["reconstruction"]  # complex object as amplitude + phase
 
 

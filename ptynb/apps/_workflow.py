@@ -56,8 +56,15 @@ def save_path(directory: Path, stem: str, suffix: str) -> Path:
 
 def with_widgets(pane):
     """A HoloViews pane with its sliders (DynamicMap/HoloMap kdims): the pane's layout, or the
-    pane itself when it has none (a bare pane in a layout shows the plot only)."""
-    return pane.layout if len(pane.widget_box) else pane
+    pane itself for a static plot (a bare pane in a layout shows the plot only). The pane's
+    ``widget_box``/``layout`` are only touched for objects with sliders: building them for a
+    static plot that is then placed on its own breaks the plot's layout in the browser."""
+    import holoviews as hv
+
+    obj = pane.object
+    if isinstance(obj, hv.core.Dimensioned) and obj.traverse(lambda x: x, [hv.HoloMap]):
+        return pane.layout
+    return pane
 
 
 def _load_any(path):

@@ -3,7 +3,7 @@
 :func:`views` gives the app's tabs: "Beams" (probes, horizontal and vertical caustics, focus,
 spot and NA), "Views and anaglyph" (a DynamicMap over the extra ``shift`` of the second view:
 the red/cyan anaglyph and the difference image), "Layers" (recovered layers and their numbers),
-"Depth numbers" (the paper's Eq. 1 and 2 and the layer shift) and "FRC". Every function
+"Depth numbers" (the paper's Eq. 1 and 2 and the layer shift), "FRC" and "Convergence". Every function
 returns a HoloViews object or a markdown string; nothing here imports panel.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["views", "probes", "caustic", "caustic_summary", "beams", "anaglyph",
            "convergence", "DEPTH_ROWS", "TABS"]
 
 #: the tabs of :func:`views`, in order
-TABS = ("Beams", "Views and anaglyph", "Layers", "Depth numbers", "FRC")
+TABS = ("Beams", "Views and anaglyph", "Layers", "Depth numbers", "FRC", "Convergence")
 
 #: Root attrs of a stereo result shown by :func:`depth_numbers`, in order: key -> (label,
 #: scale, unit, format). A key that is absent is left out, so renamed attrs (what was assumed
@@ -40,10 +40,10 @@ DEPTH_ROWS: dict[str, tuple[str, float, str, str]] = {
     "thickness_from_phase": ("thickness from phase ({material})", 1e9, "nm", ".0f"),
 }
 #: how layer recovery got its shift (layers attr ``layer_shift_source``)
-_SOURCE_TEXT = {"geometry": "from the geometry; the data chose the direction",
+_SOURCE_TEXT = {"geometry": "from the geometry, sign from the data",
                 "estimate": "estimated from the data", "value": "given in the settings"}
 #: where the lateral resolution came from (root attr ``resolution_source`` if present)
-_RESOLUTION_LABELS = {"frc": "lateral resolution (FRC, half-bit)",
+_RESOLUTION_LABELS = {"frc": "lateral resolution (FRC half-bit, mean of the beams)",
                       "pixels": "lateral resolution assumed (two pixels)"}
 
 
@@ -168,7 +168,9 @@ def anaglyph(views_ds: xr.Dataset, *, max_shift: float = 10.0, step: float = 0.1
     """
     hv = _hv()
     p = _Pair(views_ds)
-    kd = [hv.Dimension("shift", label="extra shift of the second view", unit="px", range=(-max_shift, max_shift),
+    # the unit goes into the label: Panel matches its slider to the dimension by label, and a
+    # separate unit would make them differ (the slider then sends no value)
+    kd = [hv.Dimension("shift", label="extra shift of the second view (px)", range=(-max_shift, max_shift),
                        step=step, default=float(shift)),
           hv.Dimension("red", label="red view", values=p.beams, default=p.beams[0]),
           hv.Dimension("cyan", label="cyan view", values=p.beams, default=p.beams[-1])]
@@ -193,7 +195,8 @@ def anaglyph(views_ds: xr.Dataset, *, max_shift: float = 10.0, step: float = 0.1
     def right_panel(shift, red, cyan):
         return render(shift, red, cyan)[1]
 
-    return hv.Layout([hv.DynamicMap(left_panel, kdims=kd), hv.DynamicMap(right_panel, kdims=kd)]).cols(2)
+    return hv.Layout([hv.DynamicMap(left_panel, kdims=kd), hv.DynamicMap(right_panel, kdims=kd)]).cols(2).opts(
+        title="")
 
 
 # ----------------------------------------------------------------------------- layers
@@ -250,8 +253,14 @@ def frc_summary(fr: xr.Dataset, pixel_size: float | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- numbers
-def depth_numbers(attrs: dict, settings=None, *, layer_attrs: dict | None = None) -> str:
-    """The depth numbers of a result's root attrs as a markdown table (see :data:`DEPTH_ROWS`)."""
+def depth_numbers(attrs: dict, settings=None, *, layer_attrs: dict | None = None,
+                  resolution_source: str | None = None) -> str:
+    """The depth numbers of a result's root attrs as a markdown table (see :data:`DEPTH_ROWS`).
+
+    ``resolution_source`` ("frc" or "pixels"; default the ``resolution_source`` attr) says
+    whether the lateral resolution was measured or assumed; ``layer_attrs`` (the layers
+    node's attrs) add the implied separation and how the layer shift was obtained.
+    """
     material = getattr(settings, "material", None) or attrs.get("setting_material", "material")
     rows = []
     merged = dict(attrs)
@@ -263,8 +272,9 @@ def depth_numbers(attrs: dict, settings=None, *, layer_attrs: dict | None = None
         if key not in merged:
             continue
         v = merged[key]
-        if key == "resolution" and "resolution_source" in merged:
-            label = _RESOLUTION_LABELS.get(str(merged["resolution_source"]), label)
+        src_res = merged.get("resolution_source", resolution_source)
+        if key == "resolution" and src_res is not None:
+            label = _RESOLUTION_LABELS.get(str(src_res), label)
         if key == "layer_shift_m" and "layer_shift_px" in merged:
             text = f"{v * scale:{fmt}} {unit} = {merged['layer_shift_px']:.2f} px"
         else:
@@ -284,14 +294,20 @@ def views(tree, settings=None) -> list[tuple[str, object]]:
     pending = "*not computed in this run{}*"
     rec, v, lay, fr = (_node(tree, n) for n in ("reconstruction", "views", "layers", "frc"))
     tabs = [("Beams", beams(tree))]
-    if rec is not None and "cost" in rec and rec["cost"].ndim == 2:
-        tabs[0][1].insert(0, convergence(rec))
     tabs.append(("Views and anaglyph", [anaglyph(v), anaglyph_caption(v)] if v is not None else [pending.format("")]))
-    tabs.append(("Layers", layers(lay, v) + [layer_numbers(lay)] if lay is not None else [pending.format("")]))
-    tabs.append(("Depth numbers", depth_numbers(tree.attrs, settings, layer_attrs=lay.attrs if lay is not None else None)))
+    tabs.append(("Layers", [_hv().Layout(layers(lay, v)).cols(2), layer_numbers(lay)] if lay is not None
+                 else [pending.format("")]))
+    tabs.append(("Depth numbers", depth_numbers(tree.attrs, settings, layer_attrs=lay.attrs if lay is not None else None,
+                                                resolution_source="frc" if fr is not None else "pixels")))
     if fr is not None:
         px = float(rec.attrs["pixel_size"]) if rec is not None and "pixel_size" in rec.attrs else None
         tabs.append(("FRC", [frc(fr), frc_summary(fr, px)]))
     else:
         tabs.append(("FRC", [pending.format(" (enable `frc` in the Analysis settings)")]))
+    # a tab of its own: in a Panel page, a curve plot in the same column as the image grids
+    # breaks their layout (bokeh 3.9 / panel 1.9)
+    if rec is not None and "cost" in rec and rec["cost"].ndim == 2:
+        tabs.append(("Convergence", [convergence(rec)]))
+    else:
+        tabs.append(("Convergence", [pending.format("")]))
     return tabs

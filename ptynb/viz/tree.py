@@ -23,12 +23,15 @@ _MAX_VARS = 8
 
 def show(obj, **kwargs):
     """A view suited to a ptynb object: measurement -> scan explorer, reconstruction -> object
-    + probe + cost, 2D complex -> amplitude/phase, real 2D -> image, DataTree -> its views."""
+    + probe + cost, 2D complex -> amplitude/phase, real 2D -> image, DataTree -> its static
+    views (those without sliders; :func:`tree_views` gives all, per node)."""
     hv = _hv()
     if isinstance(obj, xr.DataTree):
         out = []
         for title, v in tree_views(obj):
-            out.extend(x for x in (v if isinstance(v, list) else [v]) if not isinstance(x, str))
+            # one Layout cannot mix sliders over different dims: keep the static views
+            out.extend(x for x in (v if isinstance(v, list) else [v])
+                       if not isinstance(x, str) and not x.traverse(lambda e: e, [hv.HoloMap]))
         return hv.Layout(out).cols(1) if out else hv.Div("<i>nothing to show</i>")
     if isinstance(obj, xr.Dataset):
         kind = obj.attrs.get("kind")
@@ -40,8 +43,9 @@ def show(obj, **kwargs):
             return scan_explorer(ds, **kwargs)
         if kind == "reconstruction" or "object" in obj:
             parts = [object_view(obj["object"].isel({d: 0 for d in obj["object"].dims[:-3]}))]
-            parts.append(probe_view(obj["probe"].isel({d: 0 for d in obj["probe"].dims[:-3]})))
-            layout = parts[0] + parts[1]
+            if "probe" in obj:
+                parts.append(probe_view(obj["probe"].isel({d: 0 for d in obj["probe"].dims[:-3]})))
+            layout = hv.Layout(parts)
             if "cost" in obj and obj["cost"].ndim == 1:
                 layout = layout + cost_curve(obj["cost"])
             elif "cost" in obj and obj["cost"].ndim == 2:
@@ -154,6 +158,11 @@ def _node_views(ds: xr.Dataset, path: str) -> list:
     return out
 
 
+def _is_curve(v) -> bool:
+    hv = _hv()
+    return isinstance(v, (hv.Curve, hv.Overlay)) and not isinstance(v, hv.Layout)
+
+
 def tree_views(tree, settings=None) -> list[tuple[str, object]]:
     """Default views of a workflow result tree: ``[(tab title, view or list of views), ...]``.
 
@@ -172,6 +181,12 @@ def tree_views(tree, settings=None) -> list[tuple[str, object]]:
             continue
         path = node.path.lstrip("/") or "data"
         views = _node_views(node.to_dataset(inherit=False), path)
-        if views:
-            tabs.append((path, views))
+        # curves get a tab of their own: in a Panel page, a curve plot in the same column as
+        # image grids breaks their layout (bokeh 3.9 / panel 1.9)
+        curves = [v for v in views if _is_curve(v)]
+        others = [v for v in views if not _is_curve(v)]
+        if others:
+            tabs.append((path, others))
+        if curves:
+            tabs.append((f"{path}: curves", curves))
     return tabs
