@@ -765,3 +765,29 @@ def test_zarr_missing_chunk_is_an_error(tmp_path, meas):
     (tmp_path / "c.zarr" / "scan_y" / "c" / "0").unlink()
     with pytest.raises(FileFormatError, match="scan_y: 0 of 1"):
         io.load(tmp_path / "c.zarr")
+
+
+def test_load_any_measurement_from_each_format(tmp_path, meas, recon):
+    for name in ("m.h5", "m.zarr", "m.cxi"):
+        got = io.load_any(io.save(meas, tmp_path / name))
+        assert got.attrs["kind"] == "measurement"
+        np.testing.assert_array_equal(got["intensity"].values, meas["intensity"].values)
+        np.testing.assert_array_equal(got["scan_x"].values, meas["scan_x"].values)
+    # a DataTree: the first node with intensity, with the attrs inherited from the root
+    tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs={"sample": "gold"}), "/recon": recon,
+                                  "/angle_000": meas})
+    got = io.load_any(io.save(tree, tmp_path / "t.h5"))
+    assert got.attrs["sample"] == "gold" and got.sizes["scan"] == meas.sizes["scan"]
+    with pytest.raises(ValidationError, match=r"intensity.*r\.h5.*not a measurement"):
+        io.load_any(io.save(recon, tmp_path / "r.h5"))
+    with pytest.raises(ValidationError, match="intensity.*no measurement node"):
+        io.load_any(io.save(xr.DataTree.from_dict({"/a": recon}), tmp_path / "rt.zarr"))
+    with pytest.raises(FileNotFoundError):
+        io.load_any(tmp_path / "nothing.h5")
+
+
+def test_load_any_still_importable_from_the_explorer():
+    pytest.importorskip("panel")
+    from ptynb.apps import explorer
+
+    assert explorer.load_any is io.load_any

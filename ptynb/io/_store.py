@@ -489,6 +489,16 @@ def open_intensity(path, index, *, group: str | None = None, variable: str = "in
     -------
     numpy.ndarray (qy, qx)
         The stored values (float32 for ptynb files). Reads one chunk with the ptynb layout.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValidationError
+        ``index`` has the wrong length or is out of range (named ``index``).
+    FileFormatError
+        No such variable/group; the chunk fails its checksum (HDF5); the Zarr array has
+        missing chunks.
     """
     p = _as_path(path)
     _check_exists(p)
