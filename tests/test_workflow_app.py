@@ -189,6 +189,10 @@ def test_stereo_app_opens_on_a_given_result():
     app = StereoApp(settings=s, result=synthetic_stereo_tree())
     assert app.settings is s and app.result is not None
     assert "Depth numbers" in list(app.tabs._names)
+    # without settings: those stored in the result
+    tree = synthetic_stereo_tree(attrs_extra={"setting_n_beams": 2, "setting_scan_grid": 5})
+    app = StereoApp(result=tree)
+    assert app.settings.n_beams == 2 and app.settings.scan_grid == 5
 
 
 def test_index_and_routes_read_the_registry():

@@ -83,7 +83,7 @@ class WorkflowApp(pn.viewable.Viewer):
     workflow : Workflow or str
         The workflow (or its registered name).
     settings : WorkflowSettings, optional
-        Start from these settings (default: the first preset).
+        Start from these settings (default: those stored in ``result``, else the first preset).
     result : DataTree, optional
         Show this result at once (e.g. a notebook's results).
 
@@ -124,6 +124,12 @@ class WorkflowApp(pn.viewable.Viewer):
         super().__init__(**params)
         self.workflow = wf
         self.param.preset.objects = presets
+        if settings is None and result is not None and hasattr(wf.settings, "from_attrs"):
+            import warnings
+
+            with warnings.catch_warnings():  # settings of another version: keep what matches
+                warnings.simplefilter("ignore")
+                settings = wf.settings.from_attrs(result.attrs)  # the settings the result was made with
         self.settings = settings if settings is not None else wf.settings()
         if presets:
             with param.discard_events(self):

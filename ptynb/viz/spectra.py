@@ -143,6 +143,6 @@ def frc_view(curves, *, resolution=None, title=None, kind=None, **opts):
     elements.insert(0, hv.Curve((q0[1:], thr[1:]), qd, cd, label=thr_label).opts(
         color="black", line_dash="dashed", line_width=1))
     o = dict(title=title or f"{kind} with the half-bit threshold", frame_width=CURVE_WIDTH, frame_height=260,
-             ylim=(-0.1, top), legend_position="bottom_left", show_grid=True, tools=["hover"])
+             ylim=(-0.1, top), legend_position="right", show_grid=True, tools=["hover"])
     o.update(opts)
     return hv.Overlay(elements).opts(**o)
