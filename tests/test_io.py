@@ -738,6 +738,11 @@ def test_hdf5_checksum_detects_a_flipped_byte(tmp_path, meas, recon):
     with pytest.raises(FileFormatError, match="checksum"):
         io.open_intensity(path, 4)
     np.testing.assert_array_equal(io.open_intensity(path, 3), meas["intensity"].values[3])  # other chunks fine
+    # CXI patterns carry the checksum too
+    cpath = io.save(meas, tmp_path / "m.cxi")
+    _flip_byte_in_chunk(cpath, "entry_1/instrument_1/detector_1/data", 2)
+    with pytest.raises(FileFormatError, match=r"m\.cxi.*checksum"):
+        io.read_cxi(cpath)
     # complex (compound) data are protected too
     rpath = io.save(recon, tmp_path / "r.h5")
     _flip_byte_in_chunk(rpath, "object", 0, offset=100)

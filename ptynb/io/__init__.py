@@ -7,8 +7,9 @@ Formats
     complex128 are stored natively (h5netcdf's compound complex type) and round-trip bit
     for bit, NaN payloads and negative zeros included; bool variables round-trip as bool.
     The diffraction ``intensity`` is stored in per-pattern chunks ``(1, ..., 1, qy, qx)`` so a
-    single pattern is one chunk read; other variables use HDF5's default (contiguous) layout
-    unless ``chunks=``/``compression=`` say otherwise.
+    single pattern is one chunk read; other non-empty variables are chunked by h5py's
+    automatic chunk shape (needed for the Fletcher32 checksum filter, see *Integrity*)
+    unless ``chunks=`` says otherwise.
 ``.zarr``
     A Zarr v3 directory. ``intensity`` is *sharded*: inner chunks of one pattern
     ``(1, ..., 1, qy, qx)`` (cheap single-pattern reads) packed into shards of many patterns

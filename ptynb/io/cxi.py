@@ -54,7 +54,7 @@ def write_cxi(ds: xr.Dataset, path, *, overwrite: bool = True) -> Path:
 
         /cxi_version                                  150
         /entry_k/instrument_1/source_1/energy         photon/electron energy (J)
-        /entry_k/instrument_1/detector_1/data         (N, ny, nx) float32 intensities
+        /entry_k/instrument_1/detector_1/data         (N, ny, nx) float32 intensities (Fletcher32)
         /entry_k/instrument_1/detector_1/distance     detector distance (m)
         /entry_k/instrument_1/detector_1/x_pixel_size, y_pixel_size   (m)
         /entry_k/instrument_1/detector_1/mask         (ny, nx) uint32, 0 = good, 1 = bad
@@ -139,7 +139,7 @@ def write_cxi(ds: xr.Dataset, path, *, overwrite: bool = True) -> Path:
                 det = e.create_group(_DET)
                 inten = sub["intensity"]
                 d = det.create_dataset("data", shape=inten.shape, dtype=np.float32,
-                                       chunks=(1, ny, nx))
+                                       chunks=(1, ny, nx), fletcher32=True)
                 step = max(1, int(_common.SHARD_BYTES // max(1, ny * nx * 4)))
                 for i0 in range(0, inten.shape[0], step):  # stream (works for dask too)
                     d[i0:i0 + step] = np.asarray(inten[i0:i0 + step].values, dtype=np.float32)
