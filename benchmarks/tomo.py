@@ -401,7 +401,7 @@ def bench_3d(n, ny, n_ang, repeats):
     vox_ang = n * ny * n * n_ang
     from ptynb.data import volume
 
-    p = tomo.project(volume(x, voxel_size=1.0), g.angles_deg)
+    p = tomo.project(volume(x, voxel_size=1.0), g.angles)
     t_fbp, _ = median_time(lambda: tomo.fbp(p), max(1, repeats // 2))
     nnz = op._matrices(np, np.float32).nnz
     return {"shape": (n, ny, n), "angles": n_ang, "build": build, "fwd": t_f, "adj": t_a,
@@ -414,7 +414,7 @@ def bench_lamino(n, n_ang, repeats):
     from ptynb.tomo.geometry import Geometry
 
     P.clear_cache()
-    g = Geometry("laminography", np.linspace(0, 360, n_ang, endpoint=False), tilt_deg=61.108)
+    g = Geometry("laminography", np.linspace(0, 360, n_ang, endpoint=False), tilt=61.108)
     op = P.Projector(g, (n, n, n))
     sparse = op._general_matrix(np, np.float32) is not None
     P.clear_cache()
@@ -434,7 +434,7 @@ def bench_lamino(n, n_ang, repeats):
         P._SPARSE_MAX_NNZ = old
     va = n ** 3 * n_ang
     return {"n": n, "angles": n_ang, "cold_fwd": cold, "sparse": sparse, "rate_sparse": 2 * va / (t_f + t_a),
-            "rate_fly": 2 * va / (t_f2 + t_a2), "det": op.det_shape}
+            "rate_fly": 2 * va / (t_f2 + t_a2), "det": op.detector_shape}
 
 
 def bench_gpu(n, ny, n_ang, img, circ, sino, ang, repeats):

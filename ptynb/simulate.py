@@ -679,18 +679,15 @@ def ptychography_series(objects, angles, probe, scan_y, scan_x, *, seed=None, pr
 
 
 # ----------------------------------------------------------------------------- tomography
-def _rotation_matrix_zyx(angle_deg, tilt_deg):
-    """3x3 matrix (acting on (z, y, x) vectors) of a right-handed rotation by ``angle`` about the
-    axis ``(z, y, x) = (cos tilt, sin tilt, 0)`` (tilt = 90 deg: the y axis, tomography)."""
-    th = math.radians(angle_deg)
-    ph = math.radians(tilt_deg)
-    # axis in right-handed (x, y, z)
-    a = np.array([0.0, math.sin(ph), math.cos(ph)])
-    a /= np.linalg.norm(a)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    r_xyz = np.eye(3) + math.sin(th) * k + (1 - math.cos(th)) * (k @ k)
-    perm = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]])  # (z, y, x) <-> (x, y, z)
-    return perm @ r_xyz @ perm
+def _rotation_matrix_zyx(angle, tilt):
+    """3x3 matrix (acting on (z, y, x) vectors) of the right-handed rotation by ``angle``
+    degrees about the axis ``(z, y, x) = (cos tilt, sin tilt, 0)`` (tilt = 90 deg: the y axis,
+    tomography): ``R(angle) R(0)^T`` with ``R`` :func:`ptynb.physics.rotations.sample_to_lab`,
+    i.e. the nominal view rotation for a volume given in the lab frame of the angle-0 view."""
+    from .physics.rotations import sample_to_lab
+
+    r0 = sample_to_lab(0.0, tilt)
+    return sample_to_lab(float(angle), tilt) @ r0.T
 
 
 def rotate_volume(volume, angle, *, tilt=90.0, order=1):

@@ -337,7 +337,7 @@ def _posed_setup(n=16, views=20, seed=3):
 
     def fwd(v, q):
         q = torch.as_tensor(np.asarray(q), dtype=torch.float32)
-        return posed_project(v, ang, euler_deg=q[:, 2:], shifts_px=q[:, :2], voxel_size=1e-8, step=1.0)
+        return posed_project(v, ang, poses=q[:, 2:], shifts=q[:, :2], voxel_size=1e-8, step=1.0)
 
     return vol, ang, fwd
 

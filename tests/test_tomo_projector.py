@@ -17,8 +17,8 @@ def _geometries(n=7):
     rng = np.random.default_rng(5)
     return {
         "tomography": Geometry("tomography", np.linspace(0, 170, n)),
-        "laminography": Geometry("laminography", np.linspace(0, 330, n), tilt_deg=61.108),
-        "posed": Geometry("posed", np.linspace(0, 170, n), tilt_deg=75.0,
+        "laminography": Geometry("laminography", np.linspace(0, 330, n), tilt=61.108),
+        "posed": Geometry("posed", np.linspace(0, 170, n), tilt=75.0,
                           poses=rng.normal(0, 4, (n, 3)), shifts=rng.normal(0, 1.5, (n, 2))),
     }
 
@@ -72,23 +72,23 @@ def _slice_cases():
     return [
         (np.linspace(0, 180, 24, endpoint=False), (20, 1, 20), {}),
         (rng.uniform(-360, 360, 17), (13, 1, 21), {"voxel_size": (1.0, 1.0, 1.3)}),
-        (odd, (16, 1, 16), {"det_shape": (1, 30), "det_origin": (0.0, -14.5)}),
-        (rng.uniform(0, 180, 9), (11, 1, 7), {"voxel_size": VOX, "det_shape": (1, 19),
+        (odd, (16, 1, 16), {"detector_shape": (1, 30), "det_origin": (0.0, -14.5)}),
+        (rng.uniform(0, 180, 9), (11, 1, 7), {"voxel_size": VOX, "detector_shape": (1, 19),
                                               "pixel_size": (VOX[1], 0.7e-8)}),
         (np.linspace(0, 180, 11), (1, 1, 9), {}),
         (np.linspace(0, 180, 11), (9, 1, 1), {}),
         # rays through voxel centres beyond both edges: c hits -1 and n_m - 1 exactly
         (np.array([0.0, 90.0, 180.0, 270.0, 45.0]), (16, 1, 12),
-         {"det_shape": (1, 22), "det_origin": (0.0, -11.0)}),
+         {"detector_shape": (1, 22), "det_origin": (0.0, -11.0)}),
     ]
 
 
 def _reference_slice_matrix(op):
     """Dense 2D matrix from the general path's per-view Joseph samples (one y row)."""
-    A = np.zeros((op.geometry.n_angles * op.det_shape[1], op.vol_shape[0] * op.vol_shape[2]))
+    A = np.zeros((op.geometry.n_angles * op.detector_shape[1], op.volume_shape[0] * op.volume_shape[2]))
     for i in range(op.geometry.n_angles):
         ray, idx, w = op._view_samples(np, i, np.float64)
-        np.add.at(A, (np.broadcast_to(ray + i * op.det_shape[1], w.shape), idx), w)
+        np.add.at(A, (np.broadcast_to(ray + i * op.detector_shape[1], w.shape), idx), w)
     return A
 
 
@@ -126,7 +126,7 @@ def test_compiled_slice_fill_equals_numpy_fill(dtype, monkeypatch):
     cases = _slice_cases() + [
         (np.linspace(0, 180, 180, endpoint=False), (64, 1, 64), {}),
         (rng.uniform(-360, 360, 41), (37, 1, 23), {"voxel_size": (1.1, 1.0, 0.7),
-                                                   "det_shape": (1, 50), "pixel_size": (1.0, 0.6)}),
+                                                   "detector_shape": (1, 50), "pixel_size": (1.0, 0.6)}),
     ]
     for idt in (None, np.int64):
         if idt is not None:
@@ -157,7 +157,7 @@ def test_slice_rays_match_brute_force(bad_guess, monkeypatch):
     for ang, shape, kw in _slice_cases():
         op = P.Projector(Geometry("tomography", ang), shape, **kw)
         k, s, c0, _, ja, jb, lo, hi = op._slice_rays()
-        nz, _, nx = op.vol_shape
+        nz, _, nx = op.volume_shape
         for i in range(len(s)):
             nj, nm = (nz, nx) if k[i] == 0 else (nx, nz)
             j = np.arange(nj)
@@ -189,7 +189,7 @@ def test_matrix_free_kernels_apply_the_slice_matrix(dtype, monkeypatch):
             nz, _, nx = shape
             op = P.Projector(Geometry("tomography", ang), (nz, ny, nx), **kw)
             assert op.fast
-            na, nu = op.geometry.n_angles, op.det_shape[1]
+            na, nu = op.geometry.n_angles, op.detector_shape[1]
             vol, proj = rand((nz, ny, nx)), rand((na, ny, nu))
             want_f = (A @ vol.transpose(0, 2, 1).reshape(nz * nx, ny)).reshape(na, nu, ny)
             want_a = (A.T @ proj.transpose(0, 2, 1).reshape(na * nu, ny)).reshape(nz, nx, ny)
@@ -275,7 +275,7 @@ def _ellipsoid_volume(shape, vox, centre, semi, value, sub=4):
 def _chords(op, centre, semi, value):
     """Analytic line integrals of the ellipsoid for every detector pixel of ``op``."""
     R = op.geometry.rotations()
-    nv, nu = op.det_shape
+    nv, nu = op.detector_shape
     v = op.det_origin[0] + np.arange(nv) * op.pixel_size[0]
     u = op.det_origin[1] + np.arange(nu) * op.pixel_size[1]
     sh = op.geometry.shifts_px() * op.pixel_size
@@ -340,7 +340,7 @@ def test_convention_matches_scikit_image_radon_with_negated_angles():
 
 def test_geometry_conventions():
     ang = np.array([0.0, 33.0, 91.0])
-    g = Geometry("laminography", ang, tilt_deg=61.108)
+    g = Geometry("laminography", ang, tilt=61.108)
     R = g.rotations()
     np.testing.assert_allclose(R @ np.swapaxes(R, 1, 2), np.broadcast_to(np.eye(3), R.shape), atol=1e-12)
     np.testing.assert_allclose(np.linalg.det(R), 1.0)
@@ -349,7 +349,7 @@ def test_geometry_conventions():
     np.testing.assert_allclose(axis_lab[:, 0], np.cos(np.deg2rad(61.108)), atol=1e-12)
     np.testing.assert_allclose(axis_lab[:, 2], 0.0, atol=1e-12)
     # laminography at 90 deg is tomography, and runs on the separable fast path
-    t90 = Geometry("laminography", ang, tilt_deg=90)
+    t90 = Geometry("laminography", ang, tilt=90)
     np.testing.assert_allclose(t90.rotations(), Geometry("tomography", ang).rotations())
     assert P.Projector(t90, (4, 5, 6)).fast
     # Euler convention: extrinsic x-y-z, R = Rz Ry Rx; a pure ry pose adds to the angle
@@ -357,7 +357,7 @@ def test_geometry_conventions():
     np.testing.assert_allclose(e @ Geometry("tomography", [20.0]).rotations(),
                                Geometry("tomography", [32.0]).rotations(), atol=1e-12)
     # attrs round trip
-    gp = Geometry("posed", ang, tilt_deg=80, poses=RNG.normal(0, 2, (3, 3)), shifts=RNG.normal(0, 1, (3, 2)))
+    gp = Geometry("posed", ang, tilt=80, poses=RNG.normal(0, 2, (3, 3)), shifts=RNG.normal(0, 1, (3, 2)))
     back = Geometry.from_attrs(gp.to_attrs(), ang)
     np.testing.assert_allclose(back.rotations(), gp.rotations())
     np.testing.assert_allclose(back.shifts_px(), gp.shifts_px())
@@ -474,7 +474,7 @@ def test_torch_gradcheck_pose():
     sh = torch.tensor(rng.normal(0, 0.7, (2, 2)), requires_grad=True)
 
     def f(v, e, s):
-        return tomo.posed_project(v, [10.0, 130.0], tilt_deg=70.0, euler_deg=e, shifts_px=s)
+        return tomo.posed_project(v, [10.0, 130.0], tilt=70.0, poses=e, shifts=s)
 
     assert torch.autograd.gradcheck(lambda e, s: f(vol.detach(), e, s), (eul, sh), eps=1e-6, atol=1e-5)
     assert torch.autograd.gradcheck(f, (vol, eul, sh), eps=1e-6, atol=1e-5, fast_mode=True)
@@ -491,8 +491,8 @@ def test_torch_pose_projector_agrees_with_joseph(kind):
     ref = op.forward(blob)
     e = None if g.poses is None else torch.tensor(g.poses)
     s = None if g.shifts is None else torch.tensor(g.shifts)
-    out = tomo.posed_project(torch.tensor(blob), g.angles_deg, tilt_deg=g.tilt_deg, euler_deg=e,
-                             shifts_px=s, det_shape=op.det_shape, voxel_size=2e-9).numpy()
+    out = tomo.posed_project(torch.tensor(blob), g.angles, tilt=g.tilt, poses=e,
+                             shifts=s, detector_shape=op.detector_shape, voxel_size=2e-9).numpy()
     assert np.abs(out - ref).max() / np.abs(ref).max() < 0.01
 
 

@@ -40,7 +40,15 @@ import xarray as xr
 from scipy import constants as _c
 from scipy.special import erf
 
-from ..data import ValidationError, centered_coord, check_positive, provenance, real_space_coord, volume
+from ..data import (
+    ValidationError,
+    centered_coord,
+    check_positive,
+    provenance,
+    real_space_coord,
+    volume,
+)
+from .rotations import rotation_about, zyx_to_xyz
 
 __all__ = [
     "PENG_COEFFICIENTS",
@@ -412,26 +420,15 @@ def rotation_matrix(angles_deg, axes: str = "y") -> np.ndarray:
     Notes
     -----
     ``R_y(t)`` maps (x, z) to (x cos t + z sin t, -x sin t + z cos t), the tomography
-    convention of :func:`ptynb.physics.phantoms.ellipsoid_line_integrals`.
+    convention of :func:`ptynb.physics.phantoms.ellipsoid_line_integrals`: the matrices of
+    :func:`ptynb.physics.rotations.rotation_about` rewritten for (x, y, z) vectors.
     """
     ang = np.atleast_1d(np.asarray(angles_deg, dtype=float))
     if len(axes) != ang.size:
         raise ValidationError("angles_deg", f"has {ang.size} angles for axes {axes!r}")
     if not np.all(np.isfinite(ang)):
         raise ValidationError("angles_deg", "contains NaN or inf")
-    r = np.eye(3)
-    for ax, a in zip(axes.lower(), np.deg2rad(ang)):
-        c, s = np.cos(a), np.sin(a)
-        if ax == "x":
-            m = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-        elif ax == "y":
-            m = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-        elif ax == "z":
-            m = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-        else:
-            raise ValidationError("axes", f"must contain only 'x', 'y', 'z', got {axes!r}")
-        r = m @ r
-    return r
+    return zyx_to_xyz(rotation_about(axes, ang))
 
 
 def rotate_atoms(positions, angles_deg, axes: str = "y", *, center=None) -> np.ndarray:

@@ -42,9 +42,17 @@ from functools import lru_cache
 import numpy as np
 import xarray as xr
 
-from ..data import ValidationError, centered_coord, check_positive, provenance, real_space_coord, volume
+from ..data import (
+    ValidationError,
+    centered_coord,
+    check_positive,
+    provenance,
+    real_space_coord,
+    volume,
+)
 from .atoms import rotation_matrix
 from .materials import material_formula, refractive_index
+from .rotations import resolve_tilt, sample_to_lab, zyx_to_xyz
 from .units import wavelength
 
 __all__ = [
@@ -1061,14 +1069,11 @@ def sample_rotation(angle_deg: float, geometry: str = "tomography", tilt: float 
     if geometry == "tomography":
         if tilt is not None and not np.isclose(float(tilt), 90.0):
             raise ValidationError("tilt", f"tomography has tilt 90 degrees, got {tilt!r}; use geometry='laminography'")
-        return rotation_matrix(a, "y")
+        return zyx_to_xyz(sample_to_lab(a, 90.0))
     if geometry == "laminography":
         if tilt is None:
             raise ValidationError("tilt", "laminography needs the tilt (degrees) between rotation axis and beam")
-        t = float(tilt)
-        if not np.isfinite(t) or not (0.0 < t <= 90.0):
-            raise ValidationError("tilt", f"must lie in (0, 90] degrees (90 = tomography), got {tilt!r}")
-        return rotation_matrix((a, 90.0 - t), "yx")
+        return zyx_to_xyz(sample_to_lab(a, resolve_tilt(geometry, tilt)))
     raise ValidationError("geometry", f"must be 'tomography' or 'laminography', got {geometry!r}")
 
 

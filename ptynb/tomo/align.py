@@ -37,6 +37,7 @@ from ..control import STATUS_CANCELLED, STATUS_COMPLETE, check_event, is_cancell
 from ..data import ValidationError
 from ..imaging import _freqs, phase_cross_correlation, shift_image
 from ..imaging import _image_array as _arr
+from ..physics.rotations import resolve_tilt
 
 __all__ = [
     "phase_cross_correlation",  # re-exported from ptynb.imaging (old import path)
@@ -49,21 +50,11 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- geometry helpers
-def _default_tilt(geometry, tilt):
-    """``tilt`` in degrees, or the default of :func:`ptynb.tomo.project` when None
-    (61.108 deg, ADePt, for laminography; 90 otherwise)."""
-    if tilt is not None:
-        return float(tilt)
-    from .geometry import ADEPT_TILT_DEG
-
-    return ADEPT_TILT_DEG if str(geometry).strip().lower().startswith("lamino") else 90.0
-
-
 def _geometry_of(projections, geometry=None, tilt=None):
     attrs = projections.attrs if isinstance(projections, xr.DataArray) else {}
     g = geometry if geometry is not None else attrs.get("geometry", "tomography")
     t = tilt if tilt is not None else attrs.get("tilt", None)
-    return str(g), _default_tilt(g, t)
+    return str(g), resolve_tilt(g, t)
 
 
 def _translation_response(ang_deg, geometry, tilt):
@@ -98,7 +89,7 @@ def rigid_null_space(angles, *, geometry: str = "tomography", tilt: float | None
     geometry : {"tomography", "laminography"}
     tilt : float, optional
         Laminography angle between rotation axis and beam (degrees; 90 = tomography);
-        default 61.108 (ADePt) for laminography, as in :func:`ptynb.tomo.project`.
+        None: :func:`ptynb.physics.rotations.resolve_tilt` (61.108 for laminography).
 
     Returns
     -------
@@ -107,7 +98,7 @@ def rigid_null_space(angles, *, geometry: str = "tomography", tilt: float | None
         (3 for laminography and for tomography over more than one angle).
     """
     ang = np.asarray(angles, dtype=np.float64).reshape(-1)
-    vecs = _translation_response(ang, geometry, _default_tilt(geometry, tilt))
+    vecs = _translation_response(ang, geometry, resolve_tilt(geometry, tilt))
     Bm = vecs.reshape(vecs.shape[0], -1)
     _, s, vt = np.linalg.svd(Bm, full_matrices=False)
     keep = s > 1e-8 * max(float(s.max()), 1e-300)
@@ -423,7 +414,8 @@ def rotation_gauge(angles, *, geometry: str = "tomography", tilt: float | None =
     angles : array (angle,), degrees
     geometry : {"tomography", "laminography"}
     tilt : float, optional
-        Rotation-axis-to-beam angle, degrees (default 61.108 for laminography, 90 else).
+        Rotation-axis-to-beam angle, degrees (None: :func:`ptynb.physics.rotations.resolve_tilt`,
+        61.108 for laminography, 90 else).
 
     Returns
     -------
@@ -437,7 +429,7 @@ def rotation_gauge(angles, *, geometry: str = "tomography", tilt: float | None =
 
     ang = np.asarray(angles, dtype=np.float64).reshape(-1)
     g = str(geometry).strip().lower()
-    t = 90.0 if g.startswith("tomo") else _default_tilt(g, tilt)
+    t = 90.0 if g.startswith("tomo") else resolve_tilt(g, tilt)
     Rm = Geometry("tomography" if t == 90.0 else "laminography", ang, t).rotations()
     # (z, y, x) component order -> (x, y, z); column j = image of sample axis j
     perm = [2, 1, 0]

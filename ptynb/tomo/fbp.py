@@ -41,14 +41,14 @@ __all__ = ["FILTERS", "angle_weights", "fbp", "ramp_filter"]
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming", "none")
 
 
-def angle_weights(angles_deg, period_deg: float = 180.0) -> np.ndarray:
+def angle_weights(angles, period_deg: float = 180.0) -> np.ndarray:
     """Angular interval (radians) represented by each view, on a circle of ``period_deg``.
 
     Interior views get half the distance to their two neighbours; with a limited angular
     range (the largest gap on the circle exceeds both 2.5 times the median step and a tenth of
     the period) the end views get their one-sided step. Views that coincide modulo the period share their interval.
     """
-    a = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+    a = np.asarray(angles, dtype=np.float64).reshape(-1)
     m = np.mod(a, period_deg)
     uniq, inv, counts = np.unique(np.round(m, 9), return_inverse=True, return_counts=True)
     nu = uniq.size
@@ -165,11 +165,11 @@ def fbp(projections: xr.DataArray, filter: str = "ram-lak", padding: bool = True
     n_pad = int(2 ** int(np.ceil(np.log2(max(2 * nu, 2))))) if padding else nu
     H = ramp_filter(n_pad, ramp_key, rdt)
     q = _filter_rows(p, H, n_pad, xp) / rdt(op.pixel_size[1])
-    period = 180.0 if g.tilt_deg == 90.0 else 360.0
-    w = angle_weights(g.angles_deg, period)
-    scale = np.sin(np.deg2rad(g.tilt_deg)) * (180.0 / period)
+    period = 180.0 if g.tilt == 90.0 else 360.0
+    w = angle_weights(g.angles, period)
+    scale = np.sin(np.deg2rad(g.tilt)) * (180.0 / period)
     scale *= op.pixel_size[0] * op.pixel_size[1] / float(np.prod(op.voxel_size))
     q = q * xp.asarray((w * scale).astype(rdt))[:, None, None]
     vol = op.adjoint(q)
     return _wrap_volume(vol, op, name="fbp", method="fbp", filter=ramp_key, padding=bool(padding),
-                        geometry=g.kind, tilt=g.tilt_deg)
+                        geometry=g.kind, tilt=g.tilt)

@@ -1,6 +1,7 @@
 """Acquisition geometries for tomography, laminography and per-view rigid poses.
 
-Convention (the one used by every projector, solver and torch operator in ``ptynb.tomo``)
+Convention (defined once in :mod:`ptynb.physics.rotations`; used by every projector,
+solver and torch operator in ``ptynb.tomo``)
 -----------------------------------------------------------------------------------------
 * Volume axes are ``(z, y, x)``; their coordinates (metres) are the *sample* frame.
   Rotations act about the coordinate origin ``(0, 0, 0)`` (voxel ``n // 2`` for centred
@@ -31,7 +32,8 @@ Kinds
     plane so that it makes the angle ``tilt`` with the beam (``a = (cos tilt, sin tilt, 0)``
     in (z, y, x)). ``tilt = 90`` is tomography; LamNI / ADePt use 61 deg (61.108 deg).
 ``"posed"``
-    The nominal rotation above (``tilt`` defaults to 90) followed by a per-view rigid
+    The nominal rotation above (``tilt`` defaults to 90; laminography to 61.108, both by
+    :func:`ptynb.physics.rotations.resolve_tilt`) followed by a per-view rigid
     correction ``E = Rz(rz) @ Ry(ry) @ Rx(rx)`` - *extrinsic x-y-z* Euler angles about the
     lab axes, applied x first - so ``R = E @ R_nominal``; plus a detector shift
     ``(s_y, s_x)`` in detector pixels (the projection moves by ``+s``).
@@ -42,17 +44,27 @@ and ``pose_shift_px`` (flat); the angles themselves live in the ``angle`` coordi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..data import ValidationError
+from ..physics.rotations import (
+    DEFAULT_TILT,
+    EULER_CONVENTION,
+    euler_xyz,
+    resolve_tilt,
+    rotation_x,
+    rotation_y,
+    rotation_z,
+    sample_to_lab,
+)
 
 __all__ = [
     "ADEPT_TILT_DEG",
     "GEOMETRY_KINDS",
     "Geometry",
+    # re-exported from ptynb.physics.rotations (the one implementation)
     "euler_xyz",
     "rotation_x",
     "rotation_y",
@@ -60,42 +72,9 @@ __all__ = [
 ]
 
 GEOMETRY_KINDS = ("tomography", "laminography", "posed")
-#: Angle between rotation axis and beam in the ADePt / LamNI experiments (degrees).
-ADEPT_TILT_DEG = 61.108
-EULER_CONVENTION = "extrinsic x-y-z about lab axes (R = Rz Ry Rx), applied after the nominal rotation"
-
-
-def rotation_y(a):
-    """Rotation matrices (..., 3, 3) about y by ``a`` radians, (z, y, x) component order."""
-    a = np.asarray(a, dtype=np.float64)
-    c, s = np.cos(a), np.sin(a)
-    o, z = np.ones_like(a), np.zeros_like(a)
-    return np.stack([np.stack([c, z, -s], -1), np.stack([z, o, z], -1),
-                     np.stack([s, z, c], -1)], -2)
-
-
-def rotation_x(a):
-    """Rotation matrices (..., 3, 3) about x by ``a`` radians, (z, y, x) component order."""
-    a = np.asarray(a, dtype=np.float64)
-    c, s = np.cos(a), np.sin(a)
-    o, z = np.ones_like(a), np.zeros_like(a)
-    return np.stack([np.stack([c, s, z], -1), np.stack([-s, c, z], -1),
-                     np.stack([z, z, o], -1)], -2)
-
-
-def rotation_z(a):
-    """Rotation matrices (..., 3, 3) about z (the beam) by ``a`` radians, (z, y, x) order."""
-    a = np.asarray(a, dtype=np.float64)
-    c, s = np.cos(a), np.sin(a)
-    o, z = np.ones_like(a), np.zeros_like(a)
-    return np.stack([np.stack([o, z, z], -1), np.stack([z, c, s], -1),
-                     np.stack([z, -s, c], -1)], -2)
-
-
-def euler_xyz(euler_deg):
-    """Pose correction matrices ``Rz(rz) @ Ry(ry) @ Rx(rx)`` from (..., 3) = (rx, ry, rz) degrees."""
-    e = np.deg2rad(np.asarray(euler_deg, dtype=np.float64))
-    return rotation_z(e[..., 2]) @ rotation_y(e[..., 1]) @ rotation_x(e[..., 0])
+#: Angle between rotation axis and beam in the ADePt / LamNI experiments (degrees); an alias
+#: of :data:`ptynb.physics.rotations.DEFAULT_TILT`, the one definition.
+ADEPT_TILT_DEG = DEFAULT_TILT
 
 
 def _as_angles(angles) -> np.ndarray:
@@ -120,10 +99,11 @@ class Geometry:
     Parameters
     ----------
     kind : {"tomography", "laminography", "posed"}
-    angles_deg : array (angle,)
+    angles : array (angle,)
         Nominal rotation angles about the sample's y axis, degrees.
-    tilt_deg : float
+    tilt : float, optional
         Angle between the rotation axis and the beam, degrees, in (0, 90]. 90 = tomography.
+        None: :func:`ptynb.physics.rotations.resolve_tilt` (61.108 for laminography, 90 else).
     poses : array (angle, 3), optional
         ``posed`` only: extrinsic x-y-z Euler angles (rx, ry, rz) in degrees applied after
         the nominal rotation (see module docstring). Zero if omitted.
@@ -137,8 +117,8 @@ class Geometry:
     """
 
     kind: str = "tomography"
-    angles_deg: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    tilt_deg: float = 90.0
+    angles: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    tilt: float | None = None
     poses: np.ndarray | None = None
     shifts: np.ndarray | None = None
 
@@ -147,19 +127,13 @@ class Geometry:
         if kind not in GEOMETRY_KINDS:
             raise ValidationError("geometry", f"unknown kind {self.kind!r}; use one of {GEOMETRY_KINDS}")
         self.kind = kind
-        self.angles_deg = _as_angles(self.angles_deg)
-        n = self.angles_deg.size
-        try:
-            tilt = float(self.tilt_deg)
-        except (TypeError, ValueError):
-            raise ValidationError("tilt", f"must be a number of degrees, got {self.tilt_deg!r}") from None
-        if not math.isfinite(tilt) or not (0.0 < tilt <= 90.0):
-            raise ValidationError("tilt", f"must lie in (0, 90] degrees (angle between rotation axis "
-                                  f"and beam; 90 = tomography), got {self.tilt_deg!r}")
+        self.angles = _as_angles(self.angles)
+        n = self.angles.size
+        tilt = resolve_tilt(kind, self.tilt)
         if kind == "tomography" and tilt != 90.0:
             raise ValidationError("tilt", f"is {tilt} deg but geometry='tomography' needs 90; "
                                   "use geometry='laminography' for a tilted axis")
-        self.tilt_deg = tilt
+        self.tilt = tilt
         if kind != "posed" and (self.poses is not None or self.shifts is not None):
             raise ValidationError("poses", f"per-view poses/shifts need geometry='posed', not {kind!r}")
         if kind == "posed":
@@ -185,30 +159,25 @@ class Geometry:
     # ------------------------------------------------------------------ derived
     @property
     def n_angles(self) -> int:
-        return int(self.angles_deg.size)
+        return int(self.angles.size)
 
     @property
     def is_plain_tomography(self) -> bool:
         """True when every view is a pure rotation about y with no shift (separable slices)."""
-        if self.kind in ("tomography", "laminography") and self.tilt_deg == 90.0:
+        if self.kind in ("tomography", "laminography") and self.tilt == 90.0:
             return True
-        if self.kind == "posed" and self.tilt_deg == 90.0:
+        if self.kind == "posed" and self.tilt == 90.0:
             return not (np.any(self.poses) or np.any(self.shifts))
         return False
 
     def nominal_rotations(self) -> np.ndarray:
         """``R_nominal`` (angle, 3, 3) without the pose correction."""
-        r = rotation_y(np.deg2rad(self.angles_deg))
-        if self.tilt_deg != 90.0:
-            r = rotation_x(np.deg2rad(90.0 - self.tilt_deg)) @ r
-        return r
+        return sample_to_lab(self.angles, self.tilt)
 
     def rotations(self) -> np.ndarray:
-        """Sample-to-lab rotation matrices ``R`` (angle, 3, 3), (z, y, x) component order."""
-        r = self.nominal_rotations()
-        if self.kind == "posed":
-            r = euler_xyz(self.poses) @ r
-        return r
+        """Sample-to-lab rotation matrices ``R`` (angle, 3, 3), (z, y, x) component order
+        (:func:`ptynb.physics.rotations.sample_to_lab`)."""
+        return sample_to_lab(self.angles, self.tilt, self.poses if self.kind == "posed" else None)
 
     def shifts_px(self) -> np.ndarray:
         """Detector shifts (angle, 2) = (s_y, s_x) in pixels (zeros unless posed)."""
@@ -217,13 +186,13 @@ class Geometry:
     def subset(self, index) -> Geometry:
         """The geometry of a subset of the views (``index``: slice, int array or mask)."""
         idx = np.arange(self.n_angles)[index]
-        return Geometry(self.kind, self.angles_deg[idx], self.tilt_deg,
+        return Geometry(self.kind, self.angles[idx], self.tilt,
                         None if self.poses is None else self.poses[idx],
                         None if self.shifts is None else self.shifts[idx])
 
     def key(self) -> tuple:
         """Hashable identity (for operator caches)."""
-        parts = [self.kind, self.tilt_deg, self.angles_deg.tobytes()]
+        parts = [self.kind, self.tilt, self.angles.tobytes()]
         if self.kind == "posed":
             parts += [self.poses.tobytes(), self.shifts.tobytes()]
         return tuple(parts)
@@ -231,7 +200,7 @@ class Geometry:
     # ------------------------------------------------------------------ attrs
     def to_attrs(self) -> dict:
         """Attrs (SI / degrees) that :meth:`from_attrs` reads back."""
-        out = {"geometry": self.kind, "tilt": float(self.tilt_deg),
+        out = {"geometry": self.kind, "tilt": float(self.tilt),
                "rotation_axis": "sample y, tilted in the lab y-z plane by (90 - tilt) deg",
                "beam_axis": "z"}
         if self.kind == "posed":
@@ -244,7 +213,7 @@ class Geometry:
     def from_attrs(cls, attrs: dict, angles) -> Geometry:
         """Rebuild the geometry from projections attrs and the ``angle`` coordinate (degrees)."""
         kind = attrs.get("geometry", "tomography")
-        tilt = float(attrs.get("tilt", 90.0))
+        tilt = attrs.get("tilt", None)
         ang = _as_angles(angles)
         poses = shifts = None
         if kind == "posed":
@@ -262,8 +231,6 @@ class Geometry:
         if isinstance(geometry, Geometry):
             return geometry
         kind = str(geometry).strip().lower()
-        if tilt is None:
-            tilt = ADEPT_TILT_DEG if kind == "laminography" else 90.0
         if kind == "posed" and poses is not None:
             p = np.asarray(poses, dtype=np.float64)
             # Allow (angle, 5) = 3 Euler angles + 2 shifts in one array.

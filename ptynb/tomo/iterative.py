@@ -48,12 +48,12 @@ def _setup(projections, x0, support, positivity, device, dtype, volume_shape=Non
     cdt = (np.complex128 if rdt == np.float64 else np.complex64) if cplx else rdt
     b = b.astype(cdt, copy=False)
     if x0 is None:
-        x = xp.zeros(op.vol_shape, dtype=cdt)
+        x = xp.zeros(op.volume_shape, dtype=cdt)
     else:
         arr = x0.data if isinstance(x0, xr.DataArray) else x0
         arr = xp.asarray(arr) if xp is not np else np.asarray(arr)
-        if tuple(arr.shape) != op.vol_shape:
-            raise ValidationError("x0", f"has shape {tuple(arr.shape)}; the volume is {op.vol_shape}")
+        if tuple(arr.shape) != op.volume_shape:
+            raise ValidationError("x0", f"has shape {tuple(arr.shape)}; the volume is {op.volume_shape}")
         if arr.dtype.kind in "fc" and not bool(xp.all(xp.isfinite(arr))):
             raise ValidationError("x0", "contains NaN or inf")
         x = arr.astype(cdt, copy=True)
@@ -61,8 +61,8 @@ def _setup(projections, x0, support, positivity, device, dtype, volume_shape=Non
     if support is not None:
         s = support.data if isinstance(support, xr.DataArray) else support
         s = xp.asarray(s) if xp is not np else np.asarray(s)
-        if tuple(s.shape) != op.vol_shape:
-            raise ValidationError("support", f"has shape {tuple(s.shape)}; the volume is {op.vol_shape}")
+        if tuple(s.shape) != op.volume_shape:
+            raise ValidationError("support", f"has shape {tuple(s.shape)}; the volume is {op.volume_shape}")
         if s.dtype != bool:
             raise ValidationError("support", f"must be boolean (True inside), got {s.dtype}")
         if not bool(s.any()):
@@ -149,7 +149,7 @@ def sirt(projections: xr.DataArray, iterations: int = 100, x0=None, positivity: 
     check_event(cancel)
     op, b, x, xp, rdt, mask = _setup(projections, x0, support, positivity, device, dtype,
                                      volume_shape)
-    R = _safe_inv(op.forward(xp.ones(op.vol_shape, dtype=rdt)), xp, rdt)
+    R = _safe_inv(op.forward(xp.ones(op.volume_shape, dtype=rdt)), xp, rdt)
     C = _safe_inv(op.adjoint(xp.ones(op.shape_out, dtype=rdt)), xp, rdt) * rdt(relaxation)
     if mask is not None:
         C = C * mask
@@ -203,7 +203,7 @@ def sart(projections: xr.DataArray, iterations: int = 10, subsets: int = 10,
     for gidx in groups:
         o = op.subset(gidx)
         ops.append(o)
-        Rs.append(_safe_inv(o.forward(xp.ones(o.vol_shape, dtype=rdt)), xp, rdt))
+        Rs.append(_safe_inv(o.forward(xp.ones(o.volume_shape, dtype=rdt)), xp, rdt))
         c = _safe_inv(o.adjoint(xp.ones(o.shape_out, dtype=rdt)), xp, rdt) * rdt(relaxation)
         Cs.append(c if mask is None else c * mask)
     bn = max(_norm2(b, xp), 1e-300)
@@ -352,7 +352,7 @@ def gradient(projections: xr.DataArray, iterations: int = 100, method: str = "ad
         return op.adjoint(p) / rdt(unit)
 
     # value scale from one SIRT step
-    R = _safe_inv(A(xp.ones(op.vol_shape, dtype=rdt)), xp, rdt)
+    R = _safe_inv(A(xp.ones(op.volume_shape, dtype=rdt)), xp, rdt)
     C = _safe_inv(AT(xp.ones(op.shape_out, dtype=rdt)), xp, rdt)
     x1 = C * AT(R * b)
     scale = float(np.percentile(np.abs(np.asarray(x1.get() if hasattr(x1, "get") else x1)), 99))

@@ -774,9 +774,9 @@ def joint_refinement(projections, *, options: JointRefinementOptions | None = No
         b = max(1, min(int(round(1.0 / frac)), max(1, nmin // int(min_size))))
         data = torch.tensor(_bin2d(Ph, b), dtype=tdt, device=dev)
         scale2 = float(torch.mean(data ** 2)) or 1.0  # loss relative to the data power
-        det_shape = tuple(data.shape[-2:])
-        det_origin = (float(yc[: det_shape[0] * b].reshape(-1, b).mean(axis=1)[0]),
-                      float(xc[: det_shape[1] * b].reshape(-1, b).mean(axis=1)[0]))
+        detector_shape = tuple(data.shape[-2:])
+        det_origin = (float(yc[: detector_shape[0] * b].reshape(-1, b).mean(axis=1)[0]),
+                      float(xc[: detector_shape[1] * b].reshape(-1, b).mean(axis=1)[0]))
         vs_b = tuple(m // b for m in vshape)
         vox_b = vsize * b
         vorig_b = vorigin + (b - 1) / 2 * vsize
@@ -785,7 +785,7 @@ def joint_refinement(projections, *, options: JointRefinementOptions | None = No
         if V is None:
             corr = shift_image(Ph, -S.detach().cpu().numpy().astype(np.float64))
             da = projections.copy(data=corr)
-            da = da.isel(y=slice(0, det_shape[0] * b), x=slice(0, det_shape[1] * b))
+            da = da.isel(y=slice(0, detector_shape[0] * b), x=slice(0, detector_shape[1] * b))
             da = da.coarsen(y=b, x=b).mean() if b > 1 else da
             da.attrs.update({"volume_shape": np.asarray(vs_b), "voxel_size": vox_b,
                              "volume_origin": vorig_b})
@@ -807,8 +807,8 @@ def joint_refinement(projections, *, options: JointRefinementOptions | None = No
             veff = _blur3d(vol, sigma, torch)
             if mt is not None:
                 veff = veff * mt
-            return posed_project(veff, ang, tilt_deg=tlt, euler_deg=e, shifts_px=sh / b,
-                                 det_shape=det_shape, voxel_size=tuple(vox_b),
+            return posed_project(veff, ang, tilt=tlt, poses=e, shifts=sh / b,
+                                 detector_shape=detector_shape, voxel_size=tuple(vox_b),
                                  pixel_size=(py * b, px * b), step=ray_step,
                                  vol_origin=tuple(vorig_b), det_origin=det_origin)
 

@@ -100,8 +100,8 @@ class Projector:
     ----------
     geometry : Geometry
         Views (angles, tilt, poses). See :mod:`ptynb.tomo.geometry` for the convention.
-    vol_shape : (nz, ny, nx)
-    det_shape : (nv, nu), optional
+    volume_shape : (nz, ny, nx)
+    detector_shape : (nv, nu), optional
         Detector rows and columns. Default ``(ny, nx)`` for tilt 90; for laminography the
         smallest centred detector that sees the whole volume from every view.
     voxel_size : float or (dz, dy, dx)
@@ -121,15 +121,15 @@ class Projector:
     reverse. Both accept numpy or cupy arrays (result on the same device), real or complex.
     """
 
-    def __init__(self, geometry: Geometry, vol_shape, det_shape=None, voxel_size=1.0,
+    def __init__(self, geometry: Geometry, volume_shape, detector_shape=None, voxel_size=1.0,
                  pixel_size=None, vol_origin=None, det_origin=None, dtype=np.float32):
         if not isinstance(geometry, Geometry):
             raise ValidationError("geometry", f"must be a ptynb.tomo.Geometry, got {type(geometry).__name__}")
         self.geometry = geometry
-        vs = tuple(int(n) for n in vol_shape)
+        vs = tuple(int(n) for n in volume_shape)
         if len(vs) != 3 or min(vs) < 1:
-            raise ValidationError("vol_shape", f"must be three positive sizes (nz, ny, nx), got {vol_shape!r}")
-        self.vol_shape = vs
+            raise ValidationError("volume_shape", f"must be three positive sizes (nz, ny, nx), got {volume_shape!r}")
+        self.volume_shape = vs
         self.voxel_size = _triple(voxel_size, "voxel_size")
         if vol_origin is None:
             vol_origin = [-(n // 2) * d for n, d in zip(vs, self.voxel_size)]
@@ -139,12 +139,12 @@ class Projector:
         self.pixel_size = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (2,)).copy()
         if not np.all(np.isfinite(self.pixel_size)) or np.any(self.pixel_size <= 0):
             raise ValidationError("pixel_size", f"must be positive and finite, got {pixel_size!r}")
-        if det_shape is None:
-            det_shape = self._default_det_shape()
-        ds = tuple(int(n) for n in det_shape)
+        if detector_shape is None:
+            detector_shape = self._default_detector_shape()
+        ds = tuple(int(n) for n in detector_shape)
         if len(ds) != 2 or min(ds) < 1:
-            raise ValidationError("detector_shape", f"must be two positive sizes (nv, nu), got {det_shape!r}")
-        self.det_shape = ds
+            raise ValidationError("detector_shape", f"must be two positive sizes (nv, nu), got {detector_shape!r}")
+        self.detector_shape = ds
         if det_origin is None:
             det_origin = [-(n // 2) * p for n, p in zip(ds, self.pixel_size)]
         self.det_origin = np.asarray(det_origin, dtype=np.float64).reshape(2)
@@ -161,18 +161,18 @@ class Projector:
     # ------------------------------------------------------------------ shapes
     @property
     def shape_in(self):
-        return self.vol_shape
+        return self.volume_shape
 
     @property
     def shape_out(self):
-        return (self.geometry.n_angles,) + self.det_shape
+        return (self.geometry.n_angles,) + self.detector_shape
 
-    def _default_det_shape(self):
-        _, ny, nx = self.vol_shape
-        if self.geometry.tilt_deg == 90.0:
+    def _default_detector_shape(self):
+        _, ny, nx = self.volume_shape
+        if self.geometry.tilt == 90.0:
             return (ny, nx)
         lo = self.vol_origin - self.voxel_size / 2
-        hi = self.vol_origin + (np.asarray(self.vol_shape) - 0.5) * self.voxel_size
+        hi = self.vol_origin + (np.asarray(self.volume_shape) - 0.5) * self.voxel_size
         corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
                             for c in (lo[2], hi[2])])
         lab = np.einsum("aij,cj->aci", self.geometry.rotations(), corners)
@@ -182,7 +182,7 @@ class Projector:
 
     def subset(self, index) -> Projector:
         """Operator for a subset of the views (same grids)."""
-        return Projector(self.geometry.subset(index), self.vol_shape, self.det_shape,
+        return Projector(self.geometry.subset(index), self.volume_shape, self.detector_shape,
                          self.voxel_size, self.pixel_size, self.vol_origin, self.det_origin,
                          self.dtype)
 
@@ -201,8 +201,8 @@ class Projector:
         ``w`` (4, S) weights (bilinear weight times the step length ``dt`` in metres);
         corners outside the volume have weight 0 and index 0.
         """
-        _, ny, nx = self.vol_shape
-        shape = np.array(self.vol_shape)
+        _, ny, nx = self.volume_shape
+        shape = np.array(self.volume_shape)
         strides = np.array([ny * nx, nx, 1])
         M = self._rot[i].T  # lab -> sample
         d = M[:, 0]  # beam direction in the sample frame
@@ -210,7 +210,7 @@ class Projector:
         dir_i = d / self.voxel_size
         k = int(np.argmax(np.abs(dir_i)))
         a, b = [m for m in range(3) if m != k]
-        nv, nu = self.det_shape
+        nv, nu = self.detector_shape
         v = self.det_origin[0] + np.arange(nv) * self.pixel_size[0] - self._shift_m[i, 0]
         u = self.det_origin[1] + np.arange(nu) * self.pixel_size[1] - self._shift_m[i, 1]
 
@@ -257,7 +257,7 @@ class Projector:
 
     def _matrix_key(self, rdt, gpu):
         g = self.geometry
-        return (g.angles_deg.tobytes(), self.vol_shape[0], self.vol_shape[2], self.det_shape[1],
+        return (g.angles.tobytes(), self.volume_shape[0], self.volume_shape[2], self.detector_shape[1],
                 tuple(self.voxel_size), tuple(self.pixel_size), tuple(self.vol_origin[[0, 2]]),
                 float(self.det_origin[1]), np.dtype(rdt).str, gpu, cpu_workers())
 
@@ -277,8 +277,8 @@ class Projector:
         ``[ja, jb)``) where ``floor(c) = -1``, resp. ``floor(c) = n_m - 1``. Every ``c`` is
         evaluated as ``c0 + s * j`` in float64, the same expression as in the matrix build.
         """
-        nz, _, nx = self.vol_shape
-        nu = self.det_shape[1]
+        nz, _, nx = self.volume_shape
+        nu = self.detector_shape[1]
         n = self.geometry.n_angles
         vs2 = self.voxel_size[[0, 2]]
         or2 = self.vol_origin[[0, 2]]
@@ -366,8 +366,8 @@ class Projector:
             from . import _kernels
 
             compiled = _kernels.available()
-        nz, _, nx = self.vol_shape
-        nu = self.det_shape[1]
+        nz, _, nx = self.volume_shape
+        nu = self.detector_shape[1]
         n = self.geometry.n_angles
         rays = self._slice_rays(runs=not compiled)  # the kernel needs no edge runs
         k, s, c0, dt, ja, jb = rays[:6]
@@ -411,7 +411,7 @@ class Projector:
                 Projector._cache.move_to_end(key)
                 return hit
         nb = _build_threads()
-        if self.geometry.n_angles * self.det_shape[1] * max(self.vol_shape[0], self.vol_shape[2]) \
+        if self.geometry.n_angles * self.detector_shape[1] * max(self.volume_shape[0], self.volume_shape[2]) \
                 < _THREAD_MIN_WORK:
             nb = 1
         return _cache_matrix(key, self._build_blocks(rdt, nb), gpu)
@@ -458,8 +458,8 @@ class Projector:
         rdt = self._rdt(arr)
         out_dt = _result_dtype(arr.dtype, rdt)
         cplx = np.dtype(out_dt).kind == "c"
-        nz, ny, nx = self.vol_shape
-        na, nu = self.geometry.n_angles, self.det_shape[1]
+        nz, ny, nx = self.volume_shape
+        na, nu = self.geometry.n_angles, self.detector_shape[1]
         rays, vc = self._kernel_rays()
         X = np.ascontiguousarray(np.transpose(arr, (0, 2, 1)).astype(out_dt, copy=False))
         X = X.reshape(-1, ny)
@@ -541,11 +541,11 @@ class Projector:
             return False
         with _RAYS_LOCK:
             seen = self._matrix_key(np.float64, False)[:-3] in _RAYS
-        ncol = self.vol_shape[1] * (2 if np.iscomplexobj(arr) else 1)
+        ncol = self.volume_shape[1] * (2 if np.iscomplexobj(arr) else 1)
         if ncol <= 2 and not seen:
             return True
-        nz, _, nx = self.vol_shape
-        nnz = 2 * self.geometry.n_angles * self.det_shape[1] * max(nz, nx)  # upper bound
+        nz, _, nx = self.volume_shape
+        nnz = 2 * self.geometry.n_angles * self.detector_shape[1] * max(nz, nx)  # upper bound
         return nnz > Projector._cache_max_nnz
 
     def _fast_apply(self, arr, transpose):
@@ -557,8 +557,8 @@ class Projector:
         ent = self._matrices(xp, rdt)
         out_dt = _result_dtype(arr.dtype, rdt)
         cplx = np.dtype(out_dt).kind == "c"
-        nz, ny, nx = self.vol_shape
-        na, nu = self.geometry.n_angles, self.det_shape[1]
+        nz, ny, nx = self.volume_shape
+        na, nu = self.geometry.n_angles, self.detector_shape[1]
         if not transpose:  # (z, y, x) -> (z*x, y)
             X = xp.ascontiguousarray(xp.transpose(arr, (0, 2, 1)).astype(out_dt, copy=False))
             X = X.reshape(nz * nx, ny)
@@ -592,12 +592,12 @@ class Projector:
         """The cached general-path operator (:class:`_SparseOp`: CSR row blocks of the
         (angle*nv*nu, nz*ny*nx) matrix, one block of consecutive views per worker thread), or
         None if too large."""
-        n_vox = int(np.prod(self.vol_shape))
+        n_vox = int(np.prod(self.volume_shape))
         est = 4 * self.geometry.n_angles * n_vox * 1.5
         if est > _SPARSE_MAX_NNZ or n_vox >= 2**31:
             return None
         gpu = xp is not np
-        key = ("general", self.geometry.key(), self.vol_shape, self.det_shape,
+        key = ("general", self.geometry.key(), self.volume_shape, self.detector_shape,
                tuple(self.voxel_size), tuple(self.pixel_size), tuple(self.vol_origin),
                tuple(self.det_origin), np.dtype(rdt).str, gpu, cpu_workers())
         with Projector._cache_lock:
@@ -607,7 +607,7 @@ class Projector:
                 return hit
         import scipy.sparse as sp
 
-        nrays = self.det_shape[0] * self.det_shape[1]
+        nrays = self.detector_shape[0] * self.detector_shape[1]
 
         def build(views):  # CSR rows of consecutive views
             rows, cols, vals = [], [], []
@@ -636,7 +636,7 @@ class Projector:
         Y = _blocks_matmul_T(ent.adj(), X, xp) if transpose else _blocks_matmul(ent.fwd, X, xp)
         if cplx:
             Y = xp.ascontiguousarray(Y).view(out_dt)
-        return Y.reshape(self.vol_shape if transpose else self.shape_out)
+        return Y.reshape(self.volume_shape if transpose else self.shape_out)
 
     def _rdt(self, arr):
         return np.float64 if (self.dtype == np.float64 or arr.dtype in (np.float64, np.complex128)) \
@@ -644,7 +644,7 @@ class Projector:
 
     def forward(self, vol):
         """Projections (angle, nv, nu) of a volume (nz, ny, nx): line integrals (m x value)."""
-        self._check(vol, self.vol_shape, "volume")
+        self._check(vol, self.volume_shape, "volume")
         if self.fast:
             return self._fast_apply(vol, transpose=False)
         xp = xp_of(vol)
@@ -655,7 +655,7 @@ class Projector:
         out_dt = _result_dtype(vol.dtype, rdt)
         cplx = np.dtype(out_dt).kind == "c"
         f = vol.astype(out_dt, copy=False).reshape(-1)
-        nrays = self.det_shape[0] * self.det_shape[1]
+        nrays = self.detector_shape[0] * self.detector_shape[1]
         out = xp.zeros((self.geometry.n_angles, nrays), dtype=out_dt)
         def one(i):
             ray, idx, w = self._view_samples(xp, i, rdt)
@@ -681,7 +681,7 @@ class Projector:
             return self._sparse_apply(ent, proj, True, rdt)
         out_dt = _result_dtype(proj.dtype, rdt)
         cplx = np.dtype(out_dt).kind == "c"
-        n = int(np.prod(self.vol_shape))
+        n = int(np.prod(self.volume_shape))
         p = proj.astype(out_dt, copy=False).reshape(self.geometry.n_angles, -1)
         nthreads = 1 if xp is not np else max(1, min(cpu_workers(), self.geometry.n_angles, 8))
         accs = [[xp.zeros(n, dtype=np.float64), xp.zeros(n, dtype=np.float64) if cplx else None]
@@ -707,7 +707,7 @@ class Projector:
         if cplx:
             acc_i = sum(a[1] for a in accs[1:]) + accs[0][1] if nthreads > 1 else accs[0][1]
             out = (acc_r + 1j * acc_i).astype(out_dt)
-        return out.reshape(self.vol_shape)
+        return out.reshape(self.volume_shape)
 
     __call__ = forward
 
@@ -717,7 +717,7 @@ class Projector:
 
     def describe(self) -> dict:
         """Attrs describing the volume grid (read back by :func:`backproject`)."""
-        return {"volume_shape": np.asarray(self.vol_shape, dtype=np.int64),
+        return {"volume_shape": np.asarray(self.volume_shape, dtype=np.int64),
                 "voxel_size": self.voxel_size.copy(),
                 "volume_origin": self.vol_origin.copy()}
 
@@ -1022,7 +1022,7 @@ def _check_values(arr, name):
 
 
 def _check_angle_range(g: Geometry):
-    a = g.angles_deg
+    a = g.angles
     if np.any(np.abs(a) > _MAX_ANGLE):
         raise ValidationError("angles", f"must lie within +/-{_MAX_ANGLE:g} degrees for geometry "
                               f"{g.kind!r}; got values up to {np.abs(a).max():.6g} (degrees, not radians?)")
@@ -1039,12 +1039,12 @@ def _on_device(arr, device):
 
 def _wrap_projections(arr, geometry: Geometry, op: Projector, **attrs):
     host_placeholder = np.broadcast_to(np.zeros((), dtype=arr.dtype), arr.shape)
-    centred = np.allclose(op.det_origin, [-(n // 2) * p for n, p in zip(op.det_shape, op.pixel_size)],
+    centred = np.allclose(op.det_origin, [-(n // 2) * p for n, p in zip(op.detector_shape, op.pixel_size)],
                           rtol=0, atol=1e-9 * float(op.pixel_size.min()))
-    da = _data.projections(host_placeholder, geometry.angles_deg, pixel_size=float(op.pixel_size[1]),
+    da = _data.projections(host_placeholder, geometry.angles, pixel_size=float(op.pixel_size[1]),
                            origin=None if centred else tuple(op.det_origin), **attrs)
     if op.pixel_size[0] != op.pixel_size[1]:
-        da = da.assign_coords(y=("y", (np.arange(op.det_shape[0]) * op.pixel_size[0]
+        da = da.assign_coords(y=("y", (np.arange(op.detector_shape[0]) * op.pixel_size[0]
                                        + op.det_origin[0]), {"units": "m"}))
     da = da.copy(data=arr)
     da.attrs.update(geometry.to_attrs())
@@ -1056,7 +1056,7 @@ def _wrap_projections(arr, geometry: Geometry, op: Projector, **attrs):
 
 def _wrap_volume(arr, op: Projector, name="volume", **attrs):
     host_placeholder = np.broadcast_to(np.zeros((), dtype=arr.dtype), arr.shape)
-    centred = np.allclose(op.vol_origin, [-(n // 2) * d for n, d in zip(op.vol_shape, op.voxel_size)],
+    centred = np.allclose(op.vol_origin, [-(n // 2) * d for n, d in zip(op.volume_shape, op.voxel_size)],
                           rtol=0, atol=1e-9 * float(op.voxel_size.min()))
     da = _data.volume(host_placeholder, voxel_size=op.voxel_size,
                       origin=None if centred else tuple(op.vol_origin), name=name, **attrs)
@@ -1108,7 +1108,7 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
     g = Geometry.make(angles, geometry, tilt, poses, shifts)
     if isinstance(geometry, Geometry):
         ang = np.asarray(angles, dtype=np.float64).reshape(-1)
-        if ang.size != g.n_angles or not np.allclose(ang, g.angles_deg):
+        if ang.size != g.n_angles or not np.allclose(ang, g.angles):
             raise ValidationError("angles", "disagree with the angles of the given Geometry")
     _check_angle_range(g)
     op = Projector(g, arr.shape, detector_shape, vs, pixel_size, origin, None, dtype)
@@ -1118,7 +1118,7 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
 
 
 def volume_grid_from_attrs(projections: xr.DataArray):
-    """(vol_shape, voxel_size, vol_origin) recorded by :func:`project`, else a default grid."""
+    """(volume_shape, voxel_size, vol_origin) recorded by :func:`project`, else a default grid."""
     a = projections.attrs
     pv = _coord_spacing(projections, "y") or float(a.get("pixel_size", 1.0))
     pu = _coord_spacing(projections, "x") or float(a.get("pixel_size", 1.0))

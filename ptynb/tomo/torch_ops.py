@@ -9,7 +9,8 @@
   (:mod:`ptynb.tomo.geometry`) through ``torch.nn.functional.grid_sample``: every ray is
   sampled at uniform steps with trilinear interpolation and summed, so gradients flow to the
   volume **and** to the per-view pose (extrinsic x-y-z Euler angles, degrees) and detector
-  shifts (pixels). It agrees with the Joseph projector to interpolation accuracy.
+  shifts (pixels); its matrices come from :mod:`ptynb.physics.rotations` (the same formulas
+  as the numpy geometry, on tensors). It agrees with the Joseph projector to interpolation accuracy.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..backend import from_torch, to_torch
 from ..data import ValidationError
-from .geometry import Geometry
+from ..physics.rotations import resolve_tilt, sample_to_lab
 from .projector import Projector
 
 __all__ = [
@@ -99,9 +100,9 @@ def __getattr__(name):
 
 def project_torch(volume, projector: Projector):
     """Differentiable ``projector.forward`` on a tensor (nz, ny, nx) -> (angle, nv, nu)."""
-    if tuple(volume.shape) != projector.vol_shape:
+    if tuple(volume.shape) != projector.volume_shape:
         raise ValidationError("volume", f"has shape {tuple(volume.shape)}; the projector expects "
-                              f"{projector.vol_shape}")
+                              f"{projector.volume_shape}")
     return _funcs()[0].apply(volume, projector)
 
 
@@ -132,56 +133,37 @@ def ProjectorModule(projector: Projector):
 
 
 # ---------------------------------------------------------------------------- pose path
-def _rot(axis, a):
+def rotation_matrices_torch(angles, tilt=None, poses=None):
+    """Sample-to-lab matrices (angle, 3, 3) in torch: :func:`ptynb.physics.rotations.sample_to_lab`
+    (``R = Rz(rz) Ry(ry) Rx(rx) @ Rx(90 - tilt) @ Ry(angle)``) on tensors, so gradients flow to
+    any argument that requires them. Degrees; ``tilt=None`` is 90 (no tilt, see
+    :func:`~ptynb.physics.rotations.resolve_tilt`); ``poses`` (angle, 3) = (rx, ry, rz)."""
     torch = _torch()
-    c, s = torch.cos(a), torch.sin(a)
-    o, z = torch.ones_like(a), torch.zeros_like(a)
-    if axis == "y":
-        rows = [[c, z, -s], [z, o, z], [s, z, c]]
-    elif axis == "x":
-        rows = [[c, s, z], [-s, c, z], [z, z, o]]
-    else:
-        rows = [[o, z, z], [z, c, s], [z, -s, c]]
-    return torch.stack([torch.stack(r, -1) for r in rows], -2)
+    ang = torch.as_tensor(angles)
+    ang = ang if ang.is_floating_point() else ang.to(torch.float64)
+    if tilt is None:
+        tilt = resolve_tilt("posed", None)
+    return sample_to_lab(ang, tilt, poses)
 
 
-def rotation_matrices_torch(angles_deg, tilt_deg=90.0, euler_deg=None):
-    """Sample-to-lab matrices (angle, 3, 3) in torch, the convention of :class:`Geometry`.
-
-    ``R = Rz(rz) Ry(ry) Rx(rx) @ Rx(90 - tilt) @ Ry(angle)``; all arguments may be tensors
-    that require gradients (degrees).
-    """
-    torch = _torch()
-    ang = torch.as_tensor(angles_deg)
-    dt = ang.dtype if ang.is_floating_point() else torch.float64
-    ang = ang.to(dt)
-    R = _rot("y", torch.deg2rad(ang))
-    tilt = torch.as_tensor(tilt_deg, dtype=dt, device=ang.device)
-    R = _rot("x", torch.deg2rad(90.0 - tilt)).expand_as(R) @ R
-    if euler_deg is not None:
-        e = torch.deg2rad(torch.as_tensor(euler_deg).to(dt))
-        E = _rot("z", e[..., 2]) @ _rot("y", e[..., 1]) @ _rot("x", e[..., 0])
-        R = E @ R
-    return R
-
-
-def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_px=None,
-                  det_shape=None, voxel_size=1.0, pixel_size=None, step=0.5, vol_origin=None,
+def posed_project(volume, angles, *, tilt=None, poses=None, shifts=None,
+                  detector_shape=None, voxel_size=1.0, pixel_size=None, step=0.5, vol_origin=None,
                   det_origin=None, batch=16):
     """Torch-native projector with differentiable poses (grid_sample ray marching).
 
     Parameters
     ----------
     volume : tensor (nz, ny, nx), real or complex, float32/float64
-    angles_deg : array or tensor (angle,)
+    angles : array or tensor (angle,)
         Nominal angles (degrees).
-    tilt_deg : float
-        Rotation-axis-to-beam angle (90 = tomography).
-    euler_deg : tensor (angle, 3), optional
-        Extrinsic x-y-z pose corrections (degrees) - may require grad.
-    shifts_px : tensor (angle, 2), optional
+    tilt : float, optional
+        Rotation-axis-to-beam angle (degrees; 90 = tomography). None: 90, the nominal
+        rotation of a posed geometry (:func:`ptynb.physics.rotations.resolve_tilt`).
+    poses : tensor (angle, 3), optional
+        Extrinsic x-y-z pose corrections (rx, ry, rz), degrees - may require grad.
+    shifts : tensor (angle, 2), optional
         Detector shifts (s_y, s_x) in pixels - may require grad.
-    det_shape : (nv, nu), optional
+    detector_shape : (nv, nu), optional
         Default (ny, nx).
     voxel_size : float or (dz, dy, dx)
         Metres (the projections are line integrals in metres).
@@ -212,7 +194,7 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
     vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
     ps = np.broadcast_to(np.asarray(vs[1:] if pixel_size is None else pixel_size,
                                     dtype=np.float64), (2,))
-    nv, nu = (ny, nx) if det_shape is None else tuple(int(n) for n in det_shape)
+    nv, nu = (ny, nx) if detector_shape is None else tuple(int(n) for n in detector_shape)
     if vol_origin is None:
         vol_origin = [-(n // 2) * d for n, d in zip((nz, ny, nx), vs)]
     if det_origin is None:
@@ -223,11 +205,11 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
     gscale_np = 2.0 / (np.maximum(np.array([nz, ny, nx]) - 1, 1) * vs)
     gscale = torch.as_tensor(gscale_np[::-1].copy(), dtype=rdt, device=dev)  # (x, y, z)
     goff = torch.as_tensor((-gscale_np * vo_np - 1.0)[::-1].copy(), dtype=rdt, device=dev)
-    ang = torch.as_tensor(np.array(angles_deg, dtype=np.float64, copy=True) if not torch.is_tensor(angles_deg)
-                          else angles_deg, dtype=rdt, device=dev).reshape(-1)
+    ang = torch.as_tensor(np.array(angles, dtype=np.float64, copy=True) if not torch.is_tensor(angles)
+                          else angles, dtype=rdt, device=dev).reshape(-1)
     na = ang.numel()
-    eul = None if euler_deg is None else torch.as_tensor(euler_deg, dtype=rdt, device=dev).reshape(na, 3)
-    R = rotation_matrices_torch(ang, tilt_deg, eul)  # (na, 3, 3)
+    eul = None if poses is None else torch.as_tensor(poses, dtype=rdt, device=dev).reshape(na, 3)
+    R = rotation_matrices_torch(ang, resolve_tilt("posed", tilt), eul)  # (na, 3, 3)
     # ray sampling: centred on the rotation origin, long enough for the volume diagonal
     lo = np.asarray(vol_origin, dtype=np.float64) - vs
     hi = lo + (np.array([nz, ny, nx]) + 1) * vs
@@ -237,8 +219,8 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
     t = (torch.arange(nt, dtype=rdt, device=dev) - (nt - 1) / 2) * dt
     v = torch.as_tensor(det_origin[0] + np.arange(nv) * ps[0], dtype=rdt, device=dev)
     u = torch.as_tensor(det_origin[1] + np.arange(nu) * ps[1], dtype=rdt, device=dev)
-    if shifts_px is not None:
-        sh = torch.as_tensor(shifts_px, dtype=rdt, device=dev).reshape(na, 2)
+    if shifts is not None:
+        sh = torch.as_tensor(shifts, dtype=rdt, device=dev).reshape(na, 2)
         sv = sh[:, 0] * float(ps[0])
         su = sh[:, 1] * float(ps[1])
     else:
@@ -266,8 +248,3 @@ def posed_project(volume, angles_deg, *, tilt_deg=90.0, euler_deg=None, shifts_p
     if cplx:
         return torch.complex(out[:, 0], out[:, 1])
     return out[:, 0]
-
-
-def projector_from_geometry(geometry: Geometry, vol_shape, **kw) -> Projector:
-    """Convenience: a :class:`Projector` for ``geometry`` (float64 if ``dtype`` given so)."""
-    return Projector(geometry, vol_shape, **kw)
