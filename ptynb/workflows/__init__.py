@@ -22,6 +22,7 @@ __all__ = ["Workflow", "WorkflowSettings", "Step", "Run", "register", "get", "na
 #: built-in workflows: name -> "module:attribute" of their Workflow object
 BUILTIN: dict[str, str] = {
     "stereo": "ptynb.workflows.stereo:WORKFLOW",
+    "mspt": "ptynb.workflows.mspt:WORKFLOW",
 }
 
 _REGISTRY: dict[str, Workflow | str] = dict(BUILTIN)
