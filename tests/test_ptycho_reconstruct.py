@@ -2,12 +2,13 @@
 leading angle/beam dims, GPU parity. Small problems (32 x 32 detector, 16-25 positions)."""
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
 import pytest
 import xarray as xr
-from test_ptycho_utils import object_error, two_layer_xray_data, xray_data
+from test_ptycho_utils import object_error, projected_error, two_layer_xray_data, xray_data
 
 import ptynb
 from ptynb.backend import gpu_available
@@ -280,25 +281,126 @@ def test_gpu_matches_cpu(small, engine, kw):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * np.abs(b).max())
 
 
-def test_initial_probe_from_attrs(small):
+# ----------------------------------------------------------------------------- initial probe
+NOMINAL_KEYS = ("nominal_defocus", "zone_plate_diameter", "zone_plate_outer_zone_width",
+                "central_stop_diameter", "convergence_semiangle", "nominal_Cs")
+
+
+def _no_optics(ds):
+    """The measurement without any optics attrs: nominal ones and the probe_* truth."""
+    out = ds.copy()
+    out.attrs = {k: v for k, v in ds.attrs.items()
+                 if not k.startswith("probe_") and k not in NOMINAL_KEYS}
+    return out
+
+
+def _overlap(p, q):
+    return abs(np.vdot(p, q)) / (np.linalg.norm(p) * np.linalg.norm(q))
+
+
+def test_initial_probe_from_nominal_attrs(small):
+    """The start is the zone plate a user knows (nominal defocus, 15 % off the truth here),
+    not the truth: overlap with the nominal probe 1 (to float32), with the true probe 0.85
+    (measured 0.853 on this 32 px window)."""
     from ptynb.physics.probes import zone_plate_probe
     from ptynb.ptycho import initial_probe
 
-    p = initial_probe(small, 32)[0]
     a = small.attrs
-    ref = zone_plate_probe(32, a["pixel_size"], a["energy_eV"], diameter=a["probe_diameter"],
-                           outer_zone_width=a["probe_outer_zone_width"],
-                           central_stop_diameter=a["probe_central_stop_diameter"],
-                           defocus=a["probe_defocus"], check_window=False).values
-    c = abs(np.vdot(p, ref)) / (np.linalg.norm(p) * np.linalg.norm(ref))
-    assert c > 0.9999
-    # without probe attrs: the mean-amplitude guess, centred in the window
-    bare = small.copy()
-    bare.attrs = {k: v for k, v in small.attrs.items() if not k.startswith("probe_")}
-    q = initial_probe(bare, 32)[0]
-    yy, xx = np.mgrid[:32, :32]
-    w = np.abs(q) ** 2
-    assert abs((w * yy).sum() / w.sum() - 16) < 1 and abs((w * xx).sum() / w.sum() - 16) < 1
+    assert abs(a["nominal_defocus"] / a["probe_defocus"] - 1) == pytest.approx(0.15)
+    p = initial_probe(small, 32)[0]
+    ref = zone_plate_probe(32, a["pixel_size"], a["energy_eV"], diameter=a["zone_plate_diameter"],
+                           outer_zone_width=a["zone_plate_outer_zone_width"],
+                           central_stop_diameter=a["central_stop_diameter"],
+                           defocus=a["nominal_defocus"], check_window=False).values
+    assert _overlap(p, ref) > 0.9999
+    assert _overlap(p, small["true_probe"].values[0]) < 0.95
+
+
+def test_reconstruction_input_reads_no_truth(small):
+    """Perturbing every true_* variable and every probe_* (truth) attr, and the simulator's
+    error setting, leaves the initial probe and a reconstruction bit for bit unchanged; a
+    nominal attr does change them (so the comparison can fail)."""
+    from ptynb.ptycho import initial_probe
+
+    rng = np.random.default_rng(7)
+    bent = small.copy(deep=True)
+    for v in [v for v in bent.data_vars if v.startswith("true_")]:
+        bent[v] = bent[v] * (1.5 + rng.random(bent[v].shape))
+    truth_attrs = [k for k in bent.attrs if k.startswith("probe_") or k == "nominal_defocus_error"]
+    assert {"probe_defocus", "probe_diameter", "probe_outer_zone_width"} <= set(truth_attrs)
+    for k in truth_attrs:
+        v = bent.attrs[k]
+        bent.attrs[k] = v + "_x" if isinstance(v, str) else np.asarray(v) * 1.37 + 1e-7
+    kw = dict(engine="lsqml", iterations=2, progress=False)
+    np.testing.assert_array_equal(initial_probe(bent, 32), initial_probe(small, 32))
+    r0, r1 = reconstruct(_clean(small), **kw), reconstruct(bent, **kw)
+    for v in ("object", "probe", "cost"):
+        np.testing.assert_array_equal(r1[v].values, r0[v].values)
+    moved = small.copy()
+    moved.attrs = dict(small.attrs, nominal_defocus=small.attrs["nominal_defocus"] * 1.1)
+    assert not np.array_equal(initial_probe(moved, 32), initial_probe(small, 32))
+
+
+@pytest.fixture(scope="module")
+def xdemo():
+    from ptynb.simulate import demo
+
+    return demo("xray")
+
+
+def test_data_only_probe_beats_flat_object(xdemo):
+    """No optics attrs at all (X-ray demo, 64 px, 0.3 mm defocus): the defocus is measured
+    from the bright-field parallax (0.302 mm) and the probe from the mean pattern. 40 LSQ-ML
+    iterations then reach object NRMSE 0.009 (the true probe: 0.009), against 0.139 for the
+    flat object (no reconstruction) and 0.177 from the former fallback (inverse FFT of the
+    mean amplitude, flat phase), which this test also runs to show it fails the bound."""
+    from ptynb.ptycho import initial_probe
+    from ptynb.ptycho.probe_start import estimate_defocus
+
+    bare = _no_optics(xdemo)
+    z = estimate_defocus(bare)
+    assert abs(z / xdemo.attrs["probe_defocus"] - 1) < 0.05, z
+    flat = object_error(reconstruct(bare, iterations=0, progress=False), xdemo)
+    assert 0.13 < flat < 0.15
+    p = initial_probe(bare, 64)[0]
+    assert _overlap(p, xdemo["true_probe"].values[0]) > 0.99  # measured 0.997
+    rec = reconstruct(bare, engine="lsqml", iterations=40, progress=False)
+    err = object_error(rec, xdemo)
+    assert err < 0.25 * flat, (err, flat)
+    amp = np.sqrt(xdemo["intensity"].values.mean(0))
+    old = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp))).astype(np.complex64)
+    e_old = object_error(reconstruct(bare, engine="lsqml", iterations=40, probe=old,
+                                     progress=False), xdemo)
+    assert not e_old < 0.25 * flat, e_old
+
+
+def test_data_only_defocus_electron_and_estimated_nominal():
+    """The parallax estimate on 4D-STEM data (200 keV, 20 mrad, 15 nm underfocus: measured
+    15.9 nm) and on zone-plate attrs without a nominal defocus (used in its place)."""
+    from ptynb.ptycho import initial_probe
+    from ptynb.ptycho.probe_start import estimate_defocus
+    from ptynb.simulate import demo
+
+    e = demo("electron")
+    z = estimate_defocus(_no_optics(e))
+    assert abs(-z / e.attrs["probe_defocus"] - 1) < 0.15, z  # electron defocus = -z
+    ds = xray_data(n=64, grid=10, defocus=0.4e-3)
+    nod = ds.copy()
+    nod.attrs = {k: v for k, v in ds.attrs.items() if k != "nominal_defocus"}
+    p = initial_probe(nod, 64)[0]
+    assert _overlap(p, ds["true_probe"].values[0]) > 0.97
+
+
+def test_no_optics_and_no_parallax_refuses():
+    """A focused probe (no bright-field parallax between neighbours) and no optics attrs:
+    a ValidationError naming the attrs to give, before any iteration."""
+    ds = _no_optics(xray_data(n=32, grid=5, defocus=0.0))
+    with pytest.raises(ValidationError, match="zone_plate_diameter.*nominal_defocus"):
+        reconstruct(ds, iterations=1, progress=False)
+    from ptynb.ptycho.probe_start import estimate_defocus
+
+    z, score = estimate_defocus(ds, return_score=True)
+    assert z is None and score < 0.2  # measured 0.134, and 1.3x the other sign's 0.102
 
 
 def _dead_pixels():
@@ -308,14 +410,40 @@ def _dead_pixels():
     return mask
 
 
-def _assert_same_run(a, b, fields=True, cost_rtol=1e-4):
-    """Compiled (``a``) and generic (``b``) runs agree: object and probe to 1e-4 of their
-    maxima (float32 rounding), the cost history to ``cost_rtol``."""
+#: float32 machine epsilon (1.19e-7)
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def rounding_bound(n_patterns, n, slices=1):
+    """Relative float32 rounding bound of one iteration: ``4 eps J L log2(n^2)``.
+
+    Each of the ``J`` (sequential) pattern updates does a forward and an inverse FFT of
+    ``n x n`` per slice (relative rounding ``~eps log2(n^2)`` each) and the ``J L`` updates
+    accumulate (worst case, linearly). For J = 25, n = 32: 1.2e-4 (one slice), 3.6e-4 (three).
+    Measured fused-vs-generic differences after one iteration: at most 2.9e-5 (rPIE, Gaussian,
+    masked), 9e-6 (three slices), 4e-7 (LSQ-ML, non-chaotic cases), cost 1e-5: the same
+    arithmetic in another order, on any IEEE-754 CPU. The bound does not depend on the CPU.
+    """
+    return 4.0 * F32_EPS * n_patterns * slices * math.log2(n * n)
+
+
+def _assert_same_run(a, b, bound, fields=True):
+    """Compiled (``a``) and generic (``b``) runs after ONE iteration agree to float32
+    rounding: object, probe (max difference relative to the max) and cost within ``bound``
+    (:func:`rounding_bound`)."""
     if fields:
         for v in ("object", "probe"):
             x, y = a[v].values, b[v].values
-            assert np.abs(x - y).max() < 1e-4 * np.abs(y).max(), v
-    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=cost_rtol)
+            d = np.abs(x - y).max() / np.abs(y).max()
+            assert d < bound, (v, d, bound)
+    np.testing.assert_allclose(a["cost"].values, b["cost"].values, rtol=bound)
+
+
+#: after many iterations fused and generic runs are compared with the TRUTH, never with each
+#: other (two float32 trajectories of a non-linear iteration drift apart at rounding level,
+#: differently on every CPU): both must reach the same bound.
+TRUTH_BOUND_2D = 0.05  # object NRMSE after 15 its, measured 0.014-0.034; flat start 0.118
+TRUTH_BOUND_MS = 0.08  # projected NRMSE after 10 its, measured 0.027-0.055; flat start 0.145
 
 
 @pytest.mark.parametrize("noise,masked,subpixel,extra", [
@@ -324,8 +452,9 @@ def _assert_same_run(a, b, fields=True, cost_rtol=1e-4):
     ("gaussian", True, "round", {"modes": 2}), ("poisson", False, True, {"slices": 2})])
 def test_lsqml_fused_equals_generic(small, noise, masked, subpixel, extra):
     """LSQ-ML's compiled CPU passes (object sums and scatters, step-length sums; with one mode
-    also the detector step) give the generic numpy code's object, probe and cost: to float32
-    rounding after one iteration, and the same error against the truth after 15. Whole-pixel
+    also the detector step) give the generic numpy code's object, probe and cost to float32
+    rounding (:func:`rounding_bound`) after one iteration; after 15 both reach the truth
+    (object NRMSE < TRUTH_BOUND_2D; two slices: projected NRMSE < TRUTH_BOUND_MS). Whole-pixel
     and sub-pixel positions, masks, both step rules, probe modes and two slices."""
     from ptynb.ptycho import _kernels
 
@@ -342,18 +471,23 @@ def test_lsqml_fused_equals_generic(small, noise, masked, subpixel, extra):
     kw = dict(engine="lsqml", subpixel=subpixel, noise=noise, progress=False, mask=mask, **extra)
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
-    # Gaussian noise with sub-pixel shifts amplifies rounding: far-field pixels where the model
-    # is ~0 get the phase of its rounding noise. There the generic code alone, started from
-    # the probe times (1 + 1e-7 noise), moves the object by 0.049 after one iteration (fused vs
-    # generic: 0.033); with Poisson noise by 3e-7. So that case is compared by its error below.
+    # Gaussian noise with sub-pixel shifts is chaotic at rounding level: far-field pixels where
+    # the model is ~0 get the phase of its rounding noise. There the generic code alone,
+    # started from the probe times (1 + 1e-7 noise), moves the object by 0.05 (cost by 5e-3)
+    # after one iteration; fused vs generic: 0.04 (cost 2.4e-3), also on noise-free data. No
+    # rounding bound exists for that case, so it is checked against the truth only (the same
+    # compiled kernels are checked to rounding with whole-pixel shifts and with Poisson noise).
     chaotic = noise == "gaussian" and subpixel is True
-    _assert_same_run(a, b, fields=not chaotic, cost_rtol=1e-3 if chaotic else 1e-4)
-    if "slices" in extra:  # per-slice accuracy is the multislice tests' business
-        return
+    if not chaotic:
+        _assert_same_run(a, b, rounding_bound(ds.sizes["scan"], ds.sizes["qy"],
+                                              extra.get("slices", 1)))
     a = reconstruct(ds, fused=True, iterations=15, **kw)
     b = reconstruct(ds, fused=False, iterations=15, **kw)
-    ea, eb = object_error(a, truth), object_error(b, truth)
-    assert ea < 0.1 and abs(ea - eb) < 0.05 * eb, (ea, eb)
+    if "slices" in extra:
+        ea, eb, bound = projected_error(a, truth), projected_error(b, truth), TRUTH_BOUND_MS
+    else:
+        ea, eb, bound = object_error(a, truth), object_error(b, truth), TRUTH_BOUND_2D
+    assert ea < bound and eb < bound, (ea, eb, bound)
 
 
 @pytest.mark.parametrize("engine,noise,masked,subpixel,modes,slices", [
@@ -364,7 +498,11 @@ def test_fused_multislice_sweep_equals_generic_loop(engine, noise, masked, subpi
                                                     slices):
     """The compiled multislice PIE sweep (exit waves, propagation, detector step, slice and
     incident-wave updates, back-propagation) does the generic loop's arithmetic: same slices,
-    probe and cost to float32 rounding after one iteration; after 10 the same misfit."""
+    probe and cost to float32 rounding (:func:`rounding_bound`) after one iteration. After 10
+    iterations both reach the truth: projected NRMSE (slice product) < TRUTH_BOUND_MS, for
+    two slices (the truth's two layers). A three-slice model of the two-layer sample does not
+    approach the truth in 10-30 iterations (projected NRMSE 0.12-0.2 against 0.145 for the
+    flat start, measured), so three slices are checked after one iteration only."""
     from ptynb.ptycho import _kernels
 
     if not _kernels.available():
@@ -376,11 +514,13 @@ def test_fused_multislice_sweep_equals_generic_loop(engine, noise, masked, subpi
               modes=modes, slices=slices, slice_thickness=float(truth.attrs["slice_thickness"]))
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
-    _assert_same_run(a, b)
+    _assert_same_run(a, b, rounding_bound(ds.sizes["scan"], ds.sizes["qy"], slices))
+    if slices != truth["true_object"].sizes["slice"]:
+        return
     a = reconstruct(ds, fused=True, iterations=10, **kw)
     b = reconstruct(ds, fused=False, iterations=10, **kw)
-    ca, cb = float(a["cost"].values[-1]), float(b["cost"].values[-1])
-    assert abs(ca - cb) < 0.05 * cb, (ca, cb)
+    ea, eb = projected_error(a, truth), projected_error(b, truth)
+    assert ea < TRUTH_BOUND_MS and eb < TRUTH_BOUND_MS, (ea, eb)
 
 
 # ----------------------------------------------------------------------------- fused CPU sweep
@@ -391,31 +531,28 @@ def test_fused_multislice_sweep_equals_generic_loop(engine, noise, masked, subpi
     ("epie", "poisson", False, True, 3), ("rpie", "gaussian", True, "round", 2)])
 def test_fused_sweep_equals_generic_loop(small, engine, noise, masked, subpixel, modes):
     """The compiled CPU sweep (ptynb.ptycho._kernels) does the generic loop's arithmetic: same
-    object, probe and cost to float32 rounding after one iteration, with and without a
-    detector mask, whole-pixel and exact sub-pixel positions, one and several probe modes,
-    probe updates from the first iteration. (Over more iterations rounding
-    differences grow, as they do between any two float32 runs: the modulus constraint gives
-    far-field pixels where the model is ~0 the phase of its rounding noise. A relative 1e-6
-    change of the initial probe moves the generic loop's object by 0.03-0.06 after one
-    iteration. So longer runs are compared by their error against the truth.)"""
+    object, probe and cost to float32 rounding (:func:`rounding_bound`) after one iteration,
+    with and without a detector mask, whole-pixel and exact sub-pixel positions, one and
+    several probe modes, probe updates from the first iteration. (Over more iterations
+    rounding differences grow, as they do between any two float32 runs: the modulus
+    constraint gives far-field pixels where the model is ~0 the phase of its rounding noise.
+    So after 15 iterations both are compared with the truth: object NRMSE < TRUTH_BOUND_2D.)"""
     from ptynb.ptycho import _kernels
 
     if not _kernels.available():
         pytest.skip("numba not installed")
-    ds = _clean(small)
+    truth = small if modes == 1 else xray_data(n=32, grid=5, counts=1e6, modes=modes)
+    ds = _clean(truth)
     mask = _dead_pixels() if masked else None
-    if modes > 1:
-        ds = _clean(xray_data(n=32, grid=5, counts=1e6, modes=modes))
     kw = dict(engine=engine, subpixel=subpixel, noise=noise, progress=False, mask=mask,
               modes=modes)
     a = reconstruct(ds, fused=True, iterations=1, **kw)
     b = reconstruct(ds, fused=False, iterations=1, **kw)
-    _assert_same_run(a, b)
+    _assert_same_run(a, b, rounding_bound(ds.sizes["scan"], ds.sizes["qy"]))
     a = reconstruct(ds, fused=True, iterations=15, **kw)
     b = reconstruct(ds, fused=False, iterations=15, **kw)
-    truth = small if modes == 1 else xray_data(n=32, grid=5, counts=1e6, modes=modes)
     ea, eb = object_error(a, truth), object_error(b, truth)
-    assert ea < 0.1 and abs(ea - eb) < 0.1 * eb, (ea, eb)
+    assert ea < TRUTH_BOUND_2D and eb < TRUTH_BOUND_2D, (ea, eb)
 
 
 # ----------------------------------------------------------------------------- cancel with leading dims
@@ -495,7 +632,6 @@ def _far_apart(distance_px):
 
 
 def test_far_apart_positions_refused_before_allocation(monkeypatch):
-    import time
     import tracemalloc
 
     from ptynb.ptycho import memory
@@ -506,14 +642,14 @@ def test_far_apart_positions_refused_before_allocation(monkeypatch):
                         lambda device="cpu": {"host": 16 * 2**30, "device": None})
     ds = _far_apart(distance)
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
         with pytest.raises(memory.InsufficientMemoryError) as ei:
             reconstruct(ds, engine="epie", iterations=1, progress=False)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - t0 < 5.0
+    # (no wall-clock bound: it depends on the machine and its load; the allocation peak is
+    # the machine-independent measure of "refused before allocating")
     assert peak < 20 * 2**20  # nothing object-sized was allocated
     import re
 

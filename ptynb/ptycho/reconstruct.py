@@ -83,22 +83,32 @@ def initial_probe(measurement: xr.Dataset, n: int, modes: int = 1, upsample: int
                   probe=None) -> np.ndarray:
     """Initial probe modes (mode, n, n) complex64, power matched to the mean pattern.
 
-    Sources, in order: ``probe`` (array or DataArray (py, px) or (mode, py, px)); an electron
-    probe from the attrs ``convergence_semiangle`` (rad) and optional ``defocus`` (m) and
-    ``Cs`` (m) (or ``probe_defocus``/``probe_Cs`` as written by :mod:`ptynb.simulate`) via
-    :func:`ptynb.physics.electron_probe`; an X-ray zone-plate probe from the attrs
-    ``probe_diameter``, ``probe_outer_zone_width`` and optional
-    ``probe_central_stop_diameter``, ``probe_defocus`` (m) via
-    :func:`ptynb.physics.zone_plate_probe`; otherwise the inverse FFT of the mean diffraction
-    amplitude with a flat phase (a focused, aberration-free guess centred in the window: fine
-    for a focused probe, slow to converge for a strongly defocused one -- then pass ``probe``). Missing modes are added as the first mode times low-order
-    polynomials (y, x, xy, ...) at 10% of its power and then orthogonalised. The total power
-    ``sum |P|^2`` is set to the mean measured counts per pattern, except for a given ``probe``
-    whose power is already within a factor 2 of it (then it is used as is).
+    Sources, in order (only what a user knows; never the ``true_*`` variables or the
+    ``probe_*`` attrs that :mod:`ptynb.simulate` keeps as ground truth):
+
+    1. ``probe``: an array or DataArray (py, px) or (mode, py, px).
+    2. The *nominal* optics in the measurement attrs (:func:`~ptynb.ptycho.probe_start.nominal_probe`):
+       electrons (``radiation="electron"``): ``convergence_semiangle`` (rad), ``nominal_defocus``
+       (m, positive = underfocus; ``defocus`` accepted) and optional ``nominal_Cs`` (``Cs``, m),
+       via :func:`ptynb.physics.electron_probe`; X-rays: ``zone_plate_diameter``,
+       ``zone_plate_outer_zone_width``, optional ``central_stop_diameter`` and
+       ``nominal_defocus`` (m, positive = downstream of the focus), via
+       :func:`ptynb.physics.zone_plate_probe`. A missing defocus is measured from the data.
+    3. The data alone (:func:`~ptynb.ptycho.probe_start.data_probe`): pupil amplitude
+       ``sqrt(mean pattern)`` on its bright-field support, propagated to the defocus measured
+       from the parallax of the bright-field shadow between neighbouring patterns
+       (:func:`~ptynb.ptycho.probe_start.estimate_defocus`). Where that parallax cannot be
+       measured (focused or very strongly defocused probe, too little overlap) a
+       ValidationError names the attrs to give.
+
+    Missing modes are added as the first mode times low-order polynomials (y, x, xy, ...) at
+    10% of its power and then orthogonalised. The total power ``sum |P|^2`` is set to the mean
+    measured counts per pattern, except for a given ``probe`` whose power is already within
+    a factor 2 of it (then it is used as is).
     """
-    attrs = measurement.attrs
+    from . import probe_start
+
     inten = measurement["intensity"]
-    dx = float(attrs["pixel_size"])
     if probe is not None:
         p = np.asarray(to_host(probe.data if isinstance(probe, xr.DataArray) else probe))
         if p.ndim == 2:
@@ -118,38 +128,10 @@ def initial_probe(measurement: xr.Dataset, n: int, modes: int = 1, upsample: int
             raise ValidationError("probe", "contains NaN or inf")
         p = p.astype(np.complex64)
     else:
-        p = None
-        semi = attrs.get("convergence_semiangle")
-        if semi is not None and attrs.get("radiation") == "electron":
-            try:
-                from ..physics import probes as _probes
-
-                p = np.asarray(to_host(_probes.electron_probe(
-                    (n, n), dx, float(attrs["energy_eV"]), float(semi),
-                    defocus=float(attrs.get("defocus", attrs.get("probe_defocus", 0.0))),
-                    Cs=float(attrs.get("Cs", attrs.get("probe_Cs", 0.0))))))
-                p = p.astype(np.complex64)[None]
-            except ImportError:  # pragma: no cover
-                p = None
-        zp = (attrs.get("radiation") == "xray" and attrs.get("probe_diameter") is not None
-              and attrs.get("probe_outer_zone_width") is not None)
-        if p is None and zp:
-            from ..physics import probes as _probes
-
-            csd = attrs.get("probe_central_stop_diameter")
-            p = np.asarray(to_host(_probes.zone_plate_probe(
-                n, dx, float(attrs["energy_eV"]), diameter=float(attrs["probe_diameter"]),
-                outer_zone_width=float(attrs["probe_outer_zone_width"]),
-                central_stop_diameter=None if csd is None else float(csd),
-                defocus=float(attrs.get("probe_defocus", 0.0)), check_window=False)))
-            p = p.astype(np.complex64)[None]
+        p = probe_start.nominal_probe(measurement, n)
         if p is None:
-            mean = np.asarray(inten.mean(dim=[d for d in inten.dims if d not in ("qy", "qx")]))
-            amp = np.sqrt(np.maximum(mean, 0)).astype(np.float32)
-            if upsample > 1:
-                amp = np.repeat(np.repeat(amp, upsample, 0), upsample, 1) / upsample
-            p0 = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp), norm="ortho"))
-            p = p0.astype(np.complex64)[None]
+            p = probe_start.data_probe(measurement, n, upsample)
+        p = np.asarray(p).astype(np.complex64)[None]
     if p.shape[0] < modes:
         yy, xx = np.mgrid[:n, :n].astype(np.float32)
         yy = (yy - n // 2) / (n / 4)
