@@ -213,3 +213,12 @@ def test_index_and_routes_read_the_registry():
         from ptynb.workflows import _REGISTRY
 
         _REGISTRY.pop("toy", None)
+
+
+def test_missing_views_module_falls_back_to_tree_views():
+    import dataclasses
+
+    wf = dataclasses.replace(TOY, views="ptynb.viz.no_such_module:views")
+    app = WorkflowApp(wf)
+    app.run()
+    assert not app.error.visible and list(app.tabs._names)[0] == "Summary"

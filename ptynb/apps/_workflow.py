@@ -179,9 +179,14 @@ class WorkflowApp(pn.viewable.Viewer):
 
     def views(self, tree: xr.DataTree) -> list:
         """The tabs of a result: the workflow's views function (default ``viz.tree_views``)."""
-        fn = self.workflow.views_function() if hasattr(self.workflow, "views_function") else None
-        if fn is None:
-            from ..viz import tree_views as fn
+        from ..viz import tree_views
+
+        fn = tree_views
+        if getattr(self.workflow, "views", None):
+            try:
+                fn = self.workflow.views_function()
+            except (ImportError, AttributeError):  # its viz module is not written yet
+                fn = tree_views
         return fn(tree, self.settings)
 
     def make_pane(self, tab: str, obj):

@@ -41,7 +41,7 @@ class StereoApp(WorkflowApp):
 
     def __init__(self, settings=None, result: xr.DataTree | None = None, **params):
         self.shift_slider = pn.widgets.FloatSlider(name="extra shift of the second view (px)", start=-10.0,
-                                                   end=10.0, step=0.1, value=0.0, width=300,
+                                                   end=10.0, step=0.1, value=0.0, width=300, format="0.0",
                                                    css_classes=["ptynb-shift"])
         self.red_view = pn.widgets.Select(name="red view", options=["left", "right"], value="left", width=100)
         self.cyan_view = pn.widgets.Select(name="cyan view", options=["left", "right"], value="right", width=100)
