@@ -9,6 +9,13 @@ with the ground truth kept alongside as extra variables (ignored by validation):
   requested counts), on the fine simulation grid;
 * ``true_volume`` (z, y, x) for :func:`tomography`.
 
+The true probe's parameters are also kept as ``probe_*`` attrs (ground truth, like
+``true_probe``). What an experimenter knows of the optics is recorded separately as the
+*nominal* attrs (``zone_plate_diameter``, ``zone_plate_outer_zone_width``,
+``central_stop_diameter``, ``convergence_semiangle``, ``nominal_Cs``, and ``nominal_defocus``,
+off from the truth by ``nominal_defocus_error``, default 15 %): the reconstruction
+(:func:`ptynb.ptycho.initial_probe`) reads only those, never the truth.
+
 Forward model (:func:`ptychography`)
 -----------------------------------
 Positions are probe **centres** (m). Object pixel ``(i, j)`` sits at
@@ -176,6 +183,46 @@ def _probe_array(probe, pixel_size):
     return p.astype(np.complex64), attrs
 
 
+#: default relative error of the nominal defocus recorded by :func:`ptychography`
+NOMINAL_DEFOCUS_ERROR = 0.15
+
+
+def _nominal_optics(probe_attrs, error, seed):
+    """Nominal optics of a probe: what an experimenter knows, not the simulated truth.
+
+    From the attrs of a :func:`ptynb.physics.zone_plate_probe` (X-ray: ``zone_plate_diameter``,
+    ``zone_plate_outer_zone_width``, ``central_stop_diameter``, ``nominal_defocus``, m) or an
+    :func:`ptynb.physics.electron_probe` (``convergence_semiangle`` rad, ``nominal_defocus``
+    and ``nominal_Cs`` m). The aperture/zone-plate dimensions and Cs are taken as known
+    exactly; the defocus is known to ``error`` only: ``nominal_defocus = defocus + sign *
+    error * max(|defocus|, depth of focus)`` with the sign (+-1) drawn from ``seed`` (depth of
+    focus ``2 dr**2 / lambda`` for a zone plate, ``lambda / semiangle**2`` for electrons, so
+    that an in-focus probe is not known exactly either). Aberrations beyond defocus and Cs
+    (astigmatism, coma, ...) are unknown: not recorded. Other probes: no nominal optics.
+    """
+    kind = probe_attrs.get("probe_type")
+    if kind not in ("zone_plate", "convergent_beam"):
+        return {}
+    lam = float(probe_attrs["wavelength"])
+    dz = float(probe_attrs.get("defocus", 0.0))
+    if kind == "zone_plate":
+        dr = float(probe_attrs["outer_zone_width"])
+        dof = 2.0 * dr**2 / lam
+    else:
+        dof = lam / float(probe_attrs["semiangle"]) ** 2
+    sign = 1.0 if np.random.default_rng([int(seed), 0x6E6F6D]).random() < 0.5 else -1.0
+    out = {"nominal_defocus": dz + sign * float(error) * max(abs(dz), dof)}
+    if kind == "zone_plate":
+        out.update(zone_plate_diameter=float(probe_attrs["diameter"]),
+                   zone_plate_outer_zone_width=dr)
+        if probe_attrs.get("central_stop_diameter") is not None:
+            out["central_stop_diameter"] = float(probe_attrs["central_stop_diameter"])
+    else:
+        out.update(convergence_semiangle=float(probe_attrs["semiangle"]),
+                   nominal_Cs=float(probe_attrs.get("Cs", 0.0)))
+    return out
+
+
 def _positions(scan_y, scan_x):
     out = []
     for name, v in (("scan_y", scan_y), ("scan_x", scan_x)):
@@ -311,7 +358,7 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
                  tilt=(0.0, 0.0), counts_per_pattern=None, dose=None, noise="poisson",
                  upsample=1, seed=None, progress=True, batch_size=None, device=None,
                  method="angular_spectrum", band_limit=True, callback=None, validate=True,
-                 **attrs):
+                 nominal_defocus_error=NOMINAL_DEFOCUS_ERROR, **attrs):
     """Simulate a (multislice, mixed-state) ptychography measurement with Poisson noise.
 
     Parameters
@@ -358,6 +405,17 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
     callback : callable(batch_index, info), optional
     validate : bool
         Validate the result with :func:`ptynb.data.validate`.
+    nominal_defocus_error : float
+        Relative error (default 0.15) of the *nominal* defocus recorded in attrs for a probe
+        made by :func:`ptynb.physics.zone_plate_probe` or :func:`ptynb.physics.electron_probe`:
+        the measurement attrs get the nominal optics an experimenter knows
+        (``zone_plate_diameter``, ``zone_plate_outer_zone_width``, ``central_stop_diameter``,
+        ``convergence_semiangle``, ``nominal_Cs``: exact; ``nominal_defocus``: the true
+        defocus off by ``nominal_defocus_error`` times ``max(|defocus|, depth of focus)``, sign
+        drawn from ``seed``); these are what :func:`ptynb.ptycho.initial_probe` reads. The
+        true probe's parameters are kept as ``probe_*`` attrs and the true probe as
+        ``true_probe`` (ground truth, never read by the reconstruction). 0 records the true
+        defocus as nominal. Nominal attrs passed in ``**attrs`` win.
     **attrs
         Extra attrs recorded in the dataset.
 
@@ -491,13 +549,14 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
             geo["detector_distance"] = _real_number("detector_distance", detector_distance)
             geo["detector_pixel_size"] = _real_number("detector_pixel_size", detector_pixel_size)
         geo["reciprocal_pixel_size"] = 1.0 / (n_det * dx)
-        if "semiangle" in probe_attrs:  # experimental parameters of an electron_probe
-            attrs.setdefault("convergence_semiangle", probe_attrs["semiangle"])
-            for key in ("defocus", "Cs"):
-                if key in probe_attrs:
-                    attrs.setdefault(key, probe_attrs[key])
+    err = _real_number("nominal_defocus_error", nominal_defocus_error, positive=False)
+    if err < 0:
+        raise ValidationError("nominal_defocus_error", f"must be >= 0 (a fraction), got {err!r}")
+    for key, v in _nominal_optics(probe_attrs, err, seed).items():  # what a user knows
+        attrs.setdefault(key, v)
     rec = dict(
         simulated=1, noise=noise_kind, seed=seed, counts_per_pattern=cpp, dose=dose_v,
+        nominal_defocus_error=err if "nominal_defocus" in attrs else None,
         tilt=np.asarray(tilt), upsample=s, n_slices=n_s, n_modes=m,
         slice_thickness=(dz if dz is None or np.isscalar(dz) else np.asarray(dz)),
         propagator=method, band_limit=int(bool(band_limit)),
