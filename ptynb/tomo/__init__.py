@@ -18,4 +18,18 @@ from .align import (  # noqa: F401, E402
     rigid_null_space,
     rotation_gauge,
 )
-from .joint import MSPT_SCHEDULE, JointRefinementOptions, joint_refinement  # noqa: F401, E402
+
+# joint refinement (torch, param) loads on first use: `import ptynb.tomo` stays as fast as it was
+_JOINT = ("MSPT_SCHEDULE", "JointRefinementOptions", "joint_refinement")
+
+
+def __getattr__(name):
+    if name in _JOINT:
+        from . import joint
+
+        return getattr(joint, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_JOINT))
