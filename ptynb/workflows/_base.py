@@ -160,6 +160,8 @@ class WorkflowSettings(param.Parameterized):
     ``presets``
         ``{preset name: {parameter: value}}``: named sets of changes from the defaults; the
         first one is the default run (usually ``{}``).
+    ``units``
+        ``{parameter: unit}`` of the stored (SI) value, for labels in apps and help texts.
 
     A parameter whose value is itself a :class:`param.Parameterized` (an options object of
     the library, e.g. ``ptynb.ptycho`` option classes, declared with
@@ -169,6 +171,9 @@ class WorkflowSettings(param.Parameterized):
 
     groups: ClassVar[dict[str, list[str]]] = {}
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: ``{parameter: unit}`` of the stored value (SI, e.g. "m", "eV", "deg", "px", "counts"),
+    #: read by apps and help texts; parameters missing here fall back to a "(unit)" in their doc
+    units: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------ introspection
     @classmethod
@@ -322,7 +327,9 @@ class WorkflowSettings(param.Parameterized):
             for n in members:
                 p = cls.param[n]
                 default = p.default
-                text = f"{describe_type(p)}, default {default!r}{describe_bounds(p)}"
+                unit = cls.units.get(n)
+                text = (f"{describe_type(p)}, default {default!r}{describe_bounds(p)}"
+                        + (f", unit {unit}" if unit else ""))
                 rows.append((title, n, text, p.doc or ""))
         return rows
 
