@@ -66,6 +66,8 @@ __all__ = [
     "load_tilt_files",
     "reconstruct_tilts",
     "phase_projections",
+    "projections_from",
+    "simulate_projections",
     "denoise",
     "tomography",
     "resolution",
@@ -105,11 +107,15 @@ class Settings(WorkflowSettings):
         "Analysis": ["fsc", "atoms", "peak_threshold", "match_radius"],
     }
     presets = {
-        "ci": {},
-        "laptop": dict(cube_cells=3, n_tilts=36, iterations=30, field_of_view=40 * ANGSTROM),
+        # the whole chain in well under a minute on 2 cores (notebook, app, browser test)
+        "ci": dict(cube_cells=1, n_tilts=9, field_of_view=14 * ANGSTROM, iterations=8, denoise="gaussian",
+                   rounds_shifts=1, rounds_rotations=1, rounds_full=2),
+        # the 2-cell cube of the defaults (what `ptynb run mspt` runs): minutes
+        "laptop": {},
+        # the paper's sizes (13 nm cube, 36 tilts, 5 slices of 3 nm): a GPU cluster's work
         "paper": dict(cube_cells=16, n_tilts=36, n_slices=5, slice_thickness=3e-9, pixel_size=0.35 * ANGSTROM,
                       detector=128, field_of_view=182 * ANGSTROM, dose=4.6e4, iterations=50,
-                      substrate=True, semiangle=25e-3),
+                      substrate=True, semiangle=25e-3, scan_step=0.6 * ANGSTROM),
     }
 
     # --- sample
@@ -612,8 +618,7 @@ def _fingerprint(block: xr.Dataset, opts: dict) -> str:
     return h.hexdigest()[:20]
 
 
-def _reconstruct_one(block: xr.Dataset, *, opts: dict, crop_n: int, run_dir: str | None = None,
-                     cancel=None) -> xr.Dataset:
+def _reconstruct_one(block: xr.Dataset, *, opts: dict, crop_n: int, run_dir: str | None = None) -> xr.Dataset:
     """One tilt (map_blocks worker, module level for dask): multislice reconstruction, the
     summed-slice phase on the projection grid, the probe; read from / written to ``run_dir``."""
     from .. import io
@@ -629,8 +634,6 @@ def _reconstruct_one(block: xr.Dataset, *, opts: dict, crop_n: int, run_dir: str
                 return old.drop_vars("angle", errors="ignore")
         except Exception:  # noqa: BLE001 - an unreadable file is redone
             pass
-    if cancel is not None and is_cancelled(cancel):
-        return _skipped(opts, crop_n)
     data = block[[v for v in ("intensity", "mask") if v in block]]
     data = data.drop_vars("angle", errors="ignore")
     rec = reconstruct(data, engine=opts["engine"], iterations=int(opts["iterations"]),
@@ -642,16 +645,6 @@ def _reconstruct_one(block: xr.Dataset, *, opts: dict, crop_n: int, run_dir: str
         path.parent.mkdir(parents=True, exist_ok=True)
         io.save(out, path)
     return out
-
-
-def _skipped(opts, crop_n):
-    n = int(opts["detector"])
-    return xr.Dataset({"phase": (("y", "x"), np.full((crop_n, crop_n), np.nan, np.float32)),
-                       "slice_phase": (("slice", "y", "x"), np.full((int(opts["n_slices"]), crop_n, crop_n),
-                                                                    np.nan, np.float32)),
-                       "probe": (("mode", "py", "px"), np.full((1, n, n), np.nan, np.complex64)),
-                       "cost": ("iteration", np.full(int(opts["iterations"]), np.nan))},
-                      attrs={"status": "cancelled"})
 
 
 def phase_projections(rec: xr.Dataset, n: int) -> xr.Dataset:
@@ -709,8 +702,9 @@ def reconstruct_tilts(measurement: xr.Dataset, settings: Settings | None = None,
     Raises
     ------
     Cancelled
-        When ``cancel`` is set (serial runs stop before the next tilt), carrying the finished
-        tilts (NaN where not done).
+        When ``cancel`` is set (:func:`ptynb.parallel.map_blocks` starts no further tilt;
+        on a cluster unfinished tilts are cancelled), carrying the finished tilts (NaN where
+        not done; those already written to ``run_dir`` are kept there for the next run).
     """
     from ..parallel import map_blocks
 
@@ -723,13 +717,13 @@ def reconstruct_tilts(measurement: xr.Dataset, settings: Settings | None = None,
     n = min(n, int(span / dx) + 1)
     opts = dict(engine=s.engine, iterations=int(s.iterations), n_slices=int(s.n_slices),
                 slice_thickness=float(s.slice_dz()), seed=int(s.seed), detector=m.sizes["qy"])
-    use_cluster = bool(s.parallel) or client is not None
     kw = dict(opts=opts, crop_n=n, run_dir=s.run_dir)
-    if not use_cluster:
-        kw["cancel"] = cancel
     data = m[[v for v in ("intensity", "mask") if v in m]]
-    out = map_blocks(_reconstruct_one, data, dims=("angle",), client=client,
-                     parallel=bool(s.parallel) if client is None else None, progress=progress, join="outer", **kw)
+    out = map_blocks(_reconstruct_one, data, dims=("angle",), client=client, cancel=cancel,
+                     parallel=bool(s.parallel) if client is None else None, progress=progress,
+                     pad=("iteration",), **kw)
+    if "block_status" in out:
+        out = out.drop_vars("block_status")
     done = np.isfinite(out["phase"].values).all(axis=(1, 2))
     out.attrs.update(tilts_done=int(done.sum()), n_slices=int(s.n_slices), slice_thickness=float(s.slice_dz()),
                      pixel_size=dx, energy_eV=float(m.attrs["energy_eV"]))
@@ -776,7 +770,9 @@ def check_projections(projections) -> xr.DataArray:
     return projections
 
 
-def _projections_from(ptycho: xr.Dataset) -> xr.DataArray:
+def projections_from(ptycho: xr.Dataset) -> xr.DataArray:
+    """The summed-slice phases of :func:`reconstruct_tilts` as a projections DataArray
+    (angle, y, x) rad, geometry "tomography"; tilts not reconstructed (NaN) are left out."""
     ph = ptycho["phase"]
     keep = np.isfinite(ph.values).all(axis=(1, 2))
     ph = ph.isel(angle=np.nonzero(keep)[0])
@@ -1068,7 +1064,7 @@ def _step_projections(run: Run):
     p = run.inputs.get("projections")
     if p is not None:
         return check_projections(p)
-    return _projections_from(run["ptychography"])
+    return projections_from(run["ptychography"])
 
 
 def _step_denoised(run: Run):
@@ -1205,6 +1201,7 @@ WORKFLOW = Workflow(
     summarize=summarize,
     check_measurement=check_mspt_measurement,
     views="ptynb.viz.mspt:views",
+    app="ptynb.apps.mspt:app",
     summary_keys=(("resolution_across_wedge", "resolution across the missing wedge", 1e10, "A"),
                   ("resolution_along_wedge", "resolution along the missing wedge", 1e10, "A"),
                   ("axial_ratio", "axial resolution gain over single-tilt multislice", 1.0, "x"),

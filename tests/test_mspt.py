@@ -1,0 +1,439 @@
+"""MSPT workflow (ptynb.workflows.mspt) on simulated ground truth.
+
+The alignment/atoms numbers come from the ``projections=`` path (exact atomic projected
+potentials of a 2-unit-cell Co3O4 cube with injected per-tilt shifts and Euler errors, not a
+voxel projector); the plumbing of the full chain (4D-STEM simulation -> per-tilt multislice
+ptychography -> tomography) from a one-cell cube with a few tilts.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+from ptynb.data import ValidationError
+from ptynb.workflows import mspt
+from ptynb.workflows import mspt_steps as S
+
+A = 1e-10
+
+
+# ----------------------------------------------------------------------------- fixtures
+def tiny_settings(**kw):
+    """A one-cell cube, 5 tilts, 0.7 A pixels: the full chain in a few seconds."""
+    base = dict(cube_cells=1, n_tilts=5, field_of_view=14 * A, iterations=6, denoise="gaussian",
+                rounds_shifts=1, rounds_rotations=1, rounds_full=1, atoms=False, fsc=False)
+    base.update(kw)
+    return mspt.Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_measurement():
+    return mspt.simulate(tiny_settings())
+
+
+PROJ_SETTINGS = dict(n_tilts=24, pixel_size=0.8 * A, field_of_view=32 * 0.8 * A)
+
+
+@pytest.fixture(scope="module")
+def projection_run():
+    """The CI-size series through run(projections=...) with the default settings."""
+    s = mspt.Settings(**PROJ_SETTINGS)
+    src = mspt.simulate_projections(s, noise=0.02)
+    t0 = time.perf_counter()
+    tree = mspt.run(s, projections=src["projections"]["projections"], truth=src["truth"].to_dataset(),
+                    progress=False)
+    tree.attrs["test_seconds"] = time.perf_counter() - t0
+    return src, tree
+
+
+# ----------------------------------------------------------------------------- registry, settings
+def test_registered_and_settings_round_trip():
+    from ptynb import workflows
+
+    wf = workflows.get("mspt")
+    assert wf is mspt.WORKFLOW and "projections" in wf.inputs
+    s = mspt.Settings()
+    s.apply_preset("paper")
+    assert s.cube_cells == 16 and s.n_slices == 5 and s.slice_thickness == 3e-9
+    back = mspt.Settings.from_attrs(s.as_attrs())
+    assert back.values() == s.values()
+    assert np.allclose(mspt.Settings().angles[[0, -1]], [-70, 70]) and mspt.Settings().angles.size == 36
+
+
+# ----------------------------------------------------------------------------- simulation
+def test_simulation_records_nominal_optics_and_keeps_truth_apart(tiny_measurement):
+    m = tiny_measurement["measurement"].to_dataset()
+    t = tiny_measurement["truth"].to_dataset()
+    s = tiny_settings()
+    assert m["intensity"].dims == ("angle", "scan", "qy", "qx")
+    for key, value in (("energy_eV", 200e3), ("convergence_semiangle", s.semiangle), ("defocus", s.defocus),
+                       ("scan_step", s.scan_step), ("pixel_size", s.pixel_size)):
+        assert np.isclose(m.attrs[key], value)
+    assert np.isclose(m.attrs["reciprocal_pixel_size"], 1 / (s.detector * s.pixel_size))
+    assert m.attrs["missing_wedge_deg"] == pytest.approx(40.0)
+    # nothing of the truth in the measurement
+    assert not [v for v in m.variables if str(v).startswith("true")]
+    assert not [k for k in m.attrs if k.startswith("probe_") or k in ("rx", "shift_x")]
+    # the truth: nuisance per tilt and the atoms (a one-cell cube: 24 Co, 32 O)
+    assert t["shift_y"].dims == ("angle",) and t["rx"].sizes["angle"] == 5
+    assert int((t["atom_numbers"].values == 27).sum()) == 24 and int((t["atom_numbers"].values == 8).sum()) == 32
+    # dose: counts per pattern = dose * step^2 (Poisson around it, absorption-free phase object)
+    expect = s.dose * (s.scan_step / A) ** 2
+    assert m["intensity"].sum(("qy", "qx")).mean() == pytest.approx(expect, rel=0.02)
+
+
+def test_simulate_projections_matches_atoms():
+    """The cheap path's projection at 0 deg without nuisance is sigma * projected potential:
+    its plane integral equals sigma * C * sum f_e(0) over the atoms."""
+    from ptynb.physics import atoms, units
+
+    s = mspt.Settings(cube_cells=1, n_tilts=2, tilt_range=10.0, shift_rms=0.0, euler_rms=0.0,
+                      field_of_view=20 * A)
+    src = mspt.simulate_projections(s)
+    P = src["projections"]["projections"]
+    t = src["truth"]
+    nums = t["atom_numbers"].values
+    total = sum(atoms.scattering_factor(int(z), 0.0) for z in nums) * atoms.POTENTIAL_CONSTANT
+    got = float(P.isel(angle=0).sum()) * s.pixel_size ** 2
+    assert got == pytest.approx(units.interaction_constant(200e3) * total, rel=0.02)
+
+
+# ----------------------------------------------------------------------------- alignment, atoms
+@pytest.mark.slow
+def test_alignment_recovers_injected_shifts(projection_run):
+    src, tree = projection_run
+    a = tree.attrs
+    print(f"MSPT projections path: {a['test_seconds']:.0f} s; shift error {a['shift_error_rms_px_vs_truth']:.3f} px "
+          f"rms (injected {a['injected_shift_rms_px']:.2f}), angle error {a['angle_error_rms_deg_vs_truth']:.3f} deg "
+          f"rms (injected {a['injected_angle_rms_deg']:.2f})")
+    assert tree.attrs["status"] == "complete"
+    assert a["injected_shift_rms_px"] > 1.0
+    assert a["shift_error_rms_px_vs_truth"] < 0.3
+    al = tree["alignment"].to_dataset()
+    assert al["shift_y"].attrs["units"] == "m" and al["rx"].attrs["units"] == "degree"
+    assert tree["volume"]["volume"].dims == ("z", "y", "x")
+    assert tree["volume"]["volume"].attrs["units"] == "V"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 0.7 deg rms on a 2-cell (1.6 nm) cube: a 0.2 deg pose moves its "
+                   "corners by < 0.05 px; see the report (joint_refinement's rotations need a larger object)")
+def test_alignment_recovers_injected_angles(projection_run):
+    _, tree = projection_run
+    assert tree.attrs["angle_error_rms_deg_vs_truth"] < 0.2
+
+
+@pytest.mark.slow
+def test_atoms_found_and_displacement(projection_run):
+    _, tree = projection_run
+    at = tree["atoms"].to_dataset()
+    dx = PROJ_SETTINGS["pixel_size"]
+    print(f"atoms: {at.attrs['n_found']}/{at.attrs['n_sites']} Co sites found "
+          f"({100 * at.attrs['found_fraction']:.0f} %), mean displacement {at.attrs['mean_displacement'] / A:.2f} A; "
+          f"vs truth {100 * tree.attrs['atoms_found_fraction_vs_truth']:.0f} %")
+    assert at.attrs["found_fraction"] >= 0.8
+    assert at.attrs["mean_displacement"] < dx
+    assert tree.attrs["atoms_found_fraction_vs_truth"] >= 0.8
+    assert tree.attrs["atoms_mean_displacement_vs_truth"] < dx
+    # per-axis means are reported (m)
+    for ax in "xyz":
+        assert 0 <= at.attrs[f"mean_displacement_{ax}"] < dx
+
+
+@pytest.mark.slow
+def test_resolution_reported(projection_run):
+    _, tree = projection_run
+    r = tree["resolution"].to_dataset()
+    dx = PROJ_SETTINGS["pixel_size"]
+    for ax in "xyz":
+        assert 2 * dx * 0.99 <= r.attrs[f"resolution_{ax}"] < 10 * dx
+    assert r.attrs["resolution_fsc"] >= 2 * dx * 0.99
+    assert "fsc" in r
+
+
+def test_atoms_on_the_true_potential():
+    """Lattice registration + peak matching on the exact voxel potential of a known cube
+    (shifted off-grid): every Co site is found within a small fraction of a voxel."""
+    from ptynb.physics import atoms, phantoms
+    from ptynb.data import volume
+
+    s = mspt.Settings()
+    pos, num = phantoms.spinel_co3o4_nanocube(2 * s.lattice_constant)
+    off = np.array([0.21, -0.13, 0.34]) * A
+    dx = 0.7 * A
+    v = atoms.crystal_volume(pos + off, num, (36, 36, 36), dx)
+    out = mspt.find_atoms(v, s)
+    assert out.attrs["found_fraction"] > 0.95
+    assert out.attrs["mean_displacement"] < 0.4 * dx  # measured 0.32 voxel (parabolic sub-voxel peaks)
+    # the fitted lattice carries the offset (modulo the lattice's translations)
+    co = pos[num == 27] + off
+    f, _, d = S.match_sites(co, out["peaks"].values, 0.3 * A)
+    assert f.mean() > 0.95
+
+
+def test_match_sites_one_to_one():
+    sites = np.array([[0, 0, 0], [0.5, 0, 0], [5, 5, 5.0]])
+    peaks = np.array([[0.2, 0, 0], [5.1, 5, 5]])
+    f, which, d = S.match_sites(sites, peaks, 1.0)
+    assert f.tolist() == [True, False, True]  # two sites cannot share one maximum
+    assert which[0] == 0 and np.allclose(d[0], [0.2, 0, 0])
+
+
+# ----------------------------------------------------------------------------- denoising
+def test_fourier_sparsity_keeps_fraction_and_mean():
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1, (32, 32)) + 3.0
+    out = S.fourier_sparsity(img, 0.1)
+    F = np.abs(np.fft.rfft2(out))
+    assert (F > 1e-6 * F.max()).mean() <= 0.12
+    assert out.mean() == pytest.approx(img.mean(), rel=1e-5)
+    assert np.allclose(S.fourier_sparsity(img, 1.0), img, atol=1e-5)
+    with pytest.raises(ValidationError, match="sparsity_keep"):
+        S.fourier_sparsity(img, 0.0)
+
+
+def test_denoise_reduces_error_and_reports_spectra():
+    """BM3D (or the Gaussian fallback) + sparsity bring noisy projections closer to the truth;
+    the power spectra before/after show the high-frequency noise removed."""
+    s = mspt.Settings(cube_cells=1, n_tilts=3, field_of_view=16 * A, shift_rms=0, euler_rms=0)
+    clean = mspt.simulate_projections(s)["projections"]["projections"]
+    noisy = mspt.simulate_projections(s, noise=0.05)["projections"]["projections"]
+    out = mspt.denoise(noisy, s)
+    assert out.attrs["denoiser"] == ("bm3d" if S.bm3d_available() else "gaussian")
+    err0 = float(np.sqrt(np.mean((noisy.values - clean.values) ** 2)))
+    err1 = float(np.sqrt(np.mean((out["denoised"].values - clean.values) ** 2)))
+    assert err1 < 0.7 * err0
+    hi = out["q"].values > 0.6 * out["q"].values.max()
+    assert out["spectrum_after"].values[hi].mean() < 0.5 * out["spectrum_before"].values[hi].mean()
+
+
+@pytest.mark.skipif(not S.bm3d_available(), reason="bm3d not installed")
+def test_bm3d_noise_level_estimated():
+    rng = np.random.default_rng(0)
+    img = np.zeros((48, 48))
+    img[16:32, 16:32] = 1.0
+    noisy = img + rng.normal(0, 0.1, img.shape)
+    assert S.noise_sigma(noisy) == pytest.approx(0.1, rel=0.2)
+    den, sig = S.denoise_bm3d(noisy)
+    assert sig == pytest.approx(0.1, rel=0.2)
+    assert np.sqrt(np.mean((den - img) ** 2)) < 0.5 * 0.1
+
+
+# ----------------------------------------------------------------------------- full chain
+@pytest.mark.slow
+def test_full_chain_tiny(tiny_measurement, tmp_path):
+    s = tiny_settings(run_dir=str(tmp_path / "tilts"), fsc=True)
+    m = tiny_measurement["measurement"].to_dataset()
+    tree = mspt.run(s, m, progress=False)
+    assert tree.attrs["status"] == "complete"
+    for node in ("measurement", "ptychography", "projections", "denoised", "volume", "alignment", "resolution"):
+        assert node in tree.children, node
+    assert "truth" not in tree.children  # the user's measurement has no truth
+    P = tree["projections"]["projections"]
+    assert P.dims == ("angle", "y", "x") and P.attrs["units"] == "rad"
+    pt = tree["ptychography"].to_dataset()
+    assert pt["probe"].dims == ("angle", "mode", "py", "px")
+    # the phase projections resemble the true ones (shifted cubes, so correlate loosely)
+    t = tiny_measurement["truth"].to_dataset()
+    cc = [np.corrcoef(P.values[k].ravel(), t["true_projection"].values[k].ravel())[0, 1] for k in range(5)]
+    assert min(cc) > 0.6
+    assert len(list((tmp_path / "tilts").glob("tilt_*.h5"))) == 5
+    r = tree["resolution"].to_dataset()
+    assert r.attrs["axial_ratio"] > 1.0
+    print(f"tiny chain: axial ratio {r.attrs['axial_ratio']:.1f} (assumed single tilt "
+          f"{r.attrs['axial_resolution_single_tilt_assumed'] / A:.1f} A / MSPT z {r.attrs['resolution_z'] / A:.2f} A)")
+
+
+def test_dask_fan_out_equals_serial(tiny_measurement):
+    m = tiny_measurement["measurement"].to_dataset().isel(angle=[0, 2])
+    s = tiny_settings(iterations=3)
+    serial = mspt.reconstruct_tilts(m, s)
+    s.parallel = True
+    par = mspt.reconstruct_tilts(m, s)
+    # the same arithmetic; only the FFT threading (and so the float32 summation order) differs
+    np.testing.assert_allclose(serial["phase"].values, par["phase"].values, rtol=0, atol=1e-5)
+    p0, p1 = serial["probe"].values, par["probe"].values
+    np.testing.assert_allclose(p0, p1, rtol=0, atol=1e-4 * np.abs(p0).max())
+    assert par.attrs["status"] == "complete" and par.attrs["tilts_done"] == 2
+
+
+class _CancelAfter:
+    """Event-like: not set for the first ``n`` polls, set afterwards."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def is_set(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_resume_after_stop_equals_uninterrupted(tiny_measurement, tmp_path, monkeypatch):
+    from ptynb.control import Cancelled
+
+    m = tiny_measurement["measurement"].to_dataset().isel(angle=[0, 1, 2])
+    s = tiny_settings(iterations=3, run_dir=str(tmp_path / "run"))
+    with pytest.raises(Cancelled) as exc:
+        mspt.reconstruct_tilts(m, s, cancel=_CancelAfter(1))
+    part = exc.value.partial
+    done = part.attrs["tilts_done"]
+    assert 1 <= done < 3 and part.attrs["status"] == "cancelled"
+    assert np.isnan(part["phase"].values[-1]).all()
+    files = sorted((tmp_path / "run").glob("tilt_*.h5"))
+    assert len(files) == done
+    stamp = [f.stat().st_mtime_ns for f in files]
+    calls = []
+    import ptynb.ptycho as ptycho
+
+    real = ptycho.reconstruct
+    monkeypatch.setattr(ptycho, "reconstruct", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = mspt.reconstruct_tilts(m, s)
+    assert len(calls) == 3 - done  # the finished tilts were read back, not redone
+    assert [f.stat().st_mtime_ns for f in files] == stamp
+    monkeypatch.setattr(ptycho, "reconstruct", real)
+    fresh = mspt.reconstruct_tilts(m, tiny_settings(iterations=3))
+    np.testing.assert_array_equal(resumed["phase"].values, fresh["phase"].values)
+    # changed settings: the old file does not match and is redone
+    calls.clear()
+    monkeypatch.setattr(ptycho, "reconstruct", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mspt.reconstruct_tilts(m, tiny_settings(iterations=2, run_dir=str(tmp_path / "run")))
+    assert len(calls) == 3
+
+
+def test_run_cancel_gives_partial_tree(tiny_measurement):
+    ev = threading.Event()
+    ev.set()
+    tree = mspt.run(tiny_settings(), tiny_measurement["measurement"].to_dataset(), progress=False, cancel=ev)
+    assert tree.attrs["status"] == "cancelled"
+
+
+# ----------------------------------------------------------------------------- bad input
+def _m(tiny_measurement):
+    return tiny_measurement["measurement"].to_dataset().copy(deep=True)
+
+
+def test_bad_angles(tiny_measurement):
+    m = _m(tiny_measurement)
+    dup = m.assign_coords(angle=("angle", [-70.0, -35.0, -35.0, 35.0, 70.0]))
+    with pytest.raises(ValidationError, match="duplicate"):
+        mspt.check_mspt_measurement(dup)
+    order = m.assign_coords(angle=("angle", [-70.0, 35.0, -35.0, 0.0, 70.0]))
+    with pytest.raises(ValidationError, match="monotonic"):
+        mspt.check_mspt_measurement(order)
+    P = xr.DataArray(np.zeros((3, 16, 16)), dims=("angle", "y", "x"),
+                     coords={"angle": [0.0, 10.0, 10.0], "y": np.arange(16) * A, "x": np.arange(16) * A})
+    with pytest.raises(ValidationError, match="duplicate"):
+        mspt.run(projections=P, progress=False)
+
+
+@pytest.mark.parametrize("key", ["energy_eV", "convergence_semiangle", "reciprocal_pixel_size"])
+def test_missing_calibration_named(tiny_measurement, key):
+    m = _m(tiny_measurement)
+    m.attrs.pop(key)
+    if key == "reciprocal_pixel_size":
+        m.attrs.pop("pixel_size")
+    with pytest.raises(ValidationError, match=key):
+        mspt.check_mspt_measurement(m)
+
+
+def test_nan_patterns_named(tiny_measurement):
+    m = _m(tiny_measurement)
+    m["intensity"].values[2, 5, 3, 3] = np.nan
+    with pytest.raises(ValidationError, match=r"intensity.*0\.0"):
+        mspt.check_mspt_measurement(m)
+
+
+def test_not_a_tilt_series(tiny_measurement, tmp_path):
+    from ptynb import io
+
+    single = _m(tiny_measurement).isel(angle=0, drop=True)
+    p = io.save(single, tmp_path / "one.h5")
+    with pytest.raises(ValidationError, match="not a tilt series"):
+        mspt.load_tilt_series(p)
+    vol = xr.DataArray(np.zeros((4, 4, 4)), dims=("z", "y", "x"))
+    p2 = io.save(vol, tmp_path / "vol.h5")
+    with pytest.raises(ValidationError):
+        mspt.load_tilt_series(p2)
+    # a tilt series file reads back
+    p3 = io.save(_m(tiny_measurement), tmp_path / "series.h5")
+    back = mspt.load_tilt_series(p3)
+    assert back.sizes["angle"] == 5
+
+
+def _write_4d(path, arr, emd=False, **attrs):
+    with h5py.File(path, "w") as f:
+        if emd:
+            f.attrs["version_major"] = 1
+            g = f.create_group("experiment/data/datacube")
+            g.attrs["emd_group_type"] = 1
+            d = g.create_dataset("data", data=arr)
+            for i, n in enumerate(arr.shape):
+                g.create_dataset(f"dim{i + 1}", data=np.arange(n))
+        else:
+            d = f.create_dataset("data4d", data=arr)
+        for k, v in attrs.items():
+            d.attrs[k] = v
+
+
+def test_load_tilt_files_plain_and_emd(tmp_path):
+    rng = np.random.default_rng(0)
+    angles = [-30.0, 0.0, 30.0]
+    paths = []
+    for k in range(3):
+        p = tmp_path / f"t{k}.h5"
+        _write_4d(p, rng.poisson(5.0, (4, 5, 8, 8)).astype(np.float32), emd=(k == 1))
+        paths.append(p)
+    np.savetxt(tmp_path / "angles.txt", np.column_stack([np.arange(3), angles]))
+    cal = dict(energy_eV=200e3, convergence_semiangle=20e-3, scan_step=1e-10, reciprocal_pixel_size=1e9)
+    ds = mspt.load_tilt_files(paths, tmp_path / "angles.txt", **cal)
+    assert ds["intensity"].shape == (3, 20, 8, 8)
+    assert np.allclose(ds["angle"].values, angles)
+    assert np.isclose(np.ptp(ds["scan_y"].values), 3e-10) and np.isclose(np.ptp(ds["scan_x"].values), 4e-10)
+    # missing calibration, each named
+    for key in ("energy_eV", "convergence_semiangle", "scan_step", "reciprocal_pixel_size"):
+        bad = dict(cal)
+        bad.pop(key)
+        with pytest.raises(ValidationError, match=key):
+            mspt.load_tilt_files(paths, angles, **bad)
+    # mismatched scan shapes between tilts
+    _write_4d(tmp_path / "odd.h5", np.ones((4, 6, 8, 8), np.float32))
+    with pytest.raises(ValidationError, match="differs"):
+        mspt.load_tilt_files([paths[0], tmp_path / "odd.h5", paths[2]], angles, **cal)
+    # NaN patterns
+    _write_4d(tmp_path / "nan.h5", np.full((4, 5, 8, 8), np.nan, np.float32))
+    with pytest.raises(ValidationError, match="NaN"):
+        mspt.load_tilt_files([paths[0], tmp_path / "nan.h5", paths[2]], angles, **cal)
+    # a file without 4D data
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        f.create_dataset("image", data=np.zeros((8, 8)))
+    with pytest.raises(ValidationError, match="not a 4D-STEM file"):
+        mspt.load_tilt_files([paths[0], tmp_path / "flat.h5", paths[2]], angles, **cal)
+    # angles that do not match the files / duplicates
+    with pytest.raises(ValidationError, match="3 files"):
+        mspt.load_tilt_files(paths, [0.0, 1.0], **cal)
+    with pytest.raises(ValidationError, match="duplicate"):
+        mspt.load_tilt_files(paths, [0.0, 1.0, 1.0], **cal)
+    # calibration from the file's attrs
+    _write_4d(tmp_path / "cal.h5", np.ones((4, 5, 8, 8), np.float32), **cal)
+    ds2 = mspt.load_tilt_files([tmp_path / "cal.h5", paths[1], paths[2]], angles)
+    assert ds2.attrs["convergence_semiangle"] == pytest.approx(20e-3)
+
+
+def test_bad_projections_input():
+    good = mspt.simulate_projections(mspt.Settings(cube_cells=1, n_tilts=3, field_of_view=16 * A))
+    P = good["projections"]["projections"]
+    with pytest.raises(ValidationError, match="dims"):
+        mspt.check_projections(P.transpose("y", "angle", "x"))
+    bad = P.copy()
+    bad.values[0, 0, 0] = np.nan
+    with pytest.raises(ValidationError, match="NaN"):
+        mspt.check_projections(bad)
+    with pytest.raises(ValidationError, match="metres"):
+        mspt.check_projections(P.assign_coords(y=np.arange(P.sizes["y"]) * 1.0, x=np.arange(P.sizes["x"]) * 1.0))
+    with pytest.raises(ValidationError, match="complex"):
+        mspt.check_projections(P.astype(np.complex64))
