@@ -6,9 +6,14 @@ global complex factor (object x c with probe / c is an exact ambiguity) and a li
 ramp. The data set (``xray_data``): 8 keV, 30 nm pixels, 64 x 64 detector, zone-plate probe
 0.3 mm out of focus (~26 px wide), 10 x 10 raster with 30 % jitter (step 11 px, ~60 % linear
 overlap), 1e6 incident photons per pattern, Poisson noise. The truth's contrast: phase range 1
-rad and amplitude 0.85-1, i.e. an RMS deviation from its mean of ~0.3 of its norm; the
-unreconstructed start (ones) has an error of ~0.3. The initial probe is the nominal zone-plate
-probe at a 10 % wrong defocus (0.27 mm): what an experimenter knows, not the truth.
+rad and amplitude 0.85-1.
+
+Every reconstruction starts where a user would: the object is flat (ones: object error 0.148,
+measured) and the probe is :func:`ptynb.ptycho.initial_probe` from the measurement's *nominal*
+optics (zone plate D = 74.9 um, dr = 60 nm, 25 um stop, nominal defocus 0.255 mm: 15 % off the
+true 0.3 mm, the simulator's ``nominal_defocus_error``): probe NRMSE 0.375 against the true
+probe (measured). No test passes the true probe. The electron data (``electron_crystal_data``)
+start from the nominal 8.5 nm underfocus (true 10 nm).
 """
 from __future__ import annotations
 
@@ -28,17 +33,12 @@ from ptynb.ptycho import reconstruct
 pytestmark = pytest.mark.slow
 
 
-def nominal_probe(n=64, defocus=0.27e-3):
-    from ptynb.physics.probes import zone_plate_probe
-
-    return zone_plate_probe(n, 30e-9, 8000.0, diameter=74.9e-6, outer_zone_width=60e-9,
-                            central_stop_diameter=25e-6, defocus=defocus,
-                            check_window=False).values
-
-
 @pytest.fixture(scope="module")
 def xdata():
-    return xray_data()
+    ds = xray_data()
+    # the start is the nominal optics, not the truth (seed 0: 15 % short of focus distance)
+    assert ds.attrs["nominal_defocus"] == pytest.approx(0.85 * ds.attrs["probe_defocus"])
+    return ds
 
 
 def _error_trace(ds, engine, iterations, **kw):
@@ -57,41 +57,41 @@ def _error_trace(ds, engine, iterations, **kw):
     return rec, np.array(errs)
 
 
-# Threshold 0.05: a sixth of the truth's contrast (~0.3) and of the starting error; measured
-# after 40 iterations: ePIE 0.022, rPIE 0.015, LSQ-ML 0.025 (Poisson), LSQ-ML Gaussian 0.03.
+# Threshold 0.05: a third of the flat start's error (0.148); measured after 40 iterations from
+# the nominal probe: ePIE 0.025, rPIE 0.014, LSQ-ML 0.022 (Poisson), LSQ-ML Gaussian 0.020
+# (from the true probe, before: 0.022, 0.015, 0.025, 0.03).
 @pytest.mark.parametrize("engine,kw", [("epie", {}), ("rpie", {}), ("lsqml", {}),
                                        ("lsqml", {"noise": "gaussian"})])
 def test_engine_reaches_ground_truth(xdata, engine, kw):
-    rec = reconstruct(xdata, engine=engine, iterations=40, probe=nominal_probe(),
-                      progress=False, **kw)
+    rec = reconstruct(xdata, engine=engine, iterations=40, progress=False, **kw)
     err = object_error(rec, xdata)
     assert err < 0.05, f"{engine} {kw}: object error {err:.4f}"
     cost = rec["cost"].values
     assert cost.shape == (40,)
-    assert cost[-1] < 0.2 * cost[0]  # the misfit decreases ...
+    assert cost[-1] < 0.2 * cost[0]  # the misfit decreases (measured 0.07-0.14) ...
     assert np.all(cost[5:] < cost[:-5])  # ... steadily (over any 5 iterations)
     assert rec.attrs["status"] == "complete"
 
 
 def test_lsqml_needs_fewer_iterations_than_epie(xdata):
-    _, e_epie = _error_trace(xdata, "epie", 25, probe=nominal_probe())
-    _, e_lsq = _error_trace(xdata, "lsqml", 25, probe=nominal_probe())
+    _, e_epie = _error_trace(xdata, "epie", 25)
+    _, e_lsq = _error_trace(xdata, "lsqml", 25)
     target = 0.05
     n_epie = int(np.argmax(e_epie < target)) + 1 if np.any(e_epie < target) else 99
     n_lsq = int(np.argmax(e_lsq < target)) + 1 if np.any(e_lsq < target) else 99
-    # measured: LSQ-ML 9-10 iterations, ePIE 14-15 to reach 0.05
+    # measured from the nominal probe: LSQ-ML 9 iterations, ePIE 17 to reach 0.05
     assert n_lsq < n_epie, (n_lsq, n_epie, e_lsq.round(3), e_epie.round(3))
 
 
 def test_chained_engines_with_position_refinement(xdata):
     """The stereo paper's recipe scaled down: ePIE then LSQ-ML, refinement part-way."""
-    rec = reconstruct(xdata, engine=[("epie", 15), ("lsqml", 5)], probe=nominal_probe(),
-                      position_refinement=12, progress=False)
+    rec = reconstruct(xdata, engine=[("epie", 15), ("lsqml", 5)], position_refinement=12,
+                      progress=False)
     assert rec.sizes["iteration"] == 20
     assert rec.attrs["engine"] == "epie:15,lsqml:5"
     assert rec.attrs["position_refinement"] == 12
-    assert object_error(rec, xdata) < 0.05
-    # refinement starts at iteration 12: positions moved, but by less than a pixel
+    assert object_error(rec, xdata) < 0.05  # measured 0.034
+    # refinement starts at iteration 12: positions moved (measured 0.28 px max), < 1 pixel
     d = np.hypot(rec.scan_y.values - xdata.scan_y.values, rec.scan_x.values - xdata.scan_x.values)
     assert 0 < d.max() / xdata.attrs["pixel_size"] < 1.0
 
@@ -100,9 +100,9 @@ def test_mixed_states_three_modes_beat_one():
     ds = xray_data(modes=3)
     res = {}
     for m in (1, 3):
-        rec = reconstruct(ds, engine="lsqml", iterations=30, modes=m, probe=nominal_probe(),
-                          progress=False)
+        rec = reconstruct(ds, engine="lsqml", iterations=30, modes=m, progress=False)
         res[m] = (object_error(rec, ds), rec["cost"].values[-1], rec)
+    # measured: cost 0.0025 (3 modes) vs 0.0050 (1), object error 0.031 vs 0.066
     assert res[3][1] < 0.7 * res[1][1], (res[3][1], res[1][1])
     assert res[3][0] < res[1][0], (res[3][0], res[1][0])
     p = res[3][2]["probe"].values
@@ -123,12 +123,13 @@ def test_multislice_two_layers_beyond_depth_of_field():
     assert spacing > depth_of_focus(60e-9, 1.5498e-10)
     ds = two_layer_xray_data(spacing=spacing)
     rec = reconstruct(ds, engine="lsqml", iterations=40, slices=2, slice_thickness=spacing,
-                      probe=nominal_probe(defocus=0.28e-3), progress=False)
+                      progress=False)
     assert rec.sizes["slice"] == 2
     np.testing.assert_allclose(rec["z"].values, [0.0, spacing])
     m = np.array([[phase_pcc(rec, ds, i, j) for j in range(2)] for i in range(2)])
-    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m
-    assert abs(m[0, 1]) < 0.5 * m[0, 0] and abs(m[1, 0]) < 0.5 * m[1, 1], m  # cross-talk
+    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.889, 0.916
+    # cross-talk, measured -0.333 and 0.268
+    assert abs(m[0, 1]) < 0.5 * m[0, 0] and abs(m[1, 0]) < 0.5 * m[1, 1], m
 
 
 def test_position_refinement_reduces_errors_threefold(xdata):
@@ -146,11 +147,11 @@ def test_position_refinement_reduces_errors_threefold(xdata):
 
     r0 = rms(bad)
     assert 1.5 < r0 < 2.5
-    rec = reconstruct(bad, engine="epie", iterations=40, position_refinement=5,
-                      probe=nominal_probe(), progress=False)
+    rec = reconstruct(bad, engine="epie", iterations=40, position_refinement=5, progress=False)
     r1 = rms(rec)
-    assert r1 < r0 / 3, (r0, r1)  # measured 1.85 -> 0.31 px
-    fixed = reconstruct(bad, engine="epie", iterations=40, probe=nominal_probe(), progress=False)
+    assert r1 < r0 / 3, (r0, r1)  # measured 1.85 -> 0.32 px
+    fixed = reconstruct(bad, engine="epie", iterations=40, progress=False)
+    # measured object error 0.027 (refined) vs 0.051 (positions kept)
     assert object_error(rec, xdata) < object_error(fixed, xdata)
 
 
@@ -159,13 +160,11 @@ def test_upsampling_beats_no_upsampling_on_undersampled_probe():
     detector can sample: its diffraction pattern is aliased without upsampling."""
     ds = xray_data(n=32, grid=8, upsample=2, defocus=0.4e-3, step_frac=0.25)
     assert ds.sizes["qy"] == 32 and ds.attrs["upsample"] == 2
-    p2 = nominal_probe(64, 0.36e-3)
-    p1 = p2[16:48, 16:48]
-    r1 = reconstruct(ds, engine="epie", iterations=40, upsample=1, probe=p1, progress=False)
-    r2 = reconstruct(ds, engine="epie", iterations=40, upsample=2, probe=p2, progress=False)
+    r1 = reconstruct(ds, engine="epie", iterations=40, upsample=1, progress=False)
+    r2 = reconstruct(ds, engine="epie", iterations=40, upsample=2, progress=False)
     assert r2.sizes["py"] == 64 and r1.sizes["py"] == 32
     e1, e2 = object_error(r1, ds), object_error(r2, ds)
-    assert e2 < 0.5 * e1, (e1, e2)  # measured 0.062 -> 0.012
+    assert e2 < 0.5 * e1, (e1, e2)  # measured 0.063 -> 0.013 (nominal 0.34 mm start)
     assert r2["cost"].values[-1] < r1["cost"].values[-1]
 
 
@@ -176,11 +175,12 @@ def edata():
 
 def test_electron_single_slice_projected_potential(edata):
     """200 keV, 20 mrad, 10 nm defocus, 25 pm pixels, 48 px detector, 1e6 e/A^2; the initial
-    probe comes from the measurement attrs (convergence angle, defocus)."""
+    probe comes from the nominal measurement attrs (convergence angle; nominal defocus 8.5 nm,
+    15 % off the truth)."""
     for engine in ("epie", "lsqml"):
         rec = reconstruct(edata, engine=engine, iterations=30, progress=False)
         c = phase_pcc(rec, edata)
-        assert c >= 0.9, (engine, c)  # measured 0.97
+        assert c >= 0.9, (engine, c)  # measured 0.970 (ePIE), 0.970 (LSQ-ML)
 
 
 def test_electron_multislice_separates_depth():
@@ -189,5 +189,5 @@ def test_electron_multislice_separates_depth():
     rec = reconstruct(ds, engine="lsqml", iterations=30, slices=2, slice_thickness=spacing,
                       progress=False)
     m = np.array([[phase_pcc(rec, ds, i, j) for j in range(2)] for i in range(2)])
-    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.99, 0.99
-    assert np.all(np.abs(m[~np.eye(2, dtype=bool)]) < 0.4), m  # measured -0.1
+    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.980, 0.964
+    assert np.all(np.abs(m[~np.eye(2, dtype=bool)]) < 0.4), m  # measured -0.10, -0.09

@@ -25,6 +25,11 @@ def _clean(ds):
     return ds.drop_vars([v for v in ("true_object", "true_probe") if v in ds])
 
 
+#: the nominal optics attrs (what a user knows) written by ptynb.simulate
+NOMINAL_KEYS = ("nominal_defocus", "zone_plate_diameter", "zone_plate_outer_zone_width",
+                "central_stop_diameter", "convergence_semiangle", "nominal_Cs")
+
+
 # ----------------------------------------------------------------------------- conventions
 @pytest.mark.parametrize("kind", ["plain", "wholepixel", "modes", "upsample", "slices"])
 @pytest.mark.parametrize("engine", ["epie", "lsqml"])
@@ -239,7 +244,7 @@ def _angles_measurement(n_angles=4):
     return measurement(I, sy, sx, radiation="xray",
                        energy_eV=a["energy_eV"], pixel_size=a["pixel_size"],
                        angle=np.arange(n_angles) * 30.0,
-                       **{k: v for k, v in a.items() if k.startswith("probe_")}), sets
+                       **{k: v for k, v in a.items() if k in NOMINAL_KEYS}), sets
 
 
 def test_maps_over_angle_dim_serially():
@@ -249,8 +254,9 @@ def test_maps_over_angle_dim_serially():
     assert rec["probe"].dims[:2] == ("angle", "mode")
     np.testing.assert_array_equal(rec["angle"].values, [0.0, 30.0])
     frame = xr.ones_like(rec["object"].isel(angle=0)).drop_vars(["angle"])  # same object grid
-    one = reconstruct(_clean(sets[1]), engine="lsqml", iterations=3, object=frame,
-                      progress=False)
+    single = _clean(sets[1])
+    single.attrs.update({k: ds.attrs[k] for k in NOMINAL_KEYS if k in ds.attrs})  # same optics
+    one = reconstruct(single, engine="lsqml", iterations=3, object=frame, progress=False)
     np.testing.assert_array_equal(rec["object"].isel(angle=1).values, one["object"].values)
     np.testing.assert_array_equal(rec["cost"].isel(angle=1).values, one["cost"].values)
 
@@ -282,10 +288,6 @@ def test_gpu_matches_cpu(small, engine, kw):
 
 
 # ----------------------------------------------------------------------------- initial probe
-NOMINAL_KEYS = ("nominal_defocus", "zone_plate_diameter", "zone_plate_outer_zone_width",
-                "central_stop_diameter", "convergence_semiangle", "nominal_Cs")
-
-
 def _no_optics(ds):
     """The measurement without any optics attrs: nominal ones and the probe_* truth."""
     out = ds.copy()
@@ -376,7 +378,7 @@ def test_data_only_probe_beats_flat_object(xdemo):
 
 def test_data_only_defocus_electron_and_estimated_nominal():
     """The parallax estimate on 4D-STEM data (200 keV, 20 mrad, 15 nm underfocus: measured
-    15.9 nm) and on zone-plate attrs without a nominal defocus (used in its place)."""
+    16.1 nm) and on zone-plate attrs without a nominal defocus (used in its place)."""
     from ptynb.ptycho import initial_probe
     from ptynb.ptycho.probe_start import estimate_defocus
     from ptynb.simulate import demo
@@ -628,7 +630,8 @@ def _far_apart(distance_px):
     sy[-1] += distance_px * dx
     sx[-1] += distance_px * dx
     return measurement(d["intensity"].values, sy, sx, radiation="xray",
-                       energy_eV=d.attrs["energy_eV"], pixel_size=dx)
+                       energy_eV=d.attrs["energy_eV"], pixel_size=dx,
+                       **{k: d.attrs[k] for k in NOMINAL_KEYS if k in d.attrs})
 
 
 def test_far_apart_positions_refused_before_allocation(monkeypatch):

@@ -323,3 +323,50 @@ def test_simulate_gpu_matches_cpu():
     c = simulate.ptychography(obj, _probe(), sy, sx, **kw)
     g = simulate.ptychography(obj, _probe(), sy, sx, device="gpu", **kw)
     np.testing.assert_allclose(g["intensity"].values, c["intensity"].values, rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- nominal optics
+def test_nominal_optics_recorded_apart_from_the_truth():
+    """The measurement attrs hold what a user knows: zone-plate/aperture dimensions and Cs
+    exactly, the defocus off by ``nominal_defocus_error`` (default 0.15, sign from the seed);
+    the true parameters stay as probe_* attrs (ground truth). No bare defocus/Cs attr."""
+    obj = _obj()
+    zp = physics.zone_plate_probe(N, DX, 8000.0, diameter=74.9e-6, outer_zone_width=60e-9,
+                                  central_stop_diameter=25e-6, defocus=0.3e-3, check_window=False)
+    sy = sx = [40 * DX]
+    signs = set()
+    for seed in range(6):
+        ds = simulate.ptychography(obj, zp, sy, sx, seed=seed, **KW)
+        a = ds.attrs
+        assert a["zone_plate_diameter"] == 74.9e-6 and a["zone_plate_outer_zone_width"] == 60e-9
+        assert a["central_stop_diameter"] == 25e-6 and a["probe_defocus"] == 0.3e-3
+        rel = a["nominal_defocus"] / a["probe_defocus"] - 1
+        assert abs(rel) == pytest.approx(0.15) and a["nominal_defocus_error"] == 0.15
+        signs.add(np.sign(rel))
+        assert "defocus" not in a
+    assert signs == {-1.0, 1.0}  # the sign is drawn from the seed
+    again = simulate.ptychography(obj, zp, sy, sx, seed=3, **KW)
+    assert again.attrs["nominal_defocus"] == simulate.ptychography(
+        obj, zp, sy, sx, seed=3, **KW).attrs["nominal_defocus"]
+    exact = simulate.ptychography(obj, zp, sy, sx, seed=0, nominal_defocus_error=0.0, **KW)
+    assert exact.attrs["nominal_defocus"] == 0.3e-3
+    given = simulate.ptychography(obj, zp, sy, sx, seed=0, nominal_defocus=0.2e-3, **KW)
+    assert given.attrs["nominal_defocus"] == 0.2e-3
+    # in focus: the error is a fraction of the depth of focus 2 dr^2 / lambda (46.5 um)
+    f0 = physics.zone_plate_probe(N, DX, 8000.0, diameter=74.9e-6, outer_zone_width=60e-9,
+                                  check_window=False)
+    d0 = simulate.ptychography(obj, f0, sy, sx, seed=0, **KW)
+    assert abs(d0.attrs["nominal_defocus"]) == pytest.approx(0.15 * 2 * 60e-9**2 / LAM)
+    with pytest.raises(ValidationError, match="nominal_defocus_error"):
+        simulate.ptychography(obj, zp, sy, sx, nominal_defocus_error=-0.1, **KW)
+    el = simulate.ptychography(obj, physics.electron_probe(N, 20e-12, 200e3, 20e-3, defocus=10e-9,
+                                                           Cs=1e-3),
+                               [40 * 20e-12], [40 * 20e-12], pixel_size=20e-12,
+                               radiation="electron", energy_eV=200e3, progress=False, seed=0)
+    a = el.attrs
+    assert a["convergence_semiangle"] == 20e-3 and a["nominal_Cs"] == 1e-3
+    assert abs(a["nominal_defocus"] / 10e-9 - 1) == pytest.approx(0.15)
+    assert "defocus" not in a and "Cs" not in a and a["probe_defocus"] == 10e-9
+    # a plain-array probe: no optics known
+    plain = simulate.ptychography(obj, zp.values, sy, sx, seed=0, **KW)
+    assert "nominal_defocus" not in plain.attrs and "nominal_defocus_error" not in plain.attrs
