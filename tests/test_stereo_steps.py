@@ -99,6 +99,60 @@ def test_estimate_layer_shift_subpixel():
     assert sign["scores"][3.1] > 2 * sign["scores"][-3.1]
 
 
+def _rings_and_particles(shift, n=160, z_shift=0.0, noise=0.005, seed=1, three=False):
+    """A fine non-positive ring pattern (period ~7 px, the aligned layer) and smooth Au-like
+    particles (radius 12 px, the moving layer), seen by views at -+1.5 (and 0) degrees: the
+    particles move by ``shift`` px relative to the rings between the outer views; the whole last
+    view is misaligned by ``z_shift`` px (as a cross-correlation alignment leaves it)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    rr = np.hypot(yy + 40, xx + 60)
+    rings = ndimage.gaussian_filter(-0.6 * (np.sin(2 * np.pi * rr / 7.0) > 0), 0.8)
+    parts = np.zeros((n, n))
+    for cy, cx in rng.uniform(20, n - 20, (6, 2)):
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        parts -= 0.04 * np.sqrt(np.maximum(144.0 - r2, 0.0))
+    tilts = np.array([-1.5, 0.0, 1.5] if three else [-1.5, 1.5]) * DEG
+    f = np.tan(tilts) / (2 * np.tan(1.5 * DEG))
+    views = []
+    for k, fk in enumerate(f):
+        v = rings + S.fourier_shift(parts, (0, shift * fk))
+        if k == len(f) - 1:
+            v = S.fourier_shift(v, (0, z_shift))
+        views.append(np.real(v) + rng.normal(0, noise, (n, n)))
+    return np.stack(views), tilts
+
+
+@pytest.mark.parametrize("shift", [3.1, 1.55, -2.4])
+def test_measure_layer_parallax_from_views_alone(shift):
+    views, tilts = _rings_and_particles(shift, z_shift=0.25)
+    m = S.measure_layer_parallax(views, tilts)
+    assert m["shift"] == pytest.approx(shift, abs=0.15)
+    assert 0 < m["uncertainty"] < 0.3 and abs(m["shift"] - shift) < 3 * m["uncertainty"] + 0.02
+    assert m["reliable"], m["note"]
+    # the rings' misalignment is fitted, not mistaken for parallax
+    assert m["dominant_shifts"][-1, 1] - m["dominant_shifts"][0, 1] == pytest.approx(0.25, abs=0.1)
+    assert 7 <= m["envelope"] <= 13
+
+
+def test_measure_layer_parallax_three_views_are_consistent():
+    views, tilts = _rings_and_particles(3.1, three=True)
+    m = S.measure_layer_parallax(views, tilts)
+    assert m["shift"] == pytest.approx(3.1, abs=0.15)
+    assert m["per_view"][1] == pytest.approx(0.5 * (m["per_view"][0] + m["per_view"][2]), abs=0.1)
+    assert m["chi2"] < 4.0
+
+
+def test_measure_layer_parallax_says_when_it_cannot_tell():
+    # both layers in one plane: no parallax to measure, and the result must not claim one
+    views, tilts = _rings_and_particles(0.0)
+    m = S.measure_layer_parallax(views, tilts)
+    assert abs(m["shift"]) < 0.15
+    assert not m["reliable"] and "uncertainty" in m["note"]
+    with pytest.raises(ValidationError, match="tilts: need at least two different"):
+        S.measure_layer_parallax(views, [0.1, 0.1])
+
+
 def test_bad_layer_inputs():
     with pytest.raises(ValidationError, match="views: need"):
         S.recover_layers(np.zeros((1, 8, 8)), [[0.0]])
