@@ -71,6 +71,8 @@ __all__ = [
     "denoise",
     "tomography",
     "resolution",
+    "single_tilt_stack",
+    "axial_widths",
     "find_atoms",
     "summarize",
     "run",
@@ -104,7 +106,7 @@ class Settings(WorkflowSettings):
         "Denoising": ["denoise", "bm3d_sigma", "fourier_sparsity", "sparsity_keep"],
         "Tomography": ["rounds_shifts", "rounds_rotations", "rounds_full", "pose_steps", "volume_steps",
                        "blur_sigma", "mask_threshold"],
-        "Analysis": ["fsc", "atoms", "peak_threshold", "match_radius"],
+        "Analysis": ["fsc", "single_tilt", "atoms", "peak_threshold", "match_radius"],
     }
     presets = {
         # the whole chain in well under a minute on 2 cores (notebook, app, browser test)
@@ -148,7 +150,7 @@ class Settings(WorkflowSettings):
     engine = param.Selector(objects=["epie", "rpie", "lsqml"], default="epie", doc="Ptychography engine per tilt")
     iterations = param.Integer(default=12, bounds=(1, 10_000), doc="Ptychography iterations per tilt")
     n_slices = param.Integer(default=2, bounds=(1, 64), doc="Multislice slices per tilt")
-    slice_thickness = param.Number(default=None, allow_None=True, bounds=(1e-11, 1e-6),
+    slice_thickness = param.Number(default=None, allow_None=True, bounds=(0.0, None), inclusive_bounds=(False, True),
                                    doc="Slice thickness (m); None: the cube's largest depth / n_slices")
     parallel = param.Boolean(default=False, doc="Reconstruct the tilts on a dask LocalCluster")
     run_dir = param.String(default=None, allow_None=True,
@@ -172,6 +174,8 @@ class Settings(WorkflowSettings):
                                   doc="Support mask: level of the low-resolution volume (fraction of max)")
     # --- analysis
     fsc = param.Boolean(default=True, doc="FSC between the volumes of the even and odd tilts")
+    single_tilt = param.Boolean(default=True, doc="Reconstruct the tilt nearest 0 deg with thin slices "
+                                "(multislice alone) to compare the axial resolution")
     atoms = param.Boolean(default=True, doc="Find atoms and register the spinel lattice")
     peak_threshold = param.Number(default=0.25, bounds=(0.0, 1.0),
                                   doc="Local maxima above this fraction of the volume's 99.9th percentile")
@@ -889,6 +893,66 @@ def tomography(projections: xr.DataArray, settings: Settings | None = None, *, e
     return {"volume": volv, "alignment": al, "aligned": aligned, "mask": mask}
 
 
+def single_tilt_stack(measurement: xr.Dataset, settings: Settings | None = None, *,
+                      slice_thickness: float | None = None, progress: bool = False) -> xr.Dataset:
+    """Multislice ptychography *alone*: the tilt nearest 0 deg with thin slices, for the
+    axial-resolution comparison of the paper (MSPT vs single-tilt multislice).
+
+    The slab of depth ``sqrt(3)`` cube edges (the deepest the cube gets) is cut into slices of
+    ``slice_thickness`` (default two pixels) and reconstructed with the settings' engine and
+    iterations. Returns a Dataset with ``stack`` (slice, y, x) phase per slice (rad) on the
+    projection grid and coords ``z`` (m); attrs ``angle``, ``slice_thickness``.
+    """
+    from ..ptycho import reconstruct
+
+    s = settings or Settings()
+    m = check_mspt_measurement(measurement)
+    k = int(np.argmin(np.abs(m["angle"].values)))
+    dx = float(m.attrs.get("pixel_size") or 1.0 / (m.sizes["qy"] * float(m.attrs["reciprocal_pixel_size"])))
+    dz = float(slice_thickness or 2 * dx)
+    n_sl = max(2, int(math.ceil(math.sqrt(3) * s.cube_edge / dz)))
+    n = min(int(round(float(s.field_of_view) / dx)),
+            int(min(np.ptp(m["scan_y"].values), np.ptp(m["scan_x"].values)) / dx) + 1)
+    block = m[[v for v in ("intensity", "mask") if v in m]].isel(angle=k, drop=True)
+    rec = reconstruct(block, engine=s.engine, iterations=int(s.iterations), slices=n_sl, slice_thickness=dz,
+                      seed=int(s.seed), progress=progress)
+    out = phase_projections(rec, n)
+    st = out["slice_phase"]
+    return xr.Dataset({"stack": st.assign_attrs(units="rad")},
+                      coords={"z": ("slice", (np.arange(n_sl) - (n_sl - 1) / 2) * dz, {"units": "m"})},
+                      attrs={"angle": float(m["angle"].values[k]), "slice_thickness": dz, "pixel_size": dx})
+
+
+def axial_widths(volume: xr.DataArray, *, threshold: float = 0.25) -> dict:
+    """Median FWHM of the atomic peaks of a volume along z (axial) and x (lateral), in m.
+
+    Peaks: local maxima above ``threshold`` of the 99.9th percentile, at least 2 A apart;
+    profiles through each peak along z and along x (within 2 A either side laterally, the
+    whole axis axially). ``bounded_z`` is the fraction of axial profiles that drop below
+    half maximum on both sides (else the width is a lower bound).
+    """
+    v = np.asarray(volume.values, np.float64)
+    dx = float(np.diff(volume["x"].values[:2])[0])
+    dz = float(np.diff(volume["z"].values[:2])[0]) if volume.sizes["z"] > 1 else dx
+    origin = (float(volume["z"].values[0]), float(volume["y"].values[0]), float(volume["x"].values[0]))
+    top = float(np.percentile(v, 99.9)) or 1.0
+    pk, _ = steps.local_maxima(v, dx, origin, min_distance=2 * ANGSTROM, threshold=threshold * top, smooth=0.0)
+    if volume.sizes["z"] > 1 and dz != dx:  # anisotropic stack: 2D maxima of the sum
+        from scipy import ndimage as ndi
+
+        img = v.sum(0)
+        size = 2 * max(1, int(round(2 * ANGSTROM / dx))) + 1
+        mx = (img == ndi.maximum_filter(img, size=size)) & (img > threshold * float(np.percentile(img, 99.9)))
+        iyx = np.argwhere(mx)
+        idx = np.column_stack([np.argmax(v[:, iyx[:, 0], iyx[:, 1]], axis=0), iyx])
+    else:
+        idx = np.round((pk[:, ::-1] - np.asarray(origin)[None, :]) / dx).astype(int)
+    idx = idx[np.all((idx >= 0) & (idx < np.asarray(v.shape)[None, :]), axis=1)]
+    wz, bz = steps.peak_fwhm(v, idx, (dz, dx, dx), 0)
+    wx, bx = steps.peak_fwhm(v, idx, (dz, dx, dx), 2, half_window=max(1, int(round(2 * ANGSTROM / dx))))
+    return {"axial_fwhm": wz, "lateral_fwhm": wx, "bounded_z": bz, "n_peaks": int(len(idx))}
+
+
 # ============================================================================ 6. resolution
 def _paper_resolution(vol, dx):
     """The paper's estimator (:func:`ptynb.metrics.directional_resolution`) on the
@@ -906,14 +970,15 @@ def _paper_resolution(vol, dx):
 
 
 def resolution(volume: xr.DataArray, *, aligned: xr.DataArray | None = None, ptycho: xr.Dataset | None = None,
-               fsc: bool = True, energy_eV: float | None = None, semiangle: float | None = None) -> xr.Dataset:
+               fsc: bool = True, energy_eV: float | None = None, semiangle: float | None = None,
+               single_tilt: xr.Dataset | None = None) -> xr.Dataset:
     """Directional resolution of the volume, FSC of half tilt series, single-tilt comparison.
 
     * ``resolution_x/y/z`` (m): the paper's estimator, the last significant peak of the
       spectral amplitude projected onto each axis (:func:`ptynb.metrics.directional_resolution`,
       on the windowed volume padded to twice its size); where it finds no significant peak
       (small volumes: the integration over a plane buries the Bragg peaks) the value comes
-      from :func:`mspt_steps.cone_resolution` (significant 3D spectral peaks within 35 deg of
+      from :func:`mspt_steps.cone_resolution` (significant 3D spectral peaks within 45 deg of
       the axis) and ``resolution_method_<axis>`` says so. z lies along the missing wedge
       (``resolution_along_wedge``), x and y across it (``resolution_across_wedge``: the better).
     * ``fsc`` with ``aligned`` projections: FBP volumes of the even and odd tilts and their FSC;
@@ -922,7 +987,13 @@ def resolution(volume: xr.DataArray, *, aligned: xr.DataArray | None = None, pty
     * single-tilt multislice comparison (with ``ptycho`` or the optics): the axial resolution
       of multislice ptychography at one tilt is *assumed* as the larger of the slice
       spacing used and the depth of field ``2 lambda / alpha^2`` (both derived from inputs,
-      ``axial_resolution_single_tilt_assumed``); ``axial_ratio`` = that / ``resolution_z``.
+      ``axial_resolution_single_tilt_assumed``); ``axial_ratio_assumed`` = that / ``resolution_z``.
+    * measured comparison, with ``single_tilt`` (:func:`single_tilt_stack`): the median FWHM
+      along z of the atomic peaks of the MSPT volume (``axial_fwhm_mspt``; ``lateral_fwhm_mspt``
+      along x) and of the columns of the thin-slice multislice stack (``axial_fwhm_single_tilt``,
+      :func:`axial_widths`, the same estimator); ``axial_ratio`` = single tilt / MSPT
+      (``axial_ratio_is_lower_bound`` = 1 when the single-tilt profiles never fall to half
+      maximum inside the stack, whose depth then bounds the width).
     """
     from .. import metrics
     from ..physics import wavelength
@@ -969,7 +1040,19 @@ def resolution(volume: xr.DataArray, *, aligned: xr.DataArray | None = None, pty
         ax = max(dof, dz or 0.0)
         attrs["axial_resolution_single_tilt_assumed"] = ax
         if np.isfinite(attrs["resolution_z"]):
-            attrs["axial_ratio"] = ax / attrs["resolution_z"]
+            attrs["axial_ratio_assumed"] = ax / attrs["resolution_z"]
+    w = axial_widths(volume)
+    attrs.update(axial_fwhm_mspt=w["axial_fwhm"], lateral_fwhm_mspt=w["lateral_fwhm"])
+    if single_tilt is not None:
+        st = single_tilt["stack"]
+        sv = xr.DataArray(np.asarray(st.values, np.float64), dims=("z", "y", "x"),
+                          coords={"z": single_tilt["z"].values, "y": st["y"].values, "x": st["x"].values})
+        w1 = axial_widths(sv)
+        attrs.update(axial_fwhm_single_tilt=w1["axial_fwhm"], lateral_fwhm_single_tilt=w1["lateral_fwhm"],
+                     axial_ratio_is_lower_bound=int(w1["bounded_z"] < 0.5),
+                     single_tilt_angle=float(single_tilt.attrs["angle"]))
+        if w["axial_fwhm"] > 0:
+            attrs["axial_ratio"] = w1["axial_fwhm"] / w["axial_fwhm"]
     ds.attrs = {**{k: v for k, v in dr.attrs.items() if not k.startswith(("resolution_", "q_", "sigma_"))},
                 **attrs, "units": "m"}
     return ds
@@ -1096,7 +1179,7 @@ def _step_resolution(run: Run):
     if semi is None:  # projections reconstructed elsewhere: optics only if their attrs give them
         semi = run["projections"].attrs.get("convergence_semiangle")
     return resolution(t["volume"], aligned=t["aligned_raw"], ptycho=run.get("ptychography"), fsc=bool(s.fsc),
-                      energy_eV=energy, semiangle=semi)
+                      energy_eV=energy, semiangle=semi, single_tilt=run.get("single_tilt"))
 
 
 def _step_atoms(run: Run):
@@ -1147,7 +1230,8 @@ def summarize(settings: Settings, results: dict) -> dict:
     if r is not None:
         for k in ("resolution_x", "resolution_y", "resolution_z", "resolution_along_wedge",
                   "resolution_across_wedge", "resolution_fsc", "axial_resolution_single_tilt_assumed",
-                  "axial_ratio", "depth_of_field_assumed"):
+                  "axial_ratio", "axial_ratio_assumed", "depth_of_field_assumed", "axial_fwhm_mspt",
+                  "lateral_fwhm_mspt", "axial_fwhm_single_tilt", "axial_ratio_is_lower_bound"):
             if k in r.attrs:
                 out[k] = float(r.attrs[k])
     a = results.get("atoms")
@@ -1190,6 +1274,9 @@ WORKFLOW = Workflow(
              (not _has_projections(r) and r.inputs.get("measurement") is None)),
         Step("ptychography", _step_ptychography, "multislice ptychography per tilt", weight=50,
              when=lambda r: not _has_projections(r)),
+        Step("single_tilt", lambda r: single_tilt_stack(r["measurement"], r.settings, progress=r.progress),
+             "single-tilt multislice (thin slices) for comparison", weight=5,
+             when=lambda r: not _has_projections(r) and bool(r.settings.single_tilt)),
         Step("projections", _step_projections, "summed-slice phase projections", weight=1),
         Step("denoised", _step_denoised, "denoising (BM3D + Fourier sparsity)", weight=5),
         Step("tomography", _step_tomography, "joint tomography and alignment", weight=30, node=False),
