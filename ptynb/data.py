@@ -61,7 +61,9 @@ from .accessor import PtyAccessor
 
 __all__ = [
     "DIMS",
+    "DataWarning",
     "PtyAccessor",
+    "UnitWarning",
     "ValidationError",
     "centered_coord",
     "check_finite",
@@ -100,6 +102,14 @@ DIMS = {
 #: Largest object dimension (pixels) accepted before positions are treated as a unit error.
 MAX_OBJECT_PIXELS = 1 << 16
 _REL_TOL = 1e-3
+#: Lowest photon energy (eV) accepted as X-rays; lower values are most likely keV given as eV.
+MIN_XRAY_EV = 100.0
+#: Lowest electron energy (eV) accepted; lower values are most likely keV given as eV.
+MIN_ELECTRON_EV = 1000.0
+#: attr that accepts energies below these limits (EUV / optical photons, slow electrons)
+LOW_ENERGY_ATTR = "allow_low_energy"
+#: With this many views or more, angles that all lie within +-2 pi look like radians.
+RADIAN_MIN_VIEWS = 8
 
 
 class ValidationError(ValueError):
@@ -109,6 +119,49 @@ class ValidationError(ValueError):
         self.variable = variable
         self.problem = problem
         super().__init__(f"{variable}: {problem}")
+
+
+class DataWarning(UserWarning):
+    """Data that are probably wrong but may be intended (zero patterns, unchecked lazy data)."""
+
+
+class UnitWarning(DataWarning):
+    """A value that looks like it is in the wrong unit (e.g. angles in radians, not degrees)."""
+
+
+def check_energy(energy_eV, radiation: str, *, allow_low: bool = False) -> float:
+    """``energy_eV`` as a float, refusing energies that are most likely keV given as eV.
+
+    X-rays below :data:`MIN_XRAY_EV` (100 eV) and electrons below :data:`MIN_ELECTRON_EV`
+    (1 keV) raise :class:`ValidationError` naming the likely mistake, unless ``allow_low``
+    (the measurement attr ``allow_low_energy=True``: EUV or optical photons, slow electrons).
+    """
+    e = _positive("energy_eV", energy_eV, allow_none=False)
+    limit = MIN_XRAY_EV if radiation == "xray" else MIN_ELECTRON_EV
+    if e < limit and not allow_low:
+        what = "X-ray photons" if radiation == "xray" else "electrons"
+        meant = e * 1e3
+        raise ValidationError(
+            "energy_eV", f"{e:g} eV is below {limit:g} eV, too low for {what}: was the energy "
+            f"given in keV? For {e:g} keV use energy_eV={meant:g} (ptynb energies are in eV). "
+            f"If {e:g} eV is meant, set the attr {LOW_ENERGY_ATTR}=True")
+    return e
+
+
+def check_angles(name: str, angles) -> None:
+    """Warn (:class:`UnitWarning`) when ``angles`` (which must be degrees) look like radians:
+    at least :data:`RADIAN_MIN_VIEWS` distinct values, all within +-2 pi."""
+    import warnings
+
+    a = np.asarray(angles, dtype=np.float64).reshape(-1)
+    a = a[np.isfinite(a)]
+    if np.unique(a).size < RADIAN_MIN_VIEWS:
+        return
+    if float(np.max(np.abs(a))) < 2 * np.pi:
+        warnings.warn(
+            f"{name}: all {a.size} angles lie within +-2 pi (range {a.min():.4g} .. {a.max():.4g}); "
+            f"ptynb angles are in degrees: were radians given? Convert with numpy.degrees()",
+            UnitWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -193,15 +246,25 @@ def derived_pixel_size(
     return None
 
 
+_STRING_PROBLEM = ("holds text (dtype {dtype}), not numbers: parse it first, e.g. "
+                   "numpy.asarray(values, dtype=numpy.float32); ptynb does not convert strings")
+
+
 def _as_float32_counts(intensity, name="intensity"):
     arr = intensity.data if isinstance(intensity, xr.DataArray) else intensity
     if hasattr(arr, "dtype") and np.issubdtype(arr.dtype, np.complexfloating):
         raise ValidationError(name, "is complex; diffraction intensities must be real counts")
     if hasattr(arr, "compute") and not isinstance(arr, np.ndarray):  # dask: keep lazy
+        if arr.dtype.kind in "USO":
+            raise ValidationError(name, _STRING_PROBLEM.format(dtype=arr.dtype))
         return arr.astype(np.float32) if arr.dtype != np.float32 else arr
     a = np.asarray(arr)
+    if a.dtype.kind in "US":
+        raise ValidationError(name, _STRING_PROBLEM.format(dtype=a.dtype))
     if a.dtype == object:
         raise ValidationError(name, "has dtype object; expected a numeric array")
+    if a.dtype.kind == "b":
+        raise ValidationError(name, "is boolean; diffraction intensities must be counts (numbers)")
     if np.issubdtype(a.dtype, np.complexfloating):
         raise ValidationError(name, "is complex; diffraction intensities must be real counts")
     return a.astype(np.float32, copy=False)
@@ -275,7 +338,7 @@ def measurement(
         radiation = check_radiation(radiation)
     except ValueError as e:
         raise ValidationError("radiation", str(e)) from None
-    energy = _positive("energy_eV", energy_eV, allow_none=False)
+    energy = check_energy(energy_eV, radiation, allow_low=bool(attrs.get(LOW_ENERGY_ATTR, False)))
     lam = _wl(energy, radiation)
 
     if isinstance(intensity, xr.DataArray) and dims is None:
@@ -644,11 +707,85 @@ def _kind(obj) -> str:
 
 def _check_finite(name, arr):
     if hasattr(arr, "compute") and not isinstance(arr, np.ndarray):
-        return  # lazy (dask): finiteness is checked when loaded, not here
+        return  # lazy (dask): see _check_lazy_intensity
     a = np.asarray(arr)
     if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValidationError(name, f"contains {bad} NaN or inf value(s)")
+
+
+def _intensity_problems(name, n_bad, n_neg, vmin, zero, n_patterns, scan_index, where=""):
+    """Raise or warn for the counts found by the eager or the lazy check of ``intensity``."""
+    import warnings
+
+    if n_bad:
+        raise ValidationError(name, f"contains {n_bad} NaN or inf value(s){where}")
+    if n_neg:
+        raise ValidationError(name, f"has {n_neg} negative value(s) (min {vmin:.4g}){where}; "
+                                    "counts must be >= 0")
+    n_zero = int(np.count_nonzero(zero))
+    if n_patterns and n_zero == n_patterns:
+        raise ValidationError(name, f"every one of the {n_patterns} diffraction patterns is zero"
+                                    f"{where}: no counts at all (beam off, wrong detector "
+                                    "channel, or data not yet written?)")
+    if n_zero:
+        idx = np.flatnonzero(np.asarray(zero).reshape(-1))[:5]
+        scans = [int(scan_index[i % len(scan_index)]) for i in idx] if len(scan_index) else []
+        warnings.warn(
+            f"{name}: {n_zero} of {n_patterns} diffraction patterns are all zero{where} "
+            f"(scan {', '.join(map(str, scans))}{', ...' if n_zero > len(scans) else ''}): they carry "
+            "no information (dropped frames or beam off?); drop them with ds.drop_isel(scan=[...])",
+            DataWarning, stacklevel=4)
+
+
+def _check_intensity_values(name, data, scan_index):
+    a = np.asarray(data)
+    if a.dtype.kind not in "fiu" or a.size == 0:
+        return
+    finite = np.isfinite(a) if a.dtype.kind == "f" else None
+    n_bad = int(a.size - np.count_nonzero(finite)) if finite is not None else 0
+    if n_bad:
+        _intensity_problems(name, n_bad, 0, 0.0, np.zeros(0, bool), 0, scan_index)
+    mn = float(np.min(a))
+    n_neg = int(np.count_nonzero(a < 0)) if mn < 0 else 0
+    zero = ~np.any(a != 0, axis=(-2, -1))
+    _intensity_problems(name, 0, n_neg, mn, zero, int(zero.size), scan_index)
+
+
+def _check_lazy_intensity(name, data, scan_index, mode):
+    """NaN/inf, negative values and zero patterns of a lazy (dask) ``intensity``.
+
+    ``mode="warn"``: nothing is read; a :class:`DataWarning` says so. ``"scan"``: one chunked
+    pass over the data (dask reductions: memory of a few chunks, time of a full read).
+    ``"skip"``: nothing is read, no warning (the caller checks as it reads).
+    """
+    import warnings
+
+    if mode == "skip":
+        return
+    nbytes = int(np.prod(data.shape)) * data.dtype.itemsize
+    if mode != "scan":
+        from ._memory import format_bytes
+
+        warnings.warn(
+            f"{name}: lazily loaded ({format_bytes(nbytes)}, not read): NaN/inf, negative values "
+            "and all-zero patterns were NOT checked; validate(ds, lazy='scan') checks them in one "
+            "chunked pass, or load the data first", DataWarning, stacklevel=4)
+        return
+    import dask
+    import dask.array as da
+
+    x = data
+    kind = x.dtype.kind
+    if kind not in "fiu" or x.size == 0:
+        return
+    n_bad = (~da.isfinite(x)).sum() if kind == "f" else da.zeros((), int)
+    n_neg = (x < 0).sum()
+    vmin = x.min()
+    zero = ~da.any(x != 0, axis=(-2, -1))
+    n_bad, n_neg, vmin, zero = dask.compute(n_bad, n_neg, vmin, zero)
+    _intensity_problems(name, int(n_bad), int(n_neg), float(vmin), np.asarray(zero),
+                        int(np.asarray(zero).size), scan_index, where=" (chunked scan of the lazy data)")
 
 
 def _check_dims(name, da, tail, allowed_lead=("beam", "angle")):
@@ -673,7 +810,7 @@ def _check_spacing(name, coord, expected, unit):
         )
 
 
-def _validate_measurement(ds: xr.Dataset):
+def _validate_measurement(ds: xr.Dataset, lazy_mode: str = "warn"):
     from ._units import check_radiation
     from ._units import wavelength as _wl
 
@@ -683,16 +820,19 @@ def _validate_measurement(ds: xr.Dataset):
     _check_dims("intensity", inten, ("scan", "qy", "qx"))
     if np.issubdtype(inten.dtype, np.complexfloating):
         raise ValidationError("intensity", "is complex; diffraction intensities must be real counts")
+    if inten.dtype.kind in "US":
+        raise ValidationError("intensity", _STRING_PROBLEM.format(dtype=inten.dtype))
+    if inten.dtype.kind == "b":
+        raise ValidationError("intensity", "is boolean; diffraction intensities must be counts (numbers)")
     if not np.issubdtype(inten.dtype, np.number):
         raise ValidationError("intensity", f"has non-numeric dtype {inten.dtype}")
     data = inten.data
     lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
-    if not lazy:
-        _check_finite("intensity", data)
-        mn = np.min(data) if data.size else 0
-        if mn < 0:
-            n_neg = int(np.count_nonzero(np.asarray(data) < 0))
-            raise ValidationError("intensity", f"has {n_neg} negative value(s) (min {float(mn):.4g}); counts must be >= 0")
+    scan_index = np.asarray(ds["scan"].values) if "scan" in ds.coords else np.arange(inten.sizes["scan"])
+    if lazy:
+        _check_lazy_intensity("intensity", data, scan_index, lazy_mode)
+    else:
+        _check_intensity_values("intensity", data, scan_index)
     # attrs
     a = ds.attrs
     if "radiation" not in a:
@@ -703,8 +843,10 @@ def _validate_measurement(ds: xr.Dataset):
         raise ValidationError("radiation", str(e)) from None
     if "energy_eV" not in a:
         raise ValidationError("energy_eV", "missing from attrs (photon or electron energy in eV)")
-    energy = _positive("energy_eV", a["energy_eV"], allow_none=False)
+    energy = check_energy(a["energy_eV"], rad, allow_low=bool(a.get(LOW_ENERGY_ATTR, False)))
     lam = _wl(energy, rad)
+    if "angle" in ds.coords:
+        check_angles("angle", ds["angle"].values)
     if "wavelength" in a and not np.isclose(float(a["wavelength"]), lam, rtol=_REL_TOL, atol=0.0):
         raise ValidationError("wavelength", f"attr {a['wavelength']!r} m disagrees with energy_eV ({lam:.6g} m)")
     ny = inten.sizes["qy"]
@@ -810,27 +952,43 @@ def _validate_image(da: xr.DataArray, kind: str):
         ang = da["angle"].values
         if not np.all(np.isfinite(ang)):
             raise ValidationError("angle", "contains NaN or inf")
+        check_angles("angle", ang)
 
 
-def validate(obj) -> Any:
+def validate(obj, *, lazy: str = "warn") -> Any:
     """Check a ptynb dataset and return it unchanged; raise :class:`ValidationError` if bad.
 
     Accepts a measurement or reconstruction Dataset, a projections or volume DataArray, or a
     DataTree (every node with data is checked, with attrs inherited from its ancestors).
 
     Checks: required dims (in order), NaN/inf, negative intensities, complex intensities,
-    positions count vs patterns, positions outside the field of view (or a span so large it
-    must be a unit error), missing radiation/energy/geometry attrs, pixel size inconsistent
-    with the detector geometry or the coordinates, an all-invalid detector mask. Data are
-    never modified.
+    intensities given as text or booleans, every pattern zero (an error; some zero patterns
+    give a :class:`DataWarning` naming them), positions count vs patterns, positions outside
+    the field of view (or a span so large it must be a unit error), missing
+    radiation/energy/geometry attrs, an energy that must be keV given as eV (X-rays below
+    100 eV, electrons below 1 keV; the attr ``allow_low_energy=True`` accepts it), pixel size
+    inconsistent with the detector geometry or the coordinates, an all-invalid detector mask.
+    Angles (degrees) that all lie within +-2 pi with 8 or more views give a
+    :class:`UnitWarning` (radians?). Data are never modified.
+
+    Parameters
+    ----------
+    lazy : {"warn", "scan", "skip"}
+        For a lazily loaded (dask) ``intensity``: ``"warn"`` (default) reads nothing and warns
+        (:class:`DataWarning`) that NaN/inf, negative values and zero patterns were not
+        checked; ``"scan"`` checks them in one chunked pass (a full read, memory of a few
+        chunks); ``"skip"`` reads nothing and does not warn (for callers that check the data
+        as they load them).
     """
+    if lazy not in ("warn", "scan", "skip"):
+        raise ValidationError("lazy", f"must be 'warn', 'scan' or 'skip', got {lazy!r}")
     if isinstance(obj, xr.DataTree):
         for node in obj.subtree:
             if node.has_data:
                 ds = node.to_dataset(inherit=True)
                 attrs = node_attrs(obj, node.path) if node is not obj else dict(obj.attrs)
                 try:
-                    validate(ds.assign_attrs(attrs))
+                    validate(ds.assign_attrs(attrs), lazy=lazy)
                 except ValidationError as e:
                     raise ValidationError(f"{node.path}:{e.variable}", e.problem) from None
         return obj
@@ -838,7 +996,7 @@ def validate(obj) -> Any:
         raise ValidationError("input", f"expected an xarray Dataset/DataArray/DataTree, got {type(obj).__name__}")
     kind = _kind(obj)
     if kind == "measurement":
-        _validate_measurement(obj)
+        _validate_measurement(obj, lazy)
     elif kind == "reconstruction":
         _validate_reconstruction(obj)
     elif kind in ("projections", "volume"):

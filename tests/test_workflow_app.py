@@ -10,7 +10,7 @@ import xarray as xr
 
 pn = pytest.importorskip("panel")
 
-from ptynb.apps._workflow import SIMULATE, WorkflowApp, save_path, unit_of  # noqa: E402
+from ptynb.apps._workflow import SIMULATE, WorkflowApp, display_unit, save_path, unit_of  # noqa: E402
 from ptynb.workflows import Step, Workflow, WorkflowSettings  # noqa: E402
 
 QUICK = "quick look (seconds)"
@@ -73,14 +73,81 @@ def test_generic_app_runs_and_shows_default_views():
     _render(app)
 
 
+def _labels(card):
+    return [getattr(w, "label", None) or w.name for w in card.select(pn.widgets.Widget)]
+
+
 def test_number_widgets_are_labelled_with_units():
     assert unit_of(ToySettings, "pixel") == "m" and unit_of(ToySettings, "n") == "px"
+    assert display_unit(ToySettings, "pixel") == ("nm", 1e9)  # 10e-9 m is shown as 10 nm
     app = WorkflowApp(TOY)
     cards = app.setting_cards()
     assert [c.title for c in cards] == ["Size", "Behaviour"]
-    names = [w.name for w in cards[0].objects[0].widget_objs.values()] if hasattr(cards[0].objects[0], "widget_objs") \
-        else [w.name for w in cards[0].objects[0].layout.objects]
-    assert "Pixel (m)" in names
+    labels = _labels(cards[0])
+    assert "Pixel (nm)" in labels and "N (px)" in labels, labels
+    w = app._number_widgets["pixel"][0]
+    assert w.value == 10.0 and "stored in m (1 nm = 1e-09 m)" in w.description
+    assert "Allowed: [0.1, inf) nm" in w.description
+    w.value = 2.5  # typed in nm, stored in m
+    assert app.settings.pixel == pytest.approx(2.5e-9, rel=1e-15)
+    app.settings.pixel = 30e-9  # a preset or code changing the setting updates the widget
+    assert w.value == 30.0
+
+
+def test_out_of_bounds_setting_shows_the_bound_instead_of_reverting_silently():
+    app = WorkflowApp(TOY)
+    app.setting_cards()
+    w = app._number_widgets["n"][0]
+    w.value = 100
+    assert app.settings.n == 16 and w.value == 16
+    assert app.setting_error.visible
+    assert app.setting_error.object == "**N**: 100 px is not allowed; it must be in [4, 64] px. Kept 16 px."
+    w.value = 32  # a good value clears the message
+    assert app.settings.n == 32 and not app.setting_error.visible
+    p = app._number_widgets["pixel"][0]
+    p.value = 0.01  # nm: below the 0.1 nm bound
+    assert "it must be in [0.1, inf) nm" in app.setting_error.object and app.settings.pixel == 10e-9
+
+
+def test_busy_alert_is_cleared_when_the_run_ends():
+    app = WorkflowApp(TOY)
+    app.runner.running = True  # as while a served run is going on
+    assert app.run_button.disabled
+    assert not app.run()
+    assert "a run is already in progress" in app.error.object and app.error.visible
+    app.runner.running = False  # the run ends
+    assert not app.error.visible and not app.run_button.disabled
+
+
+def test_progress_never_goes_backwards():
+    from ptynb.apps._task import TaskRunner
+
+    r = TaskRunner()
+    seen = []
+
+    def job(progress, cancel):
+        for f in (0.1, 0.5, 0.3, 1.7, float("nan"), 0.9):
+            progress(f, "x")
+            seen.append(r._state["fraction"])
+        return 1
+
+    r.start(job)
+    assert seen == [0.1, 0.5, 0.5, 1.0, 1.0, 1.0]
+    assert r.status.object == "done"
+
+
+def test_a_failing_result_display_is_an_error_not_done():
+    from ptynb.apps._task import TaskRunner
+
+    r = TaskRunner()
+    errors = []
+
+    def show(_result):
+        raise ValueError("cannot draw this")
+
+    r.start(lambda p, c: 1, on_done=show, on_error=errors.append)
+    assert r.status.object == "**Error:** ValueError: cannot draw this"
+    assert [str(e) for e in errors] == ["cannot draw this"]
 
 
 def test_generic_app_cancel_gives_a_partial_tree():

@@ -41,8 +41,11 @@ class TaskRunner(param.Parameterized):
 
     # ---------------------------------------------------------------- worker side
     def _progress(self, fraction: float, message: str = "") -> None:
+        f = float(fraction)
+        f = 0.0 if f != f else min(max(f, 0.0), 1.0)  # NaN -> 0, clipped to [0, 1]
         with self._lock:
-            self._state["fraction"] = float(min(max(fraction, 0.0), 1.0))
+            # never backwards within a job (the bar shows the largest fraction so far)
+            self._state["fraction"] = max(f, self._state.get("fraction", 0.0))
             if message:
                 self._state["message"] = message
 
@@ -112,15 +115,21 @@ class TaskRunner(param.Parameterized):
         with self._lock:
             self._state["done"] = False  # deliver once
         if "error" in st:
-            exc = st["error"]
-            self.status.object = f"**Error:** {type(exc).__name__}: {exc}"
-            if self._on_error:
-                self._on_error(exc)
-        else:
-            cancelled = self._cancel.is_set()
-            self.status.object = "cancelled (partial result shown)" if cancelled else "done"
-            if self._on_done:
+            self._report_error(st["error"])
+            return
+        cancelled = self._cancel.is_set()
+        if self._on_done:
+            try:  # showing the result can fail too (a bad file, a view bug): never "done" then
                 self._on_done(st.get("result"))
+            except Exception as exc:  # noqa: BLE001 - reported in the UI
+                self._report_error(exc)
+                return
+        self.status.object = "cancelled (partial result shown)" if cancelled else "done"
+
+    def _report_error(self, exc: BaseException) -> None:
+        self.status.object = f"**Error:** {type(exc).__name__}: {exc}"
+        if self._on_error:
+            self._on_error(exc)
 
     def __panel__(self):
         return pn.Row(self.progress_bar, self.cancel_button, self.status)

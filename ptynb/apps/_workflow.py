@@ -20,13 +20,64 @@ import xarray as xr
 from ._files import FILE_SUFFIXES, DataFilePicker, data_dir
 from ._task import TaskRunner
 
-__all__ = ["WorkflowApp", "SIMULATE", "FROM_FILE", "unit_of", "save_path", "with_widgets", "app_for"]
+__all__ = ["WorkflowApp", "SIMULATE", "FROM_FILE", "unit_of", "display_unit", "bounds_text", "save_path",
+           "with_widgets", "app_for"]
 
 SIMULATE = "simulated demo"
 FROM_FILE = "file from the data directory"
 SAVE_FORMATS = (".h5", ".zarr")
 
 _UNIT_RE = re.compile(r"\((m|nm|um|mm|px|pixels?|eV|keV|degrees|deg|rad|s|1/m|counts)\s*[);,]")
+
+
+#: how SI lengths are shown: the first (unit, factor) whose threshold exceeds the typical value
+_LENGTH_DISPLAY = ((1e-6, "nm", 1e9), (1e-3, "um", 1e6), (1.0, "mm", 1e3))
+_UNIT_NAMES = {"degrees": "deg", "degree": "deg", "pixels": "px", "pixel": "px"}
+_FACTORS = {"nm": 1e9, "um": 1e6, "mm": 1e3, "m": 1.0}
+
+
+def display_unit(settings_cls, name: str, overrides: dict | None = None) -> tuple[str | None, float]:
+    """``(shown unit, factor)`` of a setting: the widget shows ``value * factor`` in that unit.
+
+    SI lengths (unit "m") are shown in nm, um or mm after their default (or a bound) when it
+    is small (8.1e-9 m -> 8.1 nm); ``overrides`` (``{name: "um"}``) chooses explicitly.
+    Degrees are labelled "deg". Other units are shown as stored (factor 1).
+    """
+    unit = unit_of(settings_cls, name)
+    unit = _UNIT_NAMES.get(unit, unit)
+    if overrides and name in overrides:
+        shown = overrides[name]
+        if unit == "m" and shown in _FACTORS:
+            return shown, _FACTORS[shown]
+        return shown, 1.0
+    if unit != "m":
+        return unit, 1.0
+    p = settings_cls.param[name]
+    refs = [abs(v) for v in (p.default, *(getattr(p, "bounds", None) or ()))
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v]
+    if not refs:
+        return "m", 1.0
+    ref = refs[0]
+    for limit, shown, factor in _LENGTH_DISPLAY:
+        if ref < limit:
+            return shown, factor
+    return "m", 1.0
+
+
+def _num(v: float) -> float:
+    """A converted value without binary noise (8.100000000000001 -> 8.1)."""
+    return float(f"{v:.12g}")
+
+
+def bounds_text(p: param.Parameter, factor: float = 1.0, unit: str | None = None) -> str:
+    """``"[0.1, 1000] nm"``-style bounds of a number setting in its shown unit ('' if none)."""
+    b = getattr(p, "bounds", None)
+    if not b or all(v is None for v in b):
+        return ""
+    inc = getattr(p, "inclusive_bounds", (True, True))
+    lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + f"{_num(b[0] * factor):g}"
+    hi = "inf)" if b[1] is None else f"{_num(b[1] * factor):g}" + ("]" if inc[1] else ")")
+    return f"{lo}, {hi}" + (f" {unit}" if unit else "")
 
 
 def unit_of(settings_cls, name: str) -> str | None:
@@ -113,6 +164,8 @@ class WorkflowApp(pn.viewable.Viewer):
     collapsed_groups: tuple[str, ...] | None = None
     result_stem: str | None = None
     width_controls = 350
+    #: ``{setting: shown unit}`` for SI lengths ("nm", "um", "mm", "m"; see :func:`display_unit`)
+    display_units: dict[str, str] = {}
 
     def __init__(self, workflow=None, *, settings=None, result: xr.DataTree | None = None, **params):
         from ..workflows import get
@@ -150,10 +203,17 @@ class WorkflowApp(pn.viewable.Viewer):
         self.save_format = pn.widgets.RadioButtonGroup(options=list(SAVE_FORMATS), value=SAVE_FORMATS[0],
                                                        width=120, css_classes=["ptynb-save-format"])
         self.error = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["ptynb-error"])
+        self._busy_alert = False  # the error alert shows "a run is already in progress"
+        self.setting_error = pn.pane.Alert("", alert_type="warning", visible=False,
+                                           css_classes=["ptynb-setting-error"])
+        self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-warning"])
+        self._number_widgets: dict[str, tuple] = {}
+        self._syncing = False
         self.partial = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-partial"])
         self.message = pn.pane.Markdown("", css_classes=["ptynb-message"])
         self.tabs = pn.Tabs(("Result", pn.pane.Markdown("Choose the settings and press **Run**.")),
                             dynamic=False, css_classes=["ptynb-tabs"], sizing_mode="stretch_width")
+        self.runner.param.watch(self._running_changed, "running")
         self.param.watch(lambda e: setattr(self.files, "visible", e.new != SIMULATE), "source")
         self.param.watch(self._apply_preset, "preset")
         if result is not None:
@@ -205,16 +265,93 @@ class WorkflowApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ settings
     def setting_widgets(self, names: list[str]):
-        """A ``pn.Param`` of some settings; number widgets are labelled with their units."""
+        """The widgets of some settings, in order, as one ``pn.Column``.
+
+        Numbers get a typed input labelled with the unit they are shown in (SI lengths in
+        nm/um where sensible, with the conversion in the tooltip) and without browser-side
+        clamping: a value outside the bounds is refused with a message that shows the bounds
+        (:attr:`setting_error`), never silently reverted. Other settings use ``pn.Param``.
+        """
         cls = type(self.settings)
-        widgets = {}
+        items, others = [], []
+
+        def flush():
+            if others:
+                items.append(pn.Param(self.settings.param, parameters=list(others), show_name=False,
+                                      sizing_mode="stretch_width"))
+                others.clear()
+
         for n in names:
-            p = cls.param[n]
-            unit = unit_of(cls, n)
-            if unit and isinstance(p, param.Number):
-                widgets[n] = {"name": f"{p.label} ({unit})"}
-        return pn.Param(self.settings.param, parameters=names, widgets=widgets, show_name=False,
-                        sizing_mode="stretch_width")
+            if isinstance(cls.param[n], param.Number):
+                flush()
+                items.append(self._number_widget(n))
+            else:
+                others.append(n)
+        flush()
+        return pn.Column(*items, sizing_mode="stretch_width", margin=0)
+
+    def _number_widget(self, name: str):
+        cls = type(self.settings)
+        p = cls.param[name]
+        unit, factor = display_unit(cls, name, self.display_units)
+        stored = unit_of(cls, name)
+        is_int = isinstance(p, param.Integer)
+        label = p.label
+        if unit and label.lower().endswith(" " + unit.lower()):  # "Energy eV" -> "Energy (eV)"
+            label = label[: -len(unit) - 1]
+        label = f"{label} ({unit})" if unit else label
+        tip = [p.doc or ""]
+        b = bounds_text(p, factor, unit)
+        if b:
+            tip.append(f"Allowed: {b}.")
+        if factor != 1.0:
+            tip.append(f"Shown in {unit}, stored in {stored} (1 {unit} = {1 / factor:g} {stored}).")
+        value = getattr(self.settings, name)
+        shown = None if value is None else (int(value) if is_int else _num(value * factor))
+        kind = pn.widgets.IntInput if is_int else pn.widgets.FloatInput
+        w = kind(label=label, value=shown, description=" ".join(t for t in tip if t),
+                 css_classes=["ptynb-setting", f"ptynb-setting-{name}"], sizing_mode="stretch_width")
+        self._number_widgets[name] = (w, factor, unit, is_int)
+        w.param.watch(lambda e, n=name: self._number_typed(n, e.new), "value")
+        self.settings.param.watch(self._setting_changed, [name])
+        return w
+
+    def _number_typed(self, name: str, shown) -> None:
+        from ..data import ValidationError
+
+        if self._syncing:
+            return
+        w, factor, unit, is_int = self._number_widgets[name]
+        p = type(self.settings).param[name]
+        value = None if shown is None else (int(shown) if is_int else float(shown) / factor)
+        try:
+            if value is None and not p.allow_None:
+                raise ValidationError(name, "needs a value")
+            self.settings.set(name, value)
+        except ValidationError:
+            b = bounds_text(p, factor, unit)
+            current = getattr(self.settings, name)
+            kept = "none" if current is None else f"{_num(current * factor):g}" + (f" {unit}" if unit else "")
+            what = "no value" if shown is None else f"{shown:g}" + (f" {unit}" if unit else "")
+            self.setting_error.object = (f"**{p.label}**: {what} is not allowed"
+                                         + (f"; it must be in {b}" if b else "") + f". Kept {kept}.")
+            self.setting_error.visible = True
+            self._show_number(name, current)
+            return
+        self.setting_error.visible = False
+
+    def _show_number(self, name: str, value) -> None:
+        w, factor, _unit, is_int = self._number_widgets[name]
+        self._syncing = True
+        try:
+            w.value = None if value is None else (int(value) if is_int else _num(value * factor))
+        finally:
+            self._syncing = False
+
+    def _setting_changed(self, *events) -> None:
+        for e in events:
+            if e.name in self._number_widgets:
+                self._show_number(e.name, e.new)
 
     def setting_cards(self) -> list:
         groups = (type(self.settings).grouped() if hasattr(type(self.settings), "grouped")
@@ -232,18 +369,44 @@ class WorkflowApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ actions
     def show_error(self, exc) -> None:
+        self._busy_alert = False
         self.error.object = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
         self.error.visible = True
 
+    def show_warnings(self, messages) -> None:
+        """Show warnings (e.g. from checking the user's file) above the results; none: hide."""
+        messages = list(dict.fromkeys(str(m) for m in messages))
+        self.warning.object = "  \n".join(f"**Warning:** {m}" for m in messages)
+        self.warning.visible = bool(messages)
+
+    def _running_changed(self, event) -> None:
+        self.run_button.disabled = bool(event.new)
+        if not event.new and self._busy_alert:  # the run that made it busy has ended
+            self.error.visible = False
+            self._busy_alert = False
+
     def run(self, _event=None) -> bool:
         """Start a run with the current settings and source (synchronous without a server)."""
+        import warnings
+
+        if self.runner.running:
+            self.show_error("a run is already in progress: wait for it or press Cancel")
+            self._busy_alert = True
+            return False
         self.error.visible = False
+        self.show_warnings([])
         try:
-            inputs = self.run_inputs()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                inputs = self.run_inputs()
         except Exception as exc:  # noqa: BLE001 - shown in the page; the app keeps working
             self.show_error(exc)
+            self._mark_failed()
             return False
+        self.show_warnings(w.message for w in caught
+                           if issubclass(w.category, UserWarning) and not issubclass(w.category, DeprecationWarning))
         if inputs is None:
+            self._mark_failed()
             return False
         s = self.settings.copy() if hasattr(self.settings, "copy") else self.settings
         wf = self.workflow
@@ -252,8 +415,9 @@ class WorkflowApp(pn.viewable.Viewer):
             return wf.run(s, progress=False, report=progress, cancel=cancel, **inputs)
 
         started = self.runner.start(job, on_done=self.show_result, on_error=self._failed, message="starting...")
-        if not started:
-            self.show_error("a run is already in progress")
+        if not started:  # pragma: no cover - checked above
+            self.show_error("a run is already in progress: wait for it or press Cancel")
+            self._busy_alert = True
         else:
             self.message.object = "running..." if self.runner.running else self.message.object
         return started
@@ -266,6 +430,13 @@ class WorkflowApp(pn.viewable.Viewer):
         partial = getattr(exc, "partial_tree", None)
         if isinstance(partial, xr.DataTree):
             self.show_result(partial)
+        else:
+            self._mark_failed()
+
+    def _mark_failed(self) -> None:
+        """The status line after a run that gave no result: never the last run's "complete"."""
+        self.message.object = ("run failed (see the error above)"
+                               + ("; the tabs still show the previous result" if self.result is not None else ""))
 
     def save(self, _event=None) -> Path | None:
         """Save the shown result under the data directory with a timestamped name."""
@@ -326,9 +497,10 @@ class WorkflowApp(pn.viewable.Viewer):
             self.files,
             pn.widgets.Select.from_param(self.param.preset, css_classes=["ptynb-preset"]),
             *self.setting_cards(),
+            self.setting_error,
             *self.extra_controls(),
             pn.Row(self.run_button, self.save_format), self.save_button,
-            self.runner, self.error, self.partial, self.message, width=self.width_controls,
+            self.runner, self.error, self.warning, self.partial, self.message, width=self.width_controls,
         )
 
     def __panel__(self):

@@ -22,7 +22,9 @@ class Explorer(pn.viewable.Viewer):
 
     source = param.Selector(objects=list(DEMOS) + ["file from the data directory"],
                             default=list(DEMOS)[0], doc="Where the measurement comes from")
-    seed = param.Integer(default=0, bounds=(0, None), doc="Random seed of the demo simulation")
+    # no widget-side bounds: a negative seed typed in the page is refused with a message on Load
+    # (a bounded widget would silently put the old value back)
+    seed = param.Integer(default=0, doc="Random seed of the demo simulation (>= 0)")
     phase_view = param.Selector(objects=["both", "hsv", "phase", "amplitude"], default="both",
                                 doc="How complex images are drawn")
 
@@ -36,6 +38,7 @@ class Explorer(pn.viewable.Viewer):
                                              css_classes=["ptynb-load"])
         self.load_button.on_click(self._load)
         self.error = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["ptynb-error"])
+        self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-warning"])
         self.info = pn.pane.Markdown("", css_classes=["ptynb-info"])
         self.views = pn.Column(sizing_mode="stretch_width")
         self.param.watch(self._source_changed, "source")
@@ -46,8 +49,15 @@ class Explorer(pn.viewable.Viewer):
 
     def _load(self, _event=None):
         self.error.visible = False
+        self.warning.visible = False
         source, seed = self.source, self.seed
+        if self.runner.running:
+            self._show_error("still loading the previous measurement: wait for it or press Cancel")
+            return
         if source in DEMOS:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                self._show_error(f"seed: must be an integer >= 0 (in [0, inf)), got {seed!r}")
+                return
             kind = DEMOS[source]
 
             def job(progress, cancel):
@@ -63,21 +73,48 @@ class Explorer(pn.viewable.Viewer):
 
             def job(progress, cancel):
                 progress(0.1, f"loading {Path(path).name}...")
-                ds = load_any(path)
-                from ..data import validate
-
-                validate(ds)
-                return ds
+                return load_any(path)  # checked in _loaded (on the server thread, with warnings)
 
         self.runner.start(job, on_done=self._loaded, on_error=self._show_error, message="working...")
 
     def _show_error(self, exc):
         self.error.object = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
         self.error.visible = True
+        if isinstance(exc, BaseException):  # a failed load: no stale plots of the previous one
+            self.measurement = None
+            self.info.object = "Nothing loaded (see the error above)."
+            self.views[:] = []
 
     def _loaded(self, ds):
+        """Check the measurement (errors and warnings shown in the page), then draw it."""
+        import warnings
+
+        from ..data import validate
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            validate(ds)  # a ValidationError goes to the runner: error shown, never "done"
+        msgs = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         self.measurement = ds
         self._render()
+        notes = self._notes(ds) + msgs
+        self.warning.object = "  \n".join(f"**Note:** {m}" for m in notes)
+        self.warning.visible = bool(notes)
+
+    @staticmethod
+    def _notes(ds) -> list[str]:
+        """What the page does not show of a multi-beam / multi-angle measurement."""
+        out = []
+        inten = ds["intensity"]
+        for dim, what in (("beam", "beams"), ("angle", "angles")):
+            if dim in inten.dims and inten.sizes[dim] > 1:
+                vals = [str(v) for v in ds[dim].values] if dim in ds.coords else list(map(str, range(inten.sizes[dim])))
+                unit = " deg" if dim == "angle" else ""
+                listed = ", ".join(vals[:6]) + (", ..." if len(vals) > 6 else "")
+                app = "the stereo app (/stereo)" if dim == "beam" else "a tomography workflow"
+                out.append(f"this measurement has {inten.sizes[dim]} {what} ({listed}{unit}); only "
+                           f"{dim} {vals[0]}{unit} is shown here. Use {app} to reconstruct them all.")
+        return out
 
     def _render(self):
         ds = self.measurement
@@ -115,7 +152,7 @@ class Explorer(pn.viewable.Viewer):
             "## Measurement explorer",
             pn.Param(self.param, parameters=["source", "seed", "phase_view"], show_name=False,
                      widgets={"source": {"type": pn.widgets.Select, "css_classes": ["ptynb-source"]}}),
-            self.files, self.load_button, self.runner, self.error, self.info,
+            self.files, self.load_button, self.runner, self.error, self.warning, self.info,
             width=340,
         )
         return pn.Row(controls, self.views, sizing_mode="stretch_width")

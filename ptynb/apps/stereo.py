@@ -38,6 +38,11 @@ class StereoApp(WorkflowApp):
     """
 
     collapsed_groups = ("Scan and detector", "Reconstruction", "Analysis")
+    #: shown units (astigmatism: line-foci distances are microns; the default is 0 m) and the
+    #: units of settings whose docs name none
+    display_units = {"astigmatism": "um", "detector": "px per side", "scan_grid": "points per side",
+                     "overlap": "fraction", "jitter": "fraction of the step",
+                     "counts_per_pattern": "counts"}
 
     def __init__(self, settings=None, result: xr.DataTree | None = None, **params):
         self.shift_slider = pn.widgets.FloatSlider(name="extra shift of the second view (px)", start=-10.0,

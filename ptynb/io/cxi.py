@@ -190,6 +190,44 @@ def _read_scalar(g, name, p, entry):
         raise FileFormatError(p, f"CXI field {entry}/{name} is unreadable ({e})") from e
 
 
+#: plausible CXI source energies in joules: 1 eV .. 100 MeV (photons and electrons)
+_J_RANGE = (1.0 * _ELECTRON_VOLT, 1e8 * _ELECTRON_VOLT)
+
+
+def _energy_from_cxi(e, ej: float, p: Path, entry: str) -> float:
+    """The source energy in eV from the CXI field (joules by the standard).
+
+    A ``units`` attr of ``"eV"``/``"keV"`` is honoured (the file says what it holds); without
+    one (or with "J"), a value outside 1 eV .. 100 MeV in joules is refused with the likely
+    unit named: CXI stores J, and a value like 8 or 8000 is keV or eV.
+    """
+    field = f"{entry}/instrument_1/source_1/energy"
+    units = e["instrument_1/source_1/energy"].attrs.get("units")
+    if isinstance(units, bytes):
+        units = units.decode(errors="replace")
+    u = str(units).strip() if units is not None else ""
+    scale = {"ev": 1.0, "kev": 1e3, "mev": 1e6}.get(u.lower())
+    if scale is not None:
+        return ej * scale
+    if u and u.lower() not in ("j", "joule", "joules"):
+        raise FileFormatError(p, f"CXI field {field} has units {u!r}; expected J (or eV/keV): "
+                                 "pass energy_eV= to read_cxi")
+    if not np.isfinite(ej) or ej <= 0:
+        raise FileFormatError(p, f"CXI field {field} is {ej!r}; expected a positive energy in J "
+                                 "(pass energy_eV= to read_cxi)")
+    if not _J_RANGE[0] <= ej <= _J_RANGE[1]:
+        if ej >= 1.0:
+            guess = (f"it looks like {ej:g} keV (energy_eV={ej * 1e3:g})" if ej < 1000 else
+                     f"it looks like {ej:g} eV (energy_eV={ej:g})")
+        else:
+            guess = "not an energy in joules"
+        raise FileFormatError(
+            p, f"CXI field {field} is {ej:g}, which in joules (the CXI unit) would be "
+               f"{ej / _ELECTRON_VOLT:.3g} eV: {guess}. The file does not store joules; pass "
+               "energy_eV= to read_cxi with the right value")
+    return ej / _ELECTRON_VOLT
+
+
 def _read_entry(f, entry: str, p: Path, overrides: dict, translation_sign: float):
     import h5py
 
@@ -220,7 +258,7 @@ def _read_entry(f, entry: str, p: Path, overrides: dict, translation_sign: float
         if ej is None:
             raise FileFormatError(p, f"missing CXI field {entry}/instrument_1/source_1/energy (J); "
                                      "pass energy_eV= to read_cxi")
-        energy_eV = ej / _ELECTRON_VOLT
+        energy_eV = _energy_from_cxi(e, ej, p, entry)
         if "energy_eV" in saved_attrs and np.isclose(saved_attrs["energy_eV"], energy_eV, rtol=1e-12):
             energy_eV = saved_attrs["energy_eV"]  # exact value (J <-> eV conversion rounds)
     lam = _wl(energy_eV, radiation)
