@@ -94,7 +94,6 @@ def test_two_layer_sample_end_to_end(result):
     s, tree = result
     assert tree.attrs["status"] == "complete"
     expected = _expected_shift(s)
-    lay = tree["layers"].to_dataset()
     views = tree["views"].to_dataset()
     truth = tree["measurement"].to_dataset()["true_layers"]
     # the tilted beams really see the layers shifted by 2 d tan(theta_s): measured in the views
