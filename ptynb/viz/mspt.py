@@ -52,7 +52,9 @@ def tilts(tree) -> object:
     y, x = P["y"].values, P["x"].values
     clim = (float(P.min()), float(P.max()))
     frames = {}
-    for k, a in enumerate(P["angle"].values):
+    n = P.sizes["angle"]
+    for k in np.unique(np.linspace(0, n - 1, min(n, 12)).round().astype(int)):  # at most 12 frames
+        a = float(P["angle"].values[k])
         lay = _img(P.values[k], x, y, f"phase at {a:.1f}°", clim=clim)
         if d is not None:
             lay = lay + _img(d["denoised"].values[k], x, y, "denoised", clim=clim)
@@ -147,7 +149,7 @@ def atoms(tree) -> object:
     st = at["sites"].values
     found = at["found"].values.astype(bool)
     frames = {}
-    for k in range(0, len(z), max(1, len(z) // 16)):
+    for k in np.unique(np.linspace(len(z) // 6, len(z) - 1 - len(z) // 6, 8).round().astype(int)):
         sel_p = np.abs(pk[:, 2] - z[k]) < dz
         sel_m = (np.abs(st[:, 2] - z[k]) < dz) & ~found
         im = _img(V.values[k], x, y, f"z = {z[k] / _A:.1f} Å")
