@@ -549,7 +549,9 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
             geo["detector_distance"] = _real_number("detector_distance", detector_distance)
             geo["detector_pixel_size"] = _real_number("detector_pixel_size", detector_pixel_size)
         geo["reciprocal_pixel_size"] = 1.0 / (n_det * dx)
-    err = _real_number("nominal_defocus_error", nominal_defocus_error, positive=False)
+    err = _real_number("nominal_defocus_error",
+                       0.0 if nominal_defocus_error is None else nominal_defocus_error,
+                       positive=False)
     if err < 0:
         raise ValidationError("nominal_defocus_error", f"must be >= 0 (a fraction), got {err!r}")
     for key, v in _nominal_optics(probe_attrs, err, seed).items():  # what a user knows

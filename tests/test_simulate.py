@@ -137,16 +137,17 @@ def test_upsample_bins_detector():
 def test_geometry_attrs():
     obj = _obj()
     p = _probe()
-    ds = simulate.ptychography(obj, p, [40 * DX], [40 * DX], detector_distance=2.0, **KW)
+    ds = simulate.ptychography(obj, p, [40 * DX], [40 * DX], detector_distance=2.0,
+                               counts_per_pattern=1e4, seed=0, **KW)
     assert ds.attrs["detector_pixel_size"] == pytest.approx(LAM * 2.0 / (N * DX))
     el = simulate.ptychography(obj, physics.electron_probe(N, 20e-12, 200e3, 20e-3), [40 * 20e-12],
                                [40 * 20e-12], pixel_size=20e-12, radiation="electron",
-                               energy_eV=200e3, progress=False)
+                               energy_eV=200e3, progress=False, counts_per_pattern=1e4, seed=0)
     assert el.attrs["reciprocal_pixel_size"] == pytest.approx(1 / (N * 20e-12))
     assert el.attrs["convergence_semiangle"] == 20e-3
     with pytest.raises(ValidationError, match="pixel_size"):
         simulate.ptychography(obj, p, [40 * DX], [40 * DX], detector_distance=2.0,
-                              detector_pixel_size=1e-3, **KW)
+                              detector_pixel_size=1e-3, counts_per_pattern=1e4, **KW)
 
 
 def test_bad_inputs():
@@ -192,7 +193,9 @@ def test_positions_at_the_edge_of_the_field_of_view():
     p = _probe().values
     lo = (N // 2 - 0.49) * DX  # rounds to the first window: still inside
     hi = (64 - N + N // 2 + 0.49) * DX
-    ds = simulate.ptychography(obj, p, [lo, hi], [hi, lo], **KW)
+    # 1e4 counts: with the probe's own power (1 count) Poisson noise leaves a pattern empty
+    # with probability 1/e, and an all-zero measurement is refused by validation
+    ds = simulate.ptychography(obj, p, [lo, hi], [hi, lo], counts_per_pattern=1e4, seed=0, **KW)
     validate(ds)
     y0, y1, x0, x1 = ds.attrs["field_of_view"]
     assert y0 == x0 == pytest.approx((N // 2 - 0.5) * DX)
@@ -336,7 +339,7 @@ def test_nominal_optics_recorded_apart_from_the_truth():
     sy = sx = [40 * DX]
     signs = set()
     for seed in range(6):
-        ds = simulate.ptychography(obj, zp, sy, sx, seed=seed, **KW)
+        ds = simulate.ptychography(obj, zp, sy, sx, seed=seed, counts_per_pattern=1e4, **KW)
         a = ds.attrs
         assert a["zone_plate_diameter"] == 74.9e-6 and a["zone_plate_outer_zone_width"] == 60e-9
         assert a["central_stop_diameter"] == 25e-6 and a["probe_defocus"] == 0.3e-3
@@ -345,28 +348,29 @@ def test_nominal_optics_recorded_apart_from_the_truth():
         signs.add(np.sign(rel))
         assert "defocus" not in a
     assert signs == {-1.0, 1.0}  # the sign is drawn from the seed
-    again = simulate.ptychography(obj, zp, sy, sx, seed=3, **KW)
+    again = simulate.ptychography(obj, zp, sy, sx, seed=3, counts_per_pattern=1e4, **KW)
     assert again.attrs["nominal_defocus"] == simulate.ptychography(
-        obj, zp, sy, sx, seed=3, **KW).attrs["nominal_defocus"]
-    exact = simulate.ptychography(obj, zp, sy, sx, seed=0, nominal_defocus_error=0.0, **KW)
+        obj, zp, sy, sx, seed=3, counts_per_pattern=1e4, **KW).attrs["nominal_defocus"]
+    exact = simulate.ptychography(obj, zp, sy, sx, seed=0, nominal_defocus_error=0.0, counts_per_pattern=1e4, **KW)
     assert exact.attrs["nominal_defocus"] == 0.3e-3
-    given = simulate.ptychography(obj, zp, sy, sx, seed=0, nominal_defocus=0.2e-3, **KW)
+    given = simulate.ptychography(obj, zp, sy, sx, seed=0, nominal_defocus=0.2e-3, counts_per_pattern=1e4, **KW)
     assert given.attrs["nominal_defocus"] == 0.2e-3
     # in focus: the error is a fraction of the depth of focus 2 dr^2 / lambda (46.5 um)
     f0 = physics.zone_plate_probe(N, DX, 8000.0, diameter=74.9e-6, outer_zone_width=60e-9,
                                   check_window=False)
-    d0 = simulate.ptychography(obj, f0, sy, sx, seed=0, **KW)
+    d0 = simulate.ptychography(obj, f0, sy, sx, seed=0, counts_per_pattern=1e4, **KW)
     assert abs(d0.attrs["nominal_defocus"]) == pytest.approx(0.15 * 2 * 60e-9**2 / LAM)
     with pytest.raises(ValidationError, match="nominal_defocus_error"):
-        simulate.ptychography(obj, zp, sy, sx, nominal_defocus_error=-0.1, **KW)
+        simulate.ptychography(obj, zp, sy, sx, nominal_defocus_error=-0.1, counts_per_pattern=1e4, **KW)
     el = simulate.ptychography(obj, physics.electron_probe(N, 20e-12, 200e3, 20e-3, defocus=10e-9,
                                                            Cs=1e-3),
                                [40 * 20e-12], [40 * 20e-12], pixel_size=20e-12,
-                               radiation="electron", energy_eV=200e3, progress=False, seed=0)
+                               radiation="electron", energy_eV=200e3, progress=False, seed=0,
+                               counts_per_pattern=1e4)
     a = el.attrs
     assert a["convergence_semiangle"] == 20e-3 and a["nominal_Cs"] == 1e-3
     assert abs(a["nominal_defocus"] / 10e-9 - 1) == pytest.approx(0.15)
     assert "defocus" not in a and "Cs" not in a and a["probe_defocus"] == 10e-9
     # a plain-array probe: no optics known
-    plain = simulate.ptychography(obj, zp.values, sy, sx, seed=0, **KW)
+    plain = simulate.ptychography(obj, zp.values, sy, sx, seed=0, counts_per_pattern=1e4, **KW)
     assert "nominal_defocus" not in plain.attrs and "nominal_defocus_error" not in plain.attrs

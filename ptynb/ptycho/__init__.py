@@ -7,6 +7,9 @@ Public API
 - settings objects (:mod:`.options`): :class:`PIEOptions`, :class:`LSQMLOptions`,
   :class:`PositionRefinement`, :class:`ProbeConstraints`, :class:`ObjectConstraints`,
   :class:`MultisliceOptions`, :class:`ComputeOptions` -- ``reconstruct(..., options=[...])``.
+- :func:`initial_probe` -- the start: a given probe, the nominal optics in the measurement
+  attrs, or the data alone (:mod:`.probe_start`: :func:`estimate_defocus` measures the
+  defocus from the bright-field parallax).
 - :class:`DivergenceError` -- raised when the cost becomes NaN/inf (``err.last_good``).
 - :data:`ENGINE_NAMES` -- available engines.
 - :mod:`.operators` -- the array-level forward model (numpy/cupy).
@@ -20,8 +23,10 @@ from .options import (
     PositionRefinement,
     ProbeConstraints,
 )
+from .probe_start import estimate_defocus
 from .reconstruct import ENGINE_NAMES, DivergenceError, initial_probe, reconstruct
 
-__all__ = ["ENGINE_NAMES", "DivergenceError", "initial_probe", "reconstruct", "PIEOptions",
+__all__ = ["ENGINE_NAMES", "DivergenceError", "estimate_defocus", "initial_probe", "reconstruct",
+           "PIEOptions",
            "LSQMLOptions", "PositionRefinement", "ProbeConstraints", "ObjectConstraints",
            "MultisliceOptions", "ComputeOptions"]

@@ -114,15 +114,20 @@ def _first_block(measurement):
     return measurement.isel({d: 0 for d in lead}) if lead else measurement
 
 
-def _patterns(measurement):
+def _mean_pattern(measurement):
+    """(mean pattern (qy, qx) float64, mask or None) of a (scan, qy, qx) block, without a
+    float64 copy of the whole data (chunked; lazy data are read once)."""
     inten = measurement["intensity"]
-    if tuple(inten.dims[-3:]) != ("scan", "qy", "qx") or inten.ndim != 3:
+    if tuple(inten.dims) != ("scan", "qy", "qx"):
         raise ValidationError("intensity", f"has dims {inten.dims}; expected (scan, qy, qx)")
-    I = np.asarray(inten.values, dtype=np.float64)
+    J = inten.sizes["scan"]
+    total = np.zeros(inten.shape[1:], np.float64)
+    for j0 in range(0, J, 256):
+        total += np.asarray(inten.isel(scan=slice(j0, j0 + 256)).values, np.float64).sum(0)
     mask = None
     if "mask" in measurement:
         mask = np.asarray(measurement["mask"].values, dtype=bool)
-    return I, mask
+    return total / J, mask
 
 
 def _bright_field(mean, mask):
@@ -176,17 +181,16 @@ def estimate_defocus(measurement, *, min_correlation=MIN_PARALLAX_CORRELATION,
 
         lam = wavelength(float(a["energy_eV"]), a["radiation"])
     dx = float(a["pixel_size"])
-    I, mask = _patterns(measurement)
-    J, N, _ = I.shape
+    mean, mask = _mean_pattern(measurement)
+    J = measurement.sizes["scan"]
+    N = mean.shape[0]
     dq = 1.0 / (N * dx)  # detector pixel (1/m): 1 / (n_det * pixel_size), also with upsample
-    mean = I.mean(axis=0)
     bf = _bright_field(mean, mask)
     nb = int(bf.sum())
     fail = (None, 0.0) if return_score else None
     if nb < MIN_BRIGHT_FIELD or J < 3:
         return fail
     radius = math.sqrt(nb / math.pi)  # bright-field radius (px), also for an annulus' extent
-    D = np.where(bf, I / np.where(bf, mean, 1.0) - 1.0, 0.0)
     # pairs of neighbours
     pos = np.column_stack([np.asarray(measurement["scan_y"].values, float).ravel(),
                            np.asarray(measurement["scan_x"].values, float).ravel()])
@@ -202,10 +206,15 @@ def estimate_defocus(measurement, *, min_correlation=MIN_PARALLAX_CORRELATION,
         return fail
     pairs = np.array(sorted(pairs))
     M = 2 * N
-    cap = min(MAX_PAIRS, max(16, 2**25 // (M * M)))  # memory: 3 x pairs x (2N)^2 float32
+    cap = min(MAX_PAIRS, max(16, 2**24 // (M * M)))  # 3 x pairs x (2N)^2 float32 <= ~200 MB
     if len(pairs) > cap:  # an even subset, deterministic
         pairs = pairs[np.linspace(0, len(pairs) - 1, cap).round().astype(int)]
-    pj, pk = pairs.T
+    used, inv = np.unique(pairs, return_inverse=True)  # read only the paired patterns
+    I = np.asarray(measurement["intensity"].isel(scan=used).values, np.float64)
+    D = np.where(bf, I / np.where(bf, mean, 1.0) - 1.0, 0.0)
+    del I
+    pj, pk = inv.reshape(pairs.shape).T
+    pos = pos[used]
     dr = (pos[pk] - pos[pj]) / dq  # (pairs, 2): metres / (1/m per px) -> multiply by c (1/m^2)
     # cross-correlations via zero-padded FFTs: C(s) = sum_q D_j(q + s) D_k(q)
     F = np.fft.rfft2(D, (M, M)).astype(np.complex64)
@@ -269,8 +278,7 @@ def data_probe(measurement, n, upsample=1):
         _refuse(rad, "the attrs name no optics and the defocus cannot be measured from the "
                      "data (no bright-field parallax between neighbouring patterns: a focused "
                      "or very strongly defocused probe, or too little overlap)")
-    I, mask = _patterns(_first_block(measurement))
-    mean = I.mean(axis=0)
+    mean, mask = _mean_pattern(_first_block(measurement))
     bf = _bright_field(mean, mask)
     amp = np.sqrt(np.maximum(mean, 0.0)) * bf
     if mask is not None:  # masked pixels inside the bright field: their neighbours' mean
