@@ -486,7 +486,15 @@ def separate_layers(views: xr.Dataset, settings: Settings, *, truth: xr.DataArra
     attrs: dict = {}
     meas = None
     if z.size == 2:
-        meas = steps.measure_layer_parallax(allv, tilts * DEG)
+        try:
+            meas = steps.measure_layer_parallax(allv, tilts * DEG)
+        except ValidationError as exc:  # e.g. a field too small for the fit's border
+            meas = None
+            attrs.update(measured_layer_shift_px=float("nan"), separation_measured=float("nan"),
+                         measured_layer_shift_uncertainty_px=float("nan"),
+                         separation_measured_uncertainty=float("nan"), measurement_reliable=0,
+                         measurement_note=f"not measured: {exc}")
+    if meas is not None:
         sep_m = abs(meas["shift"]) * px / dt if dt else float("nan")
         attrs.update(measured_layer_shift_px=meas["shift"],
                      measured_layer_shift_uncertainty_px=meas["uncertainty"],
@@ -497,7 +505,7 @@ def separate_layers(views: xr.Dataset, settings: Settings, *, truth: xr.DataArra
                      envelope_px=int(meas["envelope"]))
         if np.isfinite(meas["chi2"]):
             attrs["measurement_chi2"] = float(meas["chi2"])
-    else:
+    elif z.size != 2:
         attrs.update(measured_layer_shift_px=float("nan"), separation_measured=float("nan"),
                      measured_layer_shift_uncertainty_px=float("nan"),
                      separation_measured_uncertainty=float("nan"), measurement_reliable=0,
