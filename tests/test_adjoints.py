@@ -8,7 +8,6 @@ machine) are in each test's docstring; run with ``-s`` to print them all.
 from __future__ import annotations
 
 import importlib
-import inspect
 
 import numpy as np
 import pytest
@@ -22,31 +21,7 @@ ops = importlib.import_module("ptynb.ptycho.operators")
 P = importlib.import_module("ptynb.tomo.projector")
 from ptynb.tomo.geometry import Geometry
 
-# ---------------------------------------------------------------- compatibility (moves/renames)
-try:  # shift_image moves from ptynb.tomo.align to ptynb.imaging
-    from ptynb.imaging import shift_image
-except ImportError:  # pragma: no cover - before the move
-    from ptynb.tomo.align import shift_image
-try:
-    from ptynb.workflows.stereo_steps import fourier_shift
-except ImportError:  # pragma: no cover
-    fourier_shift = None
-
-
-def _kw(fn, **names):
-    """Keyword arguments for ``fn`` under whichever of the candidate names its signature has:
-    ``_kw(f, tilt=("tilt", "tilt_deg", 61.1))`` -> ``{"tilt": 61.1}`` or ``{"tilt_deg": 61.1}``
-    (the tomo renames det_shape->detector_shape, angles_deg->angles, tilt_deg->tilt)."""
-    params = inspect.signature(fn).parameters
-    out = {}
-    for key, (*cands, value) in names.items():
-        for c in cands:
-            if c in params:
-                out[c] = value
-                break
-        else:
-            raise TypeError(f"{fn.__name__} accepts none of {cands} (for {key})")
-    return out
+from ptynb.imaging import shift_image  # noqa: E402
 
 
 MEASURED: dict[str, float] = {}
@@ -219,17 +194,6 @@ def test_shift_image_adjoint_is_negative_shift(xp, dtype, shape, batched):
     sm = B.asarray(-s)
     _check(f"shift_image {shape} batched={batched} {_name(dtype)} {xp}",
            lambda w: shift_image(w, sp), lambda w: shift_image(w, sm), x, y)
-
-
-@pytest.mark.skipif(fourier_shift is None, reason="stereo_steps.fourier_shift gone")
-@pytest.mark.parametrize("dtype", [np.float32, np.complex128], ids=_name)
-def test_fourier_shift_adjoint(dtype):
-    """stereo_steps.fourier_shift(., s)^H = fourier_shift(., -s). Measured ~1e-8 / ~1e-17."""
-    rng = np.random.default_rng(6)
-    B = backend("numpy")
-    x, y = B.random((2, 17, 14), dtype, rng), B.random((2, 17, 14), dtype, rng)
-    _check(f"fourier_shift {_name(dtype)}", lambda w: fourier_shift(w, (0.8, -2.3)),
-           lambda w: fourier_shift(w, (-0.8, 2.3)), x, y)
 
 
 @pytest.mark.parametrize("xp", XP)
@@ -458,16 +422,9 @@ def test_project_torch_autograd_adjoint(kind, dtype):
 def _posed(volume, angles, tilt, det_shape=None, euler=None, shifts=None, voxel_size=VOX):
     from ptynb.tomo.torch_ops import posed_project
 
-    kw = _kw(posed_project, angles=("angles", "angles_deg", angles),
-             tilt=("tilt", "tilt_deg", tilt), voxel_size=("voxel_size", voxel_size))
-    if det_shape is not None:
-        kw.update(_kw(posed_project, d=("detector_shape", "det_shape", tuple(det_shape))))
-    if euler is not None:
-        kw.update(_kw(posed_project, e=("euler", "euler_deg", "poses", euler)))
-    if shifts is not None:
-        kw.update(_kw(posed_project, s=("shifts", "shifts_px", shifts)))
-    ang = kw.pop("angles", kw.pop("angles_deg", None))
-    return posed_project(volume, ang, **kw)
+    return posed_project(volume, angles, tilt=tilt, voxel_size=voxel_size,
+                         detector_shape=None if det_shape is None else tuple(det_shape),
+                         poses=euler, shifts=shifts)
 
 
 @pytest.mark.parametrize("dtype", ALL, ids=_name)

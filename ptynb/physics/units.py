@@ -1,11 +1,10 @@
 """Physical constants, wavelengths and unit helpers (SI inside: metres, eV, radians).
 
-Constants are CODATA 2018 exact/recommended values (as in ``scipy.constants``).
+Constants: CODATA 2022 (h, c, e exact), defined once in :mod:`ptynb._units`.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import constants as _c
 
 __all__ = [
     "H", "C", "E_CHARGE", "M_ELECTRON", "HC_EV_M",
@@ -13,55 +12,10 @@ __all__ = [
     "interaction_constant",
 ]
 
-H = _c.h  #: Planck constant (J s)
-C = _c.c  #: speed of light (m/s)
-E_CHARGE = _c.e  #: elementary charge (C)
-M_ELECTRON = _c.m_e  #: electron rest mass (kg)
-HC_EV_M = H * C / E_CHARGE  #: h c in eV m (1.23984e-6)
-
-RADIATIONS = ("xray", "electron")
-
-
-def check_radiation(radiation: str) -> str:
-    """Normalise a radiation name to ``"xray"`` or ``"electron"`` or raise ValueError."""
-    key = str(radiation).strip().lower().replace("-", "").replace("_", "")
-    aliases = {"xray": "xray", "xrays": "xray", "photon": "xray", "electron": "electron",
-               "electrons": "electron", "e": "electron"}
-    if key not in aliases:
-        raise ValueError(f"radiation must be 'xray' or 'electron', not {radiation!r}")
-    return aliases[key]
-
-
-def _check_energy(energy_eV):
-    e = np.asarray(energy_eV, dtype=float)
-    if not np.all(np.isfinite(e)) or np.any(e <= 0):
-        raise ValueError(f"energy_eV must be positive and finite, got {energy_eV!r}")
-    return e
-
-
-def wavelength(energy_eV, radiation: str = "xray"):
-    """Wavelength in metres of photons or (relativistic) electrons.
-
-    Parameters
-    ----------
-    energy_eV : float or array
-        Photon energy, or electron kinetic energy (accelerating voltage times e), in eV.
-    radiation : {"xray", "electron"}
-
-    Returns
-    -------
-    float or ndarray
-        X-ray: ``h c / E``. Electron: ``h / sqrt(2 m0 E (1 + E / (2 m0 c^2)))`` with E in J.
-        E.g. 8 keV X-rays: 1.5498e-10 m; 200 keV electrons: 2.508e-12 m.
-    """
-    radiation = check_radiation(radiation)
-    e = _check_energy(energy_eV)
-    if radiation == "xray":
-        out = HC_EV_M / e
-    else:
-        ej = e * E_CHARGE
-        out = H / np.sqrt(2.0 * M_ELECTRON * ej * (1.0 + ej / (2.0 * M_ELECTRON * C**2)))
-    return float(out) if out.ndim == 0 else out
+# one definition of the constants, radiation names and wavelengths: ptynb._units (light, so that
+# ptynb.data can validate without importing physics); re-exported here as their public home
+from .._units import (C, E_CHARGE, H, HC_EV_M, M_ELECTRON, RADIATIONS,  # noqa: E402, F401
+                      _check_energy, check_radiation, wavelength)
 
 
 def energy_from_wavelength(wavelength_m, radiation: str = "xray"):
