@@ -498,3 +498,42 @@ def test_gpu_matches_numpy():
         np.testing.assert_allclose(op.adjoint(cupy.asarray(y)).get(), op.adjoint(y), rtol=1e-9, atol=1e-12)
     p = tomo.project(np.ones((16, 4, 16), np.float32), np.linspace(0, 180, 30, endpoint=False))
     np.testing.assert_allclose(tomo.fbp(p, device="gpu").data.get(), tomo.fbp(p).values, atol=1e-4)
+
+
+def test_project_warns_when_the_volume_leaves_the_detector():
+    """A volume with coordinates starting at 0 (the common ``np.arange(n) * pixel``) rotates
+    about its corner: half of it misses the default detector at 0 deg. project() says so, with
+    the fraction lost (checked against a detector large enough for everything); a centred volume
+    gives no warning, and its projections keep the mass (line integrals conserve it)."""
+    import warnings
+
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import resize
+
+    from ptynb import data as pdata
+    from ptynb.tomo.projector import Projector, volume_outside_detector
+
+    n, px = 96, 1e-9
+    sl = resize(shepp_logan_phantom(), (n, n), anti_aliasing=True).astype(np.float32)
+    vol = pdata.volume(sl[:, None, :], voxel_size=px)  # (z, y=1, x): the slice the views turn in
+    ang = np.linspace(0, 180, 30, endpoint=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = tomo.project(vol, ang)
+    mass = float(sl.sum(dtype=np.float64)) * px ** 3
+    got = p.values.reshape(ang.size, -1).sum(axis=1, dtype=np.float64) * px ** 2
+    np.testing.assert_allclose(got, mass, rtol=2e-3)
+    corner = vol.assign_coords(z=np.arange(n) * px, x=np.arange(n) * px)
+    with pytest.warns(UserWarning, match=r"leaves the detector in \d+ of 30 views \(up to (\d+\.\d) %") as rec:
+        clipped = tomo.project(corner, ang)
+    big = tomo.project(corner, ang, detector_shape=(1, 4 * n))
+    truth = 1 - clipped.values.reshape(30, -1).sum(1) / big.values.reshape(30, -1).sum(1)
+    import re
+
+    reported = float(re.search(r"up to (\d+\.\d) %", str(rec[0].message)).group(1))
+    assert reported == pytest.approx(100 * truth.max(), abs=0.2)
+    assert truth.max() > 0.3  # about half the object is lost at some angles
+    op = Projector(tomo.Geometry("tomography", ang), (n, 1, n), None, px,
+                   vol_origin=(0.0, 0.0, 0.0))
+    lost = volume_outside_detector(op, sl[:, None, :])
+    np.testing.assert_allclose(lost, np.clip(truth, 0, 1), atol=3e-3)

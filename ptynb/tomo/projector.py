@@ -1095,6 +1095,15 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
     dtype : float32 or float64
         Operator precision.
 
+    Warns
+    -----
+    UserWarning
+        When part of the volume misses the detector in some view (the fraction lost is in the
+        message): every view rotates about coordinate 0 of the volume's coordinates, so a
+        volume whose coordinates start at 0 (``np.arange(n) * pixel``) turns about its corner.
+        Centre the coordinates or pass a larger ``detector_shape``. See
+        :func:`volume_outside_detector`.
+
     Returns
     -------
     DataArray (angle, y, x)
@@ -1114,7 +1123,60 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
     op = Projector(g, arr.shape, detector_shape, vs, pixel_size, origin, None, dtype)
     arr = _on_device(arr, device)
     out = op.forward(arr)
+    lost = volume_outside_detector(op, arr)
+    if lost is not None:
+        import warnings
+
+        k = int(np.argmax(lost))
+        warnings.warn(
+            f"tomo.project: the volume leaves the detector in {int((lost > 1e-3).sum())} of {lost.size} "
+            f"views (up to {100 * lost[k]:.1f} % of its mass lost, at angle {g.angles[k]:g} deg). Views "
+            "rotate about coordinate 0 of the volume's z/y/x coordinates: centre them "
+            "(e.g. volume.assign_coords(x=volume.x - volume.x.mean(), ...)) or pass a larger "
+            "detector_shape.", UserWarning, stacklevel=2)
     return _wrap_projections(out, g, op)
+
+
+def volume_outside_detector(op: Projector, volume, *, tol: float = 1e-3) -> np.ndarray | None:
+    """Fraction of the volume's mass (of ``|volume|``) that misses the detector, per view.
+
+    A cheap geometric test first: the bounding box of the nonzero voxels, rotated into each
+    view (:meth:`Geometry.rotations`, detector shifts included), against the detector's extent.
+    Only if some view may clip is ``|volume|`` projected once and its total per view compared
+    with the volume's integral (parallel-beam line integrals conserve mass).
+
+    Parameters
+    ----------
+    op : Projector
+    volume : array (z, y, x), real or complex (numpy or cupy)
+    tol : float
+        Fractions below this count as no loss.
+
+    Returns
+    -------
+    None when every view keeps the whole volume (to ``tol``); else the lost fraction per view
+    (angle,), in [0, 1].
+    """
+    a = np.abs(to_host(volume))
+    nz = np.nonzero(a.max(axis=(1, 2)))[0], np.nonzero(a.max(axis=(0, 2)))[0], np.nonzero(a.max(axis=(0, 1)))[0]
+    if any(ix.size == 0 for ix in nz):
+        return None
+    lo = np.array([ix[0] for ix in nz]) - 0.5
+    hi = np.array([ix[-1] for ix in nz]) + 0.5
+    corners = np.array(list(itertools.product(*zip(lo, hi))))  # (8, 3) in voxels, (z, y, x)
+    pts = corners * op.voxel_size + op.vol_origin  # metres
+    lab = np.einsum("aij,cj->aci", op.geometry.rotations(), pts)  # (angle, 8, 3)
+    det = lab[..., 1:] + (op.geometry.shifts_px() * op.pixel_size)[:, None, :]
+    dlo = op.det_origin - op.pixel_size / 2
+    dhi = op.det_origin + (np.asarray(op.detector_shape) - 0.5) * op.pixel_size
+    if np.all(det >= dlo - 1e-9 * op.pixel_size) and np.all(det <= dhi + 1e-9 * op.pixel_size):
+        return None
+    xp = xp_of(volume)
+    proj = to_host(op.forward(xp.abs(volume).astype(op.dtype)))
+    total = float(a.sum(dtype=np.float64) * np.prod(op.voxel_size))
+    seen = proj.reshape(proj.shape[0], -1).sum(axis=1, dtype=np.float64) * float(np.prod(op.pixel_size))
+    lost = np.clip(1.0 - seen / total, 0.0, 1.0)
+    return lost if np.any(lost > tol) else None
 
 
 def volume_grid_from_attrs(projections: xr.DataArray):
