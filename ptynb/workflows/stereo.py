@@ -3,8 +3,12 @@
 Two or three inclined nanobeams (left, centre, right; the outer two deflected by +-theta_s)
 scan the sample at the same time. Each beam's ptychogram is reconstructed on its own; the
 views are aligned by sub-pixel phase cross-correlation; the relative shift of features
-between views encodes their depth (``2 d tan theta_s``), which the layer-recovery step
-inverts (the paper's Eq. 3, with sub-pixel shifts and N layers).
+between views encodes their depth (``2 d tan theta_s``). For two layers the shift is measured
+from the views alone (:func:`stereo_steps.measure_layer_parallax`, with its uncertainty and a
+reliability flag), or taken from an assumed separation (the paper's prior-knowledge mode,
+``shift_source="geometry"``); the layer-recovery step then inverts it (the paper's Eq. 3, with
+sub-pixel shifts and N layers). Attrs say which numbers were assumed (``*_assumed``) and
+which were measured (``*_measured``).
 
 Pipeline (each step takes and returns xarray objects; :func:`run` chains them into an
 :class:`xarray.DataTree`)::

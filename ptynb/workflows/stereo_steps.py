@@ -158,6 +158,11 @@ def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign
     the score is not biased by how much noise a candidate can absorb. Coarse scan over
     ``[-max_shift, max_shift]`` in ``coarse_step`` px, then a golden-section search to ``tol``.
 
+    Works on sparse features over a sparse second layer; it assumes the views are aligned on
+    one layer exactly, and a residual misalignment of a dense fine layer (zone-plate rings)
+    then dominates the score: on the stereo demo it returns +0.35 px for a true 3.10 px. The
+    workflow measures the shift with :func:`measure_layer_parallax` instead.
+
     Parameters
     ----------
     views : real array (2, y, x)
