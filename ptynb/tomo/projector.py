@@ -1132,8 +1132,9 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
             f"tomo.project: the volume leaves the detector in {int((lost > 1e-3).sum())} of {lost.size} "
             f"views (up to {100 * lost[k]:.1f} % of its mass lost, at angle {g.angles[k]:g} deg). Views "
             "rotate about coordinate 0 of the volume's z/y/x coordinates: centre them "
-            "(e.g. volume.assign_coords(x=volume.x - volume.x.mean(), ...)) or pass a larger "
-            "detector_shape.", UserWarning, stacklevel=2)
+            "(e.g. volume.assign_coords(x=volume.x - volume.x.mean(), ...)) if they are not, and "
+            "pass a larger detector_shape for a volume that fills its box (its corners leave an "
+            "(ny, nx) detector at oblique angles).", UserWarning, stacklevel=2)
     return _wrap_projections(out, g, op)
 
 
