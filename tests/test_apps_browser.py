@@ -161,3 +161,93 @@ def test_stereo_bad_files_give_specific_errors(server, page):
     page.locator(".ptynb-source select").select_option(label="simulated demo")
     page.locator(".ptynb-run button").click()
     page.locator(".ptynb-message").get_by_text("run complete").wait_for(timeout=120000)
+
+
+# ----------------------------------------------------------------------------- settings typed in the page
+def test_stereo_typed_setting_out_of_bounds_shows_the_bound(server, page):
+    errors = _stereo(page, server)
+    box = page.locator(".ptynb-setting-theta_s input")
+    box.fill("20")
+    box.press("Enter")
+    alert = page.locator(".ptynb-setting-error")
+    alert.get_by_text(re.compile(r"20 deg is not allowed; it must be in \[0\.1, 10\] deg\. Kept 1\.5 deg")) \
+        .wait_for(timeout=20000)
+    assert box.input_value() == "1.5"  # the page shows the value actually used
+    px = page.locator(".ptynb-setting-pixel_size input")
+    assert px.input_value() == "8.1"  # shown in nm: label "Pixel size (nm)"
+    page.get_by_text("Pixel size (nm)").first.wait_for(state="attached", timeout=5000)  # collapsed card
+    box.fill("2.5")
+    box.press("Enter")
+    alert.wait_for(state="hidden", timeout=20000)
+    assert not errors, errors
+
+
+def test_stereo_progress_bar_never_goes_backwards(server, page):
+    _stereo(page, server)
+    page.locator(".ptynb-run button").click()
+    bar = page.locator(".ptynb-progress progress").first
+    bar.wait_for(state="attached", timeout=20000)
+    values = []
+    done = page.locator(".ptynb-message").get_by_text("run complete")
+    deadline = time.time() + 120
+    while time.time() < deadline and not done.count():
+        try:
+            v = bar.get_attribute("value", timeout=1000)
+        except Exception:  # noqa: BLE001 - the bar is hidden (removed) at the end
+            v = None
+        if v is not None:
+            values.append(float(v))
+        time.sleep(0.1)
+    assert done.count()
+    assert values and values == sorted(values) and max(values) <= 1000, values
+
+
+# ----------------------------------------------------------------------------- under load
+N_SESSIONS = 10
+
+
+@pytest.mark.timeout(300)
+def test_ten_concurrent_sessions_run_the_quick_preset(server, browser):
+    """10 browser sessions (contexts) of /stereo run the quick preset at once, each with its own
+    seed; every one completes, saves its own result (with its own seed), and the server still
+    answers afterwards."""
+    t0 = time.time()
+    pages = []
+    contexts = []
+    for k in range(N_SESSIONS):
+        ctx = browser.new_context()
+        contexts.append(ctx)
+        pg = ctx.new_page()
+        pg.set_default_timeout(180000)
+        pg.goto(server["url"] + "/stereo")
+        pages.append(pg)
+    for k, pg in enumerate(pages):
+        pg.locator(".ptynb-run button").wait_for()
+        pg.locator(".ptynb-preset select").select_option(label="quick look (seconds)")
+        seed = pg.locator(".ptynb-setting-seed input")
+        seed.fill(str(100 + k))
+        seed.press("Enter")
+    for pg in pages:  # start them all before waiting for any
+        pg.locator(".ptynb-run button").click()
+    t_started = time.time()
+    for pg in pages:
+        pg.locator(".ptynb-message").get_by_text("run complete").wait_for(timeout=240000)
+    t_done = time.time()
+    saved = []
+    for pg in pages:
+        pg.locator(".ptynb-save button").click()
+        msg = pg.locator(".ptynb-message").get_by_text(re.compile(r"saved to"))
+        msg.wait_for(timeout=60000)
+        saved.append(re.search(r"saved to\s*(\S+\.h5)", msg.inner_text()).group(1).strip("`"))
+    import ptynb
+
+    assert len(set(saved)) == N_SESSIONS, saved  # no save overwrote another
+    seeds = sorted(int(ptynb.io.load(p).attrs["setting_seed"]) for p in saved)
+    assert seeds == list(range(100, 100 + N_SESSIONS))  # each session ran its own settings
+    for ctx in contexts:
+        ctx.close()
+    # the server still answers
+    with urllib.request.urlopen(server["url"] + "/", timeout=30) as r:
+        assert r.status == 200
+    print(f"\n{N_SESSIONS} sessions: pages ready + settings {t_started - t0:.1f} s, "
+          f"runs {t_done - t_started:.1f} s, total {time.time() - t0:.1f} s")
