@@ -94,7 +94,7 @@ tomo["aligned_raw"] = projections.copy(data=np.real(shift_image(projections.valu
     md("""## 5. Resolution and 6. atoms
 
 For the paper's comparison with multislice ptychography *alone*, the tilt nearest 0° is reconstructed
-once more with thin slices (two pixels); the median width along z of its atomic columns is compared with
+once more with thin slices (four pixels); the median width along z of its atomic columns is compared with
 the width along z of the atoms in the MSPT volume (the same estimator on both)."""),
     code("""single = mspt.single_tilt_stack(measurement, settings)
 res = mspt.resolution(tomo["volume"], aligned=tomo["aligned_raw"], ptycho=ptycho, fsc=settings.fsc,

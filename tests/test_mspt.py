@@ -187,11 +187,12 @@ def test_match_sites_one_to_one():
 # ----------------------------------------------------------------------------- denoising
 def test_fourier_sparsity_keeps_fraction_and_mean():
     rng = np.random.default_rng(1)
-    img = rng.normal(0, 1, (32, 32)) + 3.0
+    img = rng.normal(0, 1, (32, 32))
+    img += 0.01 - img.mean()  # the mean (DC 10) is weaker than most noise coefficients (~32)
     out = S.fourier_sparsity(img, 0.1)
     F = np.abs(np.fft.rfft2(out))
     assert (F > 1e-6 * F.max()).mean() <= 0.12
-    assert out.mean() == pytest.approx(img.mean(), rel=1e-5)
+    assert out.mean() == pytest.approx(img.mean(), abs=1e-6)  # the zero frequency is always kept
     assert np.allclose(S.fourier_sparsity(img, 1.0), img, atol=1e-5)
     with pytest.raises(ValidationError, match="sparsity_keep"):
         S.fourier_sparsity(img, 0.0)
