@@ -263,9 +263,9 @@ def estimate_defocus(measurement, *, min_correlation=MIN_PARALLAX_CORRELATION,
         # parabola through the three samples, in log|c| (the grid is geometric)
         x = np.log(np.abs(cands[i - 1:i + 2]))
         y = sc[i - 1:i + 2]
-        den = (x[0] - 2 * x[1] + x[2])
-        if den != 0:
-            t = 0.5 * (x[0] - x[2]) / den
+        den = y[0] - 2 * y[1] + y[2]
+        if den < 0:  # a maximum
+            t = 0.5 * (y[0] - y[2]) / den
             if abs(t) < 1:
                 c = math.copysign(math.exp(x[1] + t * (x[1] - x[0])), c)
     z = 1.0 / (lam * c)
