@@ -34,7 +34,9 @@ def _serve(args) -> int:
                              "(is another server running there? choose another --port)") from None
     import panel as pn
 
-    from .apps import routes
+    from .apps import routes, use_server_resources
+
+    use_server_resources()  # every JS/CSS file from this server (installed packages), no CDN
 
     if args.data_dir:
         os.environ["PTYNB_DATA_DIR"] = args.data_dir

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["EXTRA_APPS", "APPS", "app_entries", "index", "build", "routes", "as_panel"]
+from ._resources import notebook_extension, use_inline_resources, use_server_resources  # no CDN
+
+__all__ = ["EXTRA_APPS", "APPS", "app_entries", "index", "build", "routes", "as_panel",
+           "notebook_extension", "use_inline_resources", "use_server_resources"]
 
 #: apps that are not workflows: slug -> (title, description, "module:function")
 EXTRA_APPS: dict[str, tuple[str, str, str]] = {
