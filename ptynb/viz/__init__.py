@@ -19,21 +19,23 @@ package imports holoviews (never panel); ``import ptynb`` does not import it.
 from __future__ import annotations
 
 from ._core import (AMPLITUDE_CMAP, FRAME_WIDTH, MAX_DISPLAY_PIXELS, PATTERN_CMAP, PHASE_CMAP,
-                    complex_to_rgb, markdown_table)
+                    complex_to_rgb, markdown_table, phase_colors)
 from .convergence import cost_curve, cost_curves
 from .images import amplitude_phase, complex_image, image, object_view, probe_view
-from .measurement import scan_explorer, scan_points
+from .measurement import counts_map, scan_explorer, scan_points
 from .spectra import frc_view, power_spectrum_view, radial_power_spectrum
 from .tree import array_view, attrs_table, show, tree_views
 from .volumes import orthoslices
 
 __all__ = [
     "complex_to_rgb",
+    "phase_colors",
     "complex_image",
     "amplitude_phase",
     "image",
     "scan_points",
     "scan_explorer",
+    "counts_map",
     "probe_view",
     "object_view",
     "cost_curve",

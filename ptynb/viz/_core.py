@@ -5,12 +5,15 @@ notebook as they are and by the apps through ``pn.pane.HoloViews``.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import xarray as xr
 
 from ..backend import to_host
 
-PHASE_CMAP = "colorwheel"  #: cyclic colour map (colorcet) for phase images
+PHASE_CMAP = "colorwheel"  #: cyclic colour map (colorcet) for phase images that wrap
+SMALL_PHASE_CMAP = "coolwarm"  #: diverging colour map for phases that do not wrap (centred on 0)
 AMPLITUDE_CMAP = "gray"
 PATTERN_CMAP = "fire"
 DIFF_CMAP = "RdBu"
@@ -30,7 +33,8 @@ def _hv():
     import holoviews as hv
 
     if not hv.Store.renderers:
-        hv.extension("bokeh", logo=False)
+        # BokehJS from the installed package, not a CDN (offline PCs); see ptynb.apps._resources
+        hv.extension("bokeh", logo=False, inline=os.environ.get("PTYNB_RESOURCES", "inline").lower() != "cdn")
     elif hv.Store.current_backend != "bokeh" and "bokeh" in hv.Store.renderers:
         hv.Store.set_current_backend("bokeh")
     return hv
@@ -74,6 +78,28 @@ def _hsv_to_rgb(h, s, v) -> np.ndarray:
     g = np.choose(i, [t, v, v, q, p, p])
     b = np.choose(i, [p, p, t, v, v, q])
     return np.stack([r, g, b], axis=-1).astype(np.float32)
+
+
+def phase_colors(phase, weights=None) -> tuple[str, tuple[float, float]]:
+    """Colour map and range of a phase image: ``(PHASE_CMAP, (-pi, pi))`` where the phase wraps
+    (values near both +pi and -pi), else ``(SMALL_PHASE_CMAP, (-r, r))`` with ``r`` the 99.5th
+    percentile of ``|phase|`` (where ``weights``, e.g. the amplitude, is above 5 % of its
+    maximum), so that small phases (tenths of a radian) get the whole colour range."""
+    p = np.asarray(phase, dtype=float)
+    keep = np.isfinite(p)
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if np.any(w > 0):
+            keep &= w > 0.05 * np.nanmax(w)
+    v = p[keep]
+    if v.size == 0:
+        return PHASE_CMAP, (-np.pi, np.pi)
+    near = np.abs(v) > 0.9 * np.pi
+    wraps = np.mean(near & (v > 0)) > 0.002 and np.mean(near & (v < 0)) > 0.002
+    if wraps:
+        return PHASE_CMAP, (-np.pi, np.pi)
+    r = float(np.percentile(np.abs(v), 99.5)) or 1e-3
+    return SMALL_PHASE_CMAP, (-r, r)
 
 
 def _stride(da: xr.DataArray) -> xr.DataArray:

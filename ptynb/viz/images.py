@@ -1,7 +1,8 @@
 """Images with physical axes: real images, complex images (amplitude/phase or HSV), probes, objects.
 
-Complex arrays are never handed to a plot: they are shown as amplitude and phase (phase on a
-cyclic colour map, -pi..pi) or as an HSV composite (hue = phase, value = amplitude).
+Complex arrays are never handed to a plot: they are shown as amplitude and phase or as an HSV
+composite (hue = phase, value = amplitude). Phases that wrap are drawn on a cyclic colour map over
+-pi..pi; small phases on a diverging map over their own symmetric range (:func:`phase_colors`).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import xarray as xr
 
 from ..backend import to_host
 from ._core import (AMPLITUDE_CMAP, FRAME_WIDTH, PHASE_CMAP, _as_2d, _bounds, _hv, _scaled_coords,
-                    _unit_for, complex_to_rgb, dim, value_label)
+                    _unit_for, complex_to_rgb, dim, phase_colors, value_label)
 
 __all__ = ["image", "amplitude_phase", "complex_image", "probe_view", "object_view"]
 
@@ -57,15 +58,17 @@ def image(da, *, title="", cmap="viridis", unit=None, colorbar=True, logz=False,
 
 
 def amplitude_phase(da, *, title="", unit=None, **opts):
-    """Side-by-side amplitude (grey) and phase (cyclic colour map, -pi..pi) of a complex 2D array."""
+    """Side-by-side amplitude (grey) and phase of a complex 2D array (phase colours from
+    :func:`phase_colors`: cyclic over -pi..pi where it wraps, else diverging over its range)."""
     hv = _hv()
     da = _as_2d(da, title or "complex")
     amp = da.copy(data=np.abs(da.values).astype(np.float32))
     ph = da.copy(data=np.angle(da.values).astype(np.float32))
+    cmap, clim = phase_colors(ph.values, amp.values)
     left = image(amp, title=f"{title} amplitude".strip(), cmap=AMPLITUDE_CMAP, unit=unit,
                  label="amplitude", **opts)
-    right = image(ph, title=f"{title} phase".strip(), cmap=PHASE_CMAP, unit=unit,
-                  clim=(-np.pi, np.pi), label="phase", value_unit="rad", **opts)
+    right = image(ph, title=f"{title} phase".strip(), cmap=cmap, unit=unit,
+                  clim=clim, label="phase", value_unit="rad", **opts)
     return hv.Layout([left, right]).cols(2)
 
 
@@ -82,8 +85,9 @@ def complex_image(da, *, mode="hsv", title="", unit=None, **opts):
         return image(da.copy(data=np.abs(da.values)), title=title, cmap=AMPLITUDE_CMAP, unit=unit,
                      label="amplitude", **opts)
     if mode == "phase":
-        return image(da.copy(data=np.angle(da.values)), title=title, cmap=PHASE_CMAP, unit=unit,
-                     clim=(-np.pi, np.pi), label="phase", value_unit="rad", **opts)
+        cmap, clim = phase_colors(np.angle(da.values), np.abs(da.values))
+        return image(da.copy(data=np.angle(da.values)), title=title, cmap=cmap, unit=unit,
+                     clim=clim, label="phase", value_unit="rad", **opts)
     if mode != "hsv":
         raise ValueError(f"mode must be 'hsv', 'amplitude', 'phase' or 'both', not {mode!r}")
     unit = unit or _unit_for(da)

@@ -7,7 +7,7 @@ import xarray as xr
 from ._core import FRAME_WIDTH, PATTERN_CMAP, _hv, dim
 from .images import image
 
-__all__ = ["scan_points", "scan_explorer"]
+__all__ = ["scan_points", "scan_explorer", "counts_map"]
 
 
 def _positions_nm(ds: xr.Dataset):
@@ -62,3 +62,19 @@ def scan_explorer(ds: xr.Dataset, *, log=True):
         return image(da, title=f"pattern {i}", cmap=PATTERN_CMAP, logz=log, label="counts")
 
     return (pts + hv.DynamicMap(pattern, streams=[sel])).cols(2)
+
+
+def counts_map(ds: xr.Dataset, *, size=8, **opts):
+    """Total counts of each pattern at its scan position (nm), coloured, with a colour bar."""
+    hv = _hv()
+    if "scan" not in ds["intensity"].dims or ds["intensity"].ndim != 3:
+        raise ValueError(f"counts_map needs intensity (scan, qy, qx), got {ds['intensity'].dims}")
+    sy, sx = _positions_nm(ds)
+    totals = np.asarray(ds["intensity"].sum([d for d in ds["intensity"].dims if d != "scan"]).values, float)
+    pts = hv.Points((sx, sy, totals), kdims=[dim("x", "nm"), dim("y", "nm")],
+                    vdims=[dim("counts", "counts", "total counts per pattern")])
+    o = dict(color="counts", cmap="viridis", size=size, colorbar=True, aspect="equal",
+             frame_width=FRAME_WIDTH, title="total counts per position", invert_yaxis=True,
+             tools=["hover"], fontsize={"title": 10})
+    o.update(opts)
+    return pts.opts(**o)

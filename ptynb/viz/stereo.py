@@ -35,6 +35,8 @@ DEPTH_ROWS: dict[str, tuple[str, float, str, str]] = {
     "assumed_layer_shift_px": ("layer shift assumed by layer recovery{source}", 1.0, "px", ".2f"),
     "measured_layer_shift_px": ("layer shift used by layer recovery{source}", 1.0, "px", ".2f"),
     "estimated_layer_shift_px": ("layer shift estimated from the data", 1.0, "px", ".2f"),
+    "separation_measured": ("layer separation measured from the views", 1e9, "nm", ".0f"),
+    "separation_assumed": ("layer separation assumed (settings)", 1e9, "nm", ".0f"),
     "separation_estimate": ("implied layer separation", 1e9, "nm", ".0f"),
     "mean_material_phase": ("mean phase of the material", 1.0, "rad", ".3f"),
     "thickness_from_phase": ("thickness from phase ({material})", 1e9, "nm", ".0f"),
@@ -214,12 +216,36 @@ def layers(lay: xr.Dataset, views_ds: xr.Dataset | None = None) -> list:
     return out
 
 
+def _pm(a: dict, key: str, scale: float, unit: str, fmt: str) -> str:
+    """``value +- uncertainty unit`` of attr ``key`` (uncertainty from ``<key>_uncertainty``)."""
+    v = float(a[key])
+    if not np.isfinite(v):
+        return "not measured"
+    u = a.get(key + "_uncertainty", a.get(key.replace("_px", "_uncertainty_px")))
+    err = f" ± {float(u) * scale:{fmt}}" if u is not None and np.isfinite(float(u)) else ""
+    return f"{v * scale:{fmt}}{err} {unit}"
+
+
 def layer_numbers(lay: xr.Dataset) -> str:
-    """Layer shift, implied separation and (with the truth) PCC and cross-talk, as a markdown table."""
+    """Layer shift and separation (measured from the views, with their uncertainty, and/or
+    assumed from the settings), and with the truth PCC and cross-talk, as a markdown table.
+    Keys that are absent are left out (older results: ``separation_estimate``)."""
     a = lay.attrs
     source = a.get("layer_shift_source", "value")
     source_text = _SOURCE_TEXT.get(source, source)
-    rows = [("layer shift between the outer views", f"**{a['layer_shift_px']:.2f} px** ({source_text})")]
+    rows = [("layer shift used by layer recovery", f"**{a['layer_shift_px']:.2f} px** ({source_text})")]
+    if "measured_layer_shift_px" in a:
+        rows.append(("layer shift measured from the views (1 sigma)",
+                     _pm(a, "measured_layer_shift_px", 1.0, "px", ".2f")))
+    if "separation_measured" in a:
+        rows.append(("layer separation measured from the views (1 sigma)",
+                     "**" + _pm(a, "separation_measured", 1e9, "nm", ".0f") + "**"))
+    if "measurement_reliable" in a and not int(a["measurement_reliable"]):
+        rows.append(("measurement", f"not reliable: {a.get('measurement_note', '')}"))
+    if "assumed_layer_shift_px" in a:
+        rows.append(("layer shift assumed (settings)", f"{a['assumed_layer_shift_px']:.2f} px"))
+    if "separation_assumed" in a:
+        rows.append(("layer separation assumed (settings)", f"{a['separation_assumed'] * 1e9:.0f} nm"))
     if "separation_estimate" in a:
         rows.append(("implied layer separation", f"**{a['separation_estimate'] * 1e9:.0f} nm**"))
     if "residual_rms" in a:
@@ -266,8 +292,10 @@ def depth_numbers(attrs: dict, settings=None, *, layer_attrs: dict | None = None
     merged = dict(attrs)
     src = (layer_attrs or {}).get("layer_shift_source")
     source = f" ({_SOURCE_TEXT.get(src, src)})" if src else ""
-    if layer_attrs and "separation_estimate" in layer_attrs and "separation_estimate" not in merged:
-        merged["separation_estimate"] = layer_attrs["separation_estimate"]
+    for k in ("separation_measured", "separation_measured_uncertainty", "separation_assumed",
+              "separation_estimate"):
+        if layer_attrs and k in layer_attrs and k not in merged:
+            merged[k] = layer_attrs[k]
     for key, (label, scale, unit, fmt) in DEPTH_ROWS.items():
         if key not in merged:
             continue
@@ -277,6 +305,8 @@ def depth_numbers(attrs: dict, settings=None, *, layer_attrs: dict | None = None
             label = _RESOLUTION_LABELS.get(str(src_res), label)
         if key == "layer_shift_m" and "layer_shift_px" in merged:
             text = f"{v * scale:{fmt}} {unit} = {merged['layer_shift_px']:.2f} px"
+        elif key == "separation_measured":
+            text = _pm(merged, key, scale, unit, fmt)
         else:
             text = f"{v * scale:{fmt}} {unit}"
         rows.append((label.format(material=material, source=source), text))
