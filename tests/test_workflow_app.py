@@ -218,7 +218,10 @@ def test_stereo_app_quick_preset_runs_and_shows_every_tab(data_dir):
     numbers = [o for o in app.tabs[3].objects if "ptynb-numbers" in o.css_classes]
     assert numbers and "stereo depth limit" in numbers[0].object
     layers = [o for o in app.tabs[2].objects if "ptynb-layer-numbers" in o.css_classes]
-    assert layers and "layer shift between the outer views" in layers[0].object
+    assert layers and "layer shift used by layer recovery" in layers[0].object
+    frc_tab = app.tabs[list(app.tabs._names).index("FRC")]  # off by default: the tab says so
+    texts = [o.object for o in frc_tab.objects if isinstance(o, pn.pane.Markdown)]
+    assert texts and "enable `frc` in the Analysis settings" in texts[0]
     _render(app)
     p1, p2 = app.save(), app.save()
     assert p1 != p2 and p1.exists() and p2.exists()
