@@ -292,3 +292,18 @@ def test_missing_views_module_falls_back_to_tree_views():
     app = WorkflowApp(wf)
     app.run()
     assert not app.error.visible and list(app.tabs._names)[0] == "Summary"
+
+
+def test_a_result_that_cannot_be_drawn_leaves_no_stale_tabs(data_dir):
+    app = WorkflowApp(TOY)
+    app.run()
+    assert "Summary" in list(app.tabs._names)
+
+    def broken(tree):
+        raise KeyError("no such view")
+
+    app.views = broken
+    app.run()
+    assert app.error.visible and "the result could not be drawn (KeyError" in app.error.object
+    assert list(app.tabs._names) == ["Result"] and app.message.object == "run complete; drawing the result failed"
+    assert app.save().exists()  # the result is kept

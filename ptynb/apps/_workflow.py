@@ -477,7 +477,13 @@ class WorkflowApp(pn.viewable.Viewer):
                 panes.append((title, pn.Column(*[self.make_pane(title, o) for o in items],
                                                sizing_mode="stretch_width")))
         except Exception as exc:  # noqa: BLE001 - a view bug must not lose the result
-            self.show_error(exc)
+            self.show_error(f"the result could not be drawn ({type(exc).__name__}: {exc}); it is kept "
+                            "and can be saved")
+            # no stale tabs of an earlier result under this run's status line
+            self.tabs[:] = [("Result", pn.pane.Markdown(
+                "This result could not be drawn (see the error). **Save result** keeps it for a "
+                "notebook.", css_classes=["ptynb-view-text"]))]
+            self.message.object = f"run {status}; drawing the result failed"
             return
         active = self.tabs.active
         old = list(getattr(self.tabs, "_names", []))
