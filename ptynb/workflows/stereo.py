@@ -776,6 +776,8 @@ WORKFLOW = Workflow(
                   ("measured_layer_shift_uncertainty_px", "  its uncertainty (1 sigma)", 1.0, "px"),
                   ("separation_measured", "layer separation (measured)", 1e9, "nm"),
                   ("separation_measured_uncertainty", "  its uncertainty (1 sigma)", 1e9, "nm"),
+                  ("separation_measurement_reliable", "  measurement reliable (1 yes, 0 no: see layers.measurement_note)",
+                   1.0, ""),
                   ("thickness_from_phase", "thickness from phase", 1e9, "nm")),
 )
 
