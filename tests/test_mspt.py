@@ -246,8 +246,10 @@ def test_full_chain_tiny(tiny_measurement, tmp_path):
     assert len(list((tmp_path / "tilts").glob("tilt_*.h5"))) == 5
     r = tree["resolution"].to_dataset()
     assert r.attrs["axial_ratio"] > 1.0
-    print(f"tiny chain: axial ratio {r.attrs['axial_ratio']:.1f} (assumed single tilt "
-          f"{r.attrs['axial_resolution_single_tilt_assumed'] / A:.1f} A / MSPT z {r.attrs['resolution_z'] / A:.2f} A)")
+    assert r.attrs["axial_fwhm_mspt"] < 2 * r.attrs["lateral_fwhm_mspt"]  # near-isotropic atoms in MSPT
+    print(f"tiny chain: axial ratio {r.attrs['axial_ratio']:.1f} (lower bound: {r.attrs['axial_ratio_is_lower_bound']}; "
+          f"axial FWHM single tilt {r.attrs['axial_fwhm_single_tilt'] / A:.2f} A / MSPT "
+          f"{r.attrs['axial_fwhm_mspt'] / A:.2f} A; lateral MSPT {r.attrs['lateral_fwhm_mspt'] / A:.2f} A)")
 
 
 def test_dask_fan_out_equals_serial(tiny_measurement):
@@ -438,3 +440,20 @@ def test_bad_projections_input():
         mspt.check_projections(P.assign_coords(y=np.arange(P.sizes["y"]) * 1.0, x=np.arange(P.sizes["x"]) * 1.0))
     with pytest.raises(ValidationError, match="complex"):
         mspt.check_projections(P.astype(np.complex64))
+
+
+@pytest.mark.slow
+def test_cli_runs_mspt_ci_preset(tmp_path):
+    import subprocess
+    import sys
+
+    from ptynb import io
+
+    out = tmp_path / "mspt.h5"
+    r = subprocess.run([sys.executable, "-m", "ptynb.cli", "run", "mspt", str(out), "--preset", "ci",
+                        "--set", "atoms=false"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resolution across the missing wedge" in r.stdout
+    tree = io.load(out)
+    assert tree.attrs["status"] == "complete" and "volume" in tree.children
+    assert mspt.Settings.from_attrs(tree.attrs).n_tilts == 9
