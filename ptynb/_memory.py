@@ -36,8 +36,8 @@ import numpy as np
 
 from .data import ValidationError
 
-__all__ = ["MemoryForecastError", "MemoryForecastWarning", "available_memory", "check_available",
-           "forecast", "forecast_bytes", "format_bytes", "ALLOW_ENV"]
+__all__ = ["ALLOW_ENV", "MemoryForecastError", "MemoryForecastWarning", "available_memory",
+           "check_available", "forecast", "forecast_bytes", "format_bytes"]
 
 #: environment variable that turns every refusal into a warning (``1``/``true``/``yes``)
 ALLOW_ENV = "PTYNB_ALLOW_EXCEEDING_MEMORY"
@@ -196,8 +196,7 @@ def check_available(nbytes, what: str, settings_hint=None, *, allow_exceeding: b
     avail = available_memory() if available is None else int(available)
     if avail is None or need <= headroom * avail:
         return need
-    parts = [f"{what} needs about {format_bytes(need)} but {format_bytes(avail)} of memory is "
-             "available"]
+    parts = [f"{what} needs about {format_bytes(need)} but {format_bytes(avail)} of memory is available"]
     if breakdown:
         big = sorted(breakdown.items(), key=lambda kv: -kv[1])[:3]
         parts.append("largest: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in big))

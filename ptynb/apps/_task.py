@@ -7,6 +7,7 @@ widgets, so widgets are only touched from the server's own thread.
 """
 from __future__ import annotations
 
+import math
 import threading
 import traceback
 from typing import Any, Callable
@@ -42,7 +43,7 @@ class TaskRunner(param.Parameterized):
     # ---------------------------------------------------------------- worker side
     def _progress(self, fraction: float, message: str = "") -> None:
         f = float(fraction)
-        f = 0.0 if f != f else min(max(f, 0.0), 1.0)  # NaN -> 0, clipped to [0, 1]
+        f = 0.0 if math.isnan(f) else min(max(f, 0.0), 1.0)  # NaN -> 0, clipped to [0, 1]
         with self._lock:
             # never backwards within a job (the bar shows the largest fraction so far)
             self._state["fraction"] = max(f, self._state.get("fraction", 0.0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import panel as pn
 import param
@@ -20,8 +21,8 @@ import xarray as xr
 from ._files import FILE_SUFFIXES, DataFilePicker, data_dir
 from ._task import TaskRunner
 
-__all__ = ["WorkflowApp", "SIMULATE", "FROM_FILE", "unit_of", "display_unit", "bounds_text", "save_path",
-           "with_widgets", "app_for"]
+__all__ = ["FROM_FILE", "SIMULATE", "WorkflowApp", "app_for", "bounds_text", "display_unit", "save_path",
+           "unit_of", "with_widgets"]
 
 SIMULATE = "simulated demo"
 FROM_FILE = "file from the data directory"
@@ -165,7 +166,7 @@ class WorkflowApp(pn.viewable.Viewer):
     result_stem: str | None = None
     width_controls = 350
     #: ``{setting: shown unit}`` for SI lengths ("nm", "um", "mm", "m"; see :func:`display_unit`)
-    display_units: dict[str, str] = {}
+    display_units: ClassVar[dict[str, str]] = {}
 
     def __init__(self, workflow=None, *, settings=None, result: xr.DataTree | None = None, **params):
         from ..workflows import get
@@ -321,7 +322,7 @@ class WorkflowApp(pn.viewable.Viewer):
 
         if self._syncing:
             return
-        w, factor, unit, is_int = self._number_widgets[name]
+        _w, factor, unit, is_int = self._number_widgets[name]
         p = type(self.settings).param[name]
         value = None if shown is None else (int(shown) if is_int else float(shown) / factor)
         try:

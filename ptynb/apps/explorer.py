@@ -113,7 +113,7 @@ class Explorer(pn.viewable.Viewer):
                 listed = ", ".join(vals[:6]) + (", ..." if len(vals) > 6 else "")
                 app = "the stereo app (/stereo)" if dim == "beam" else "a tomography workflow"
                 out.append(f"this measurement has {inten.sizes[dim]} {what} ({listed}{unit}); only "
-                           f"{dim} {vals[0]}{unit} is shown here. Use {app} to reconstruct them all.")
+                           + f"{dim} {vals[0]}{unit} is shown here. Use {app} to reconstruct them all.")
         return out
 
     def _render(self):

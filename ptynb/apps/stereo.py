@@ -8,6 +8,8 @@ the anaglyph's sliders and its caption, and CSS classes on the number tables.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import holoviews as hv
 import panel as pn
 import xarray as xr
@@ -40,7 +42,7 @@ class StereoApp(WorkflowApp):
     collapsed_groups = ("Scan and detector", "Reconstruction", "Analysis")
     #: shown units (astigmatism: line-foci distances are microns; the default is 0 m) and the
     #: units of settings whose docs name none
-    display_units = {"astigmatism": "um", "detector": "px per side", "scan_grid": "points per side",
+    display_units: ClassVar[dict[str, str]] = {"astigmatism": "um", "detector": "px per side", "scan_grid": "points per side",
                      "overlap": "fraction", "jitter": "fraction of the step",
                      "counts_per_pattern": "counts"}
 
