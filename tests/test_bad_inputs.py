@@ -16,6 +16,7 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 
 import ptynb
 from ptynb import io
@@ -257,6 +258,33 @@ def test_cli_prints_a_memory_refusal_as_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ptynb simulate: memory: the demo needs about 156.25 GiB")
     assert "Traceback" not in err[0]
+
+
+def test_reading_a_file_larger_than_memory_is_forecast(tmp_path, monkeypatch, capsys):
+    """A (400 GB) file read eagerly: refused before reading (here: 1 KiB 'available')."""
+    import ptynb._memory as M
+    from ptynb import cli
+
+    m = _meas()  # 6 x 8 x 8 float32 = 1.5 KiB of patterns
+    h5, cxi, zarr = (io.save(m, tmp_path / f"m{suf}") for suf in (".h5", ".cxi", ".zarr"))
+    tree = io.save(xr.DataTree.from_dict({"/a": m}), tmp_path / "t.h5")
+    monkeypatch.setattr(M, "available_memory", lambda: 1024)
+    for path in (h5, zarr, tree):
+        with pytest.raises(MemoryForecastError, match=r"memory: reading '.*' into memory needs about "
+                                                      r"\d.* KiB but 1.00 KiB of memory is available.* "
+                                                      r"load\(path, lazy=True\) reads patterns on demand"):
+            io.load(path)
+    with pytest.raises(MemoryForecastError, match=r"reading '.*m\.cxi' needs about .* largest: entry_1 "
+                                                  r"as stored"):
+        io.load_any(cxi)
+    lazy = io.load(h5, lazy=True)  # lazy reads nothing: no forecast needed
+    assert lazy["intensity"].shape == (6, 8, 8)
+    lazy.close()
+    with pytest.warns(MemoryForecastWarning):
+        assert io.load(h5, allow_exceeding=True)["intensity"].shape == (6, 8, 8)
+    assert cli.main(["run", "stereo", str(tmp_path / "o.h5"), "--input", str(h5)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ptynb run: memory: reading ")
 
 
 # ============================================================================ files (integrity)

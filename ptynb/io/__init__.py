@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 
-def load_any(path) -> xr.Dataset:
+def load_any(path, *, allow_exceeding: bool = False) -> xr.Dataset:
     """Load one measurement from a ptynb HDF5/netCDF/Zarr file or a CXI file.
 
     Parameters
@@ -103,6 +103,9 @@ def load_any(path) -> xr.Dataset:
         ``.cxi`` -> :func:`read_cxi`; anything else -> :func:`load` (format from the contents).
         For a DataTree file, the first node (in tree order) holding an ``intensity`` variable
         is returned, with the attrs it inherits from its ancestors.
+    allow_exceeding : bool
+        Read even when the forecast memory exceeds the available memory (a warning instead of
+        :class:`ptynb._memory.MemoryForecastError`; see :func:`load`).
 
     Returns
     -------
@@ -122,8 +125,8 @@ def load_any(path) -> xr.Dataset:
 
     p = Path(path)
     if p.suffix.lower() == ".cxi":
-        return read_cxi(p)
-    obj = load(p)
+        return read_cxi(p, allow_exceeding=allow_exceeding)
+    obj = load(p, allow_exceeding=allow_exceeding)
     if isinstance(obj, xr.DataTree):
         for node in obj.subtree:
             if node.has_data and "intensity" in node.dataset:

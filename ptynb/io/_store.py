@@ -367,7 +367,17 @@ def _check_zarr_complete(p: Path, arrays=None):
                               "them as the fill value (e.g. for a store written sparsely on purpose)")
 
 
-def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fill_missing: bool = False):
+def _check_read_memory(p: Path, nbytes: int, allow_exceeding: bool):
+    """Refuse to read ``nbytes`` into memory when they do not fit (before reading a byte)."""
+    from .._memory import check_available
+
+    check_available(int(nbytes), f"reading {str(p)!r} into memory",
+                    "the data read: load(path, lazy=True) reads patterns on demand, group= one node",
+                    allow_exceeding=allow_exceeding)
+
+
+def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fill_missing: bool = False,
+         allow_exceeding: bool = False):
     """Load what :func:`save` wrote (or a netCDF4/HDF5, Zarr or CXI file from elsewhere).
 
     Parameters
@@ -392,6 +402,10 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fil
         (an interrupted copy, a deleted file) raises :class:`FileFormatError`, checked when
         the store is opened, lazily or not. True: missing chunks read as the fill value
         (zarr's own behaviour; for stores written sparsely on purpose).
+    allow_exceeding : bool
+        ``lazy=False`` forecasts the memory of the data (their in-memory size) before reading
+        and raises :class:`ptynb._memory.MemoryForecastError` when it exceeds the available
+        memory; True warns and reads anyway.
 
     Returns
     -------
@@ -405,18 +419,20 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fil
     FileFormatError
         Truncated, corrupt or foreign file, an HDF5 chunk failing its Fletcher32 checksum,
         a Zarr store with missing chunks; the message names the path and the problem.
+    MemoryForecastError
+        ``lazy=False`` and the data do not fit in the available memory (nothing was read).
     """
     p = _as_path(path)
     _check_exists(p)
     if p.suffix.lower() in _CXI_SUFFIXES and p.is_file():
-        return read_cxi(p)
+        return read_cxi(p, allow_exceeding=allow_exceeding)
     fmt = _sniff(p)
     info = _h5_inspect(p) if fmt == "hdf5" else _zarr_inspect(p)
     if fmt == "zarr" and not fill_missing:
         _check_zarr_complete(p)
     marker = info["attrs"].get(_OBJ_KEY)
     if marker is None and info["cxi"]:
-        return read_cxi(p)
+        return read_cxi(p, allow_exceeding=allow_exceeding)
     if marker is None and info["n"] == 0:
         raise FileFormatError(p, f"{'HDF5 file' if fmt == 'hdf5' else 'Zarr store'} holds no "
                                  "variables or groups: not a ptynb/netCDF layout")
@@ -436,6 +452,8 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fil
             else:
                 tree = xr.open_datatree(p, **kw)
                 try:
+                    _check_read_memory(p, sum(n.to_dataset(inherit=False).nbytes for n in tree.subtree),
+                                       allow_exceeding)
                     tree = tree.load()
                 finally:
                     tree.close()
@@ -453,6 +471,7 @@ def load(path, *, lazy: bool = False, group: str | None = None, chunks=None, fil
             ds = _load_coords(ds)
         else:
             try:
+                _check_read_memory(p, ds.nbytes, allow_exceeding)
                 ds = ds.load()
             finally:
                 ds.close()

@@ -228,6 +228,27 @@ def _energy_from_cxi(e, ej: float, p: Path, entry: str) -> float:
     return ej / _ELECTRON_VOLT
 
 
+def _check_cxi_memory(f, entries, p: Path, allow_exceeding: bool):
+    """Forecast the patterns of ``entries`` (the stored dtype, float32, the stack) before reading."""
+    from .._memory import check_available
+
+    need = {}
+    for en in entries:
+        e = f[en]
+        d = e.get(_DET + "/data")
+        if d is None:
+            d = e.get("data_1/data")
+        if d is None or not hasattr(d, "shape"):
+            continue  # reported as a missing field by _read_entry
+        n = int(np.prod(d.shape))
+        need[f"{en} as stored"] = n * d.dtype.itemsize
+        need[f"{en} as float32"] = n * 4
+    if len(entries) > 1:
+        need["stacked entries"] = sum(v for k, v in need.items() if k.endswith("float32"))
+    check_available(need, f"reading {str(p)!r}", "the entries read (entry=...)",
+                    allow_exceeding=allow_exceeding)
+
+
 def _read_entry(f, entry: str, p: Path, overrides: dict, translation_sign: float):
     import h5py
 
@@ -335,7 +356,8 @@ def _read_entry(f, entry: str, p: Path, overrides: dict, translation_sign: float
             "labels": labels, "version": saved_attrs.get("ptynb_version")}
 
 
-def read_cxi(path, *, entry: str | None = None, translation_sign: float = 1.0, **overrides) -> xr.Dataset:
+def read_cxi(path, *, entry: str | None = None, translation_sign: float = 1.0, allow_exceeding: bool = False,
+             **overrides) -> xr.Dataset:
     """Import a CXI file as a measurement Dataset.
 
     Reads the standard fields (see :func:`write_cxi`); a file written by another program
@@ -355,6 +377,9 @@ def read_cxi(path, *, entry: str | None = None, translation_sign: float = 1.0, *
     translation_sign : {1.0, -1.0}
         Multiplies ``translation`` (use -1 for files storing sample translations with the
         opposite sign to probe positions).
+    allow_exceeding : bool
+        The patterns of every entry read are forecast (as read, as float32 and stacked) before
+        reading; :class:`ptynb._memory.MemoryForecastError` if they do not fit, unless True.
     **overrides
         Values used instead of (or in place of missing) file fields: ``energy_eV``,
         ``radiation``, ``detector_distance``, ``detector_pixel_size``, ``pixel_size``,
@@ -391,6 +416,7 @@ def read_cxi(path, *, entry: str | None = None, translation_sign: float = 1.0, *
             if entry not in f:
                 raise FileFormatError(p, f"has no CXI entry {entry!r} (entries: {entries})")
             entries = [entry]
+        _check_cxi_memory(f, entries, p, allow_exceeding)
         parts = [_read_entry(f, en, p, dict(overrides), translation_sign) for en in entries]
     if len(parts) > 1 and not all(pt["labels"] for pt in parts):
         raise FileFormatError(p, f"has {len(parts)} entries without ptynb labels; choose one with entry=")
