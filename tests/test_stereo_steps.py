@@ -4,6 +4,7 @@ import pytest
 from scipy import ndimage
 
 from ptynb.data import ValidationError
+from ptynb.imaging import shift_image
 from ptynb.physics import wavelength
 from ptynb.workflows import stereo_steps as S
 
@@ -46,8 +47,8 @@ def _two_layers(n=128, shift=3.1, noise=0.01, seed=0):
     l1 = ndimage.gaussian_filter(-0.6 * np.minimum(blobs, 1), 0.7)
     rr = np.hypot(yy - n / 2, xx - n / 2)
     l2 = ndimage.gaussian_filter(-0.4 * ((np.sin(rr**2 / 60) > 0) & (rr < 50)), 0.7)
-    t1 = S.fourier_shift(l1, (0, shift / 2)) + l2 + rng.normal(0, noise, (n, n))
-    t2 = S.fourier_shift(l1, (0, -shift / 2)) + l2 + rng.normal(0, noise, (n, n))
+    t1 = shift_image(l1, (0, shift / 2)) + l2 + rng.normal(0, noise, (n, n))
+    t2 = shift_image(l1, (0, -shift / 2)) + l2 + rng.normal(0, noise, (n, n))
     return np.stack([t1, t2]), l1, l2
 
 
@@ -79,7 +80,7 @@ def test_recover_three_layers_from_three_views():
     n = 96
     layers = [ndimage.gaussian_filter(-np.maximum(rng.random((n, n)) - 0.93, 0) * 8, 1.0) for _ in range(3)]
     sh = S.layer_shifts([0.0, 300e-9, 600e-9], [-1.5 * DEG, 0.0, 1.5 * DEG], 8e-9)
-    views = np.stack([sum(S.fourier_shift(layers[k], sh[v, k]) for k in range(3)) for v in range(3)])
+    views = np.stack([sum(shift_image(layers[k], sh[v, k]) for k in range(3)) for v in range(3)])
     res = S.recover_layers(views, sh, iterations=600, smoothness=1e-4)
     m = np.zeros((n, n), bool)
     m[10:-10, 10:-10] = True
@@ -116,9 +117,9 @@ def _rings_and_particles(shift, n=160, z_shift=0.0, noise=0.005, seed=1, three=F
     f = np.tan(tilts) / (2 * np.tan(1.5 * DEG))
     views = []
     for k, fk in enumerate(f):
-        v = rings + S.fourier_shift(parts, (0, shift * fk))
+        v = rings + shift_image(parts, (0, shift * fk))
         if k == len(f) - 1:
-            v = S.fourier_shift(v, (0, z_shift))
+            v = shift_image(v, (0, z_shift))
         views.append(np.real(v) + rng.normal(0, noise, (n, n)))
     return np.stack(views), tilts
 
@@ -169,7 +170,7 @@ def test_bad_layer_inputs():
 def test_anaglyph_and_shift():
     rng = np.random.default_rng(0)
     a = ndimage.gaussian_filter(rng.random((64, 64)), 2)
-    b = S.fourier_shift(a, (0, 2.5))
+    b = shift_image(a, (0, 2.5))
     rgb = S.anaglyph(a, b)
     assert rgb.shape == (64, 64, 3) and rgb.dtype == np.float32
     assert 0 <= rgb.min() and rgb.max() <= 1

@@ -68,7 +68,7 @@ def _layer_shift_in_views(views, truth):
     reconstructed views with the true layers as templates: each view's zone-plate content is
     located by cross-correlation with the true zone-plate layer and subtracted, and what remains
     is registered to the true particle layer."""
-    from ptynb.tomo.align import phase_cross_correlation, shift_image
+    from ptynb.imaging import phase_cross_correlation, shift_image
 
     ys, xs = st._crop_valid(views)
     tr = truth.interp(y=views.y, x=views.x).values[:, ys, xs]
@@ -295,3 +295,35 @@ def test_three_layers_from_three_beams():
     assert min(pccs) >= 0.7, pccs
     # each recovered layer matches a different true layer
     assert sorted(lay.attrs[f"layer_{k}_is"] for k in range(3)) == ["0", "1", "2"]
+
+
+def test_nested_engine_options_round_trip_and_reach_the_engines(tmp_path):
+    """The stereo settings nest the library's option classes (no knob declared twice); they
+    survive a saved result and reach ptycho.reconstruct (recorded as option_* attrs)."""
+    from ptynb.ptycho import PositionRefinement
+
+    s = st.Settings(n_beams=2, scan_grid=4, epie_iterations=2, lsqml_iterations=1)
+    s.set_text("lsqml.reg_object", "0.2")
+    s.set_text("position_refinement.start", "1")
+    assert isinstance(s.position_refinement, PositionRefinement)
+    back = st.Settings.from_attrs(ptynb.io.load(ptynb.io.save(xr.Dataset(attrs=s.as_attrs()),
+                                                              tmp_path / "s.h5")).attrs)
+    assert back.lsqml.reg_object == 0.2 and back.position_refinement.start == 1
+    assert st.Settings().lsqml.reg_object == 0.3  # the defaults are not shared between instances
+    rec = st.reconstruct_beams(st.simulate(s), s, progress=False)
+    assert rec.attrs["option_reg_object"] == 0.2
+
+
+def test_unknown_reference_beam_is_an_error():
+    s = st.Settings(n_beams=2, scan_grid=4, epie_iterations=2, lsqml_iterations=0, reference_beam="middle")
+    with pytest.raises(ValidationError, match="reference_beam: 'middle' is not a beam of the data; beams: left, right"):
+        st.run(s, progress=False)
+
+
+def test_caustic_planes_centre_on_the_nominal_defocus_not_the_truth():
+    s = st.Settings(n_beams=2, scan_grid=4, epie_iterations=2, lsqml_iterations=0)
+    m = st.simulate(s)
+    assert m.attrs["nominal_defocus"] != pytest.approx(s.defocus)  # the simulator's 15 % error
+    rec = st.reconstruct_beams(m, s, progress=False)
+    c = st.characterise_beams(rec, s, nominal_defocus=m.attrs["nominal_defocus"])["left"].to_dataset()
+    assert float(c.z.mean()) == pytest.approx(-m.attrs["nominal_defocus"], rel=1e-9)

@@ -131,12 +131,13 @@ class _Pair:
         self.bounds = (0, 0, nx * self.px_nm, ny * self.px_nm)
 
     def compare(self, red, cyan, shift):
-        from ..workflows.stereo_steps import anaglyph as _anaglyph, fourier_shift
+        from ..imaging import shift_image
+        from ..workflows.stereo_steps import anaglyph as _anaglyph
 
         a, b = self.phase[red], self.phase[cyan]
         sh = (0.0, float(shift))
         rgb = _anaglyph(a, b, shift=sh)
-        diff = a - np.real(np.asarray(fourier_shift(b, sh)))
+        diff = a - np.real(np.asarray(shift_image(b, sh)))
         border = int(np.ceil(abs(sh[1]))) + 1
         inner = diff[:, border:-border] if diff.shape[1] > 2 * border else diff
         return rgb, diff, float(np.sqrt(np.mean(inner ** 2)))

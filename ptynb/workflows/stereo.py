@@ -31,6 +31,7 @@ import xarray as xr
 from ..control import Cancelled
 from ..data import ValidationError
 from . import stereo_steps as steps
+from ..ptycho.options import LSQMLOptions, PIEOptions, PositionRefinement
 from ._base import Run, Step, Workflow, WorkflowSettings
 from .stereo_steps import (
     anaglyph,
@@ -70,8 +71,8 @@ class Settings(WorkflowSettings):
                              "astigmatism", "defocus", "energy_eV", "seed"],
         "Scan and detector": ["scan_grid", "overlap", "jitter", "detector", "pixel_size",
                               "counts_per_pattern"],
-        "Reconstruction": ["epie_iterations", "lsqml_iterations", "position_refinement_start", "upsample",
-                           "parallel"],
+        "Reconstruction": ["epie_iterations", "lsqml_iterations", "upsample", "parallel", "position_refinement",
+                           "pie", "lsqml"],
         "Analysis": ["reference_beam", "shift_source", "layer_shift_px", "subpixel", "layer_iterations", "frc",
                      "caustic_range", "material"],
     }
@@ -105,12 +106,19 @@ class Settings(WorkflowSettings):
     # --- reconstruction (the paper: 900 ePIE + 100 parallel update, position refinement from 650)
     epie_iterations = param.Integer(default=100, bounds=(0, None), doc="ePIE iterations")
     lsqml_iterations = param.Integer(default=50, bounds=(0, None), doc="Parallel-update (LSQ-ML) iterations")
-    position_refinement_start = param.Integer(default=-1, bounds=(-1, None),
-                                              doc="Start position refinement at this iteration (-1: off)")
+    position_refinement = param.ClassSelector(
+        class_=PositionRefinement, default=PositionRefinement(), instantiate=True,
+        doc="Position refinement (ptynb.ptycho.PositionRefinement): start iteration (None: off; the paper: "
+            "650 of 1000), max step (px), affine part")
+    pie = param.ClassSelector(class_=PIEOptions, default=PIEOptions(), instantiate=True,
+                              doc="ePIE step sizes (ptynb.ptycho.PIEOptions; None: the engine's own)")
+    lsqml = param.ClassSelector(class_=LSQMLOptions, default=LSQMLOptions(), instantiate=True,
+                                doc="LSQ-ML knobs (ptynb.ptycho.LSQMLOptions)")
     upsample = param.Integer(default=1, bounds=(1, 4), doc="Reconstruction-grid upsampling factor")
     parallel = param.Boolean(default=False, doc="Reconstruct the beams in parallel (dask LocalCluster)")
     # --- analysis
-    reference_beam = param.String(default="left", doc="Beam that the other views are aligned to")
+    reference_beam = param.String(default=None, allow_None=True,
+                                  doc="Beam that the other views are aligned to (None: the first beam)")
     shift_source = param.Selector(
         objects=["estimate", "geometry"], default="estimate",
         doc="Layer shifts used by layer recovery: measured from the views alone (two-layer samples; "
@@ -301,10 +309,11 @@ def reconstruct_beams(measurement: xr.Dataset, settings: Settings, *, progress: 
     from ..ptycho import reconstruct
 
     check_stereo_measurement(measurement)
-    pr = settings.position_refinement_start
     data = measurement[[v for v in ("intensity", "mask") if v in measurement]]
+    pr = settings.position_refinement
     rec = reconstruct(data, engine=_engine_chain(settings), upsample=int(settings.upsample),
-                      position_refinement=None if pr is None or pr < 0 else int(pr),
+                      position_refinement=None if pr.start is None else pr,
+                      options=[settings.pie, settings.lsqml],
                       progress=progress, cancel=cancel, callback=callback,
                       parallel=bool(settings.parallel), seed=int(settings.seed))
     if "beam_tilt" in measurement.coords and "beam_tilt" not in rec.coords:
@@ -313,15 +322,22 @@ def reconstruct_beams(measurement: xr.Dataset, settings: Settings, *, progress: 
 
 
 # ----------------------------------------------------------------------------- step 3
-def characterise_beams(reconstruction: xr.Dataset, settings: Settings, *, n_planes: int = 41) -> xr.DataTree:
+def characterise_beams(reconstruction: xr.Dataset, settings: Settings, *, nominal_defocus: float | None = None,
+                       n_planes: int = 41) -> xr.DataTree:
     """Propagate each retrieved probe along z: caustics, focus, spot size, astigmatism.
+
+    The ``settings.caustic_range`` (m) of planes is centred on the focus expected from
+    ``nominal_defocus`` (m, sample plane minus focus; what the experimenter set, e.g. the
+    measurement's ``nominal_defocus`` attr), default ``settings.defocus``. The focus itself is
+    measured from the retrieved probes.
 
     Returns a DataTree with one node per beam (see :func:`stereo_steps.beam_caustic`).
     """
     from ..physics import wavelength
 
     lam = wavelength(reconstruction.attrs.get("energy_eV", settings.energy_eV), "xray")
-    z0 = -float(settings.defocus)  # expected focus distance from the sample plane
+    d = settings.defocus if nominal_defocus is None else nominal_defocus
+    z0 = -float(d)  # expected focus distance from the sample plane
     half = float(settings.caustic_range) / 2
     z = np.linspace(z0 - half, z0 + half, n_planes)
     nodes = {}
@@ -339,7 +355,7 @@ def projection_phase(obj, *, mask=None) -> np.ndarray:
     The zero level is the 90th percentile of the phase inside ``mask`` (the least
     phase-shifting, "empty" regions), so material with delta > 0 has negative phase.
     """
-    from ..tomo.unwrap import remove_phase_ramp
+    from ..imaging import remove_phase_ramp
 
     o = np.asarray(obj)
     if not np.iscomplexobj(o):
@@ -378,10 +394,12 @@ def align_views(reconstruction: xr.Dataset, settings: Settings) -> xr.Dataset:
     ``valid`` (y, x) bool (illuminated in every view, away from wrapped borders),
     ``shift_y``/``shift_x`` (beam) in pixels (applied to each view) and attrs.
     """
-    from ..tomo.align import phase_cross_correlation, shift_image
+    from ..imaging import phase_cross_correlation, shift_image
 
     beams = [str(b) for b in reconstruction["beam"].values]
-    ref = settings.reference_beam if settings.reference_beam in beams else beams[0]
+    ref = beams[0] if settings.reference_beam is None else str(settings.reference_beam)
+    if ref not in beams:
+        raise ValidationError("reference_beam", f"{ref!r} is not a beam of the data; beams: {', '.join(beams)}")
     masks = {b: _illuminated_mask(reconstruction, b) for b in beams}
     common = np.logical_and.reduce(list(masks.values()))
     if common.sum() < 64:
@@ -575,7 +593,7 @@ def _layer_scores(out, views, truth, crop):
     from scipy.optimize import linear_sum_assignment
 
     from ..metrics import pcc
-    from ..tomo.align import phase_cross_correlation, shift_image
+    from ..imaging import phase_cross_correlation, shift_image
 
     ys, xs = crop
     rec = out["layers"].values[:, ys, xs].astype(np.float64)
@@ -611,16 +629,18 @@ def frc_per_beam(measurement: xr.Dataset, settings: Settings, *, progress: bool 
 
     Returns
     -------
-    Dataset with ``frc`` (beam, q) and ``resolution`` (beam) in m (half-bit threshold).
+    Dataset with ``frc`` (beam, q), its ``threshold_half_bit`` (beam, q) and ``resolution``
+    (beam) in m (where the FRC crosses the half-bit threshold).
     """
     from ..metrics import frc
     from ..ptycho import reconstruct
-    from ..tomo.align import phase_cross_correlation, shift_image
+    from ..imaging import phase_cross_correlation, shift_image
 
     check_stereo_measurement(measurement)
     data = measurement[[v for v in ("intensity", "mask") if v in measurement]]
     halves = [data.isel(scan=slice(k, None, 2)) for k in (0, 1)]
-    recs = [reconstruct(h, engine=_engine_chain(settings), progress=progress, cancel=cancel,
+    recs = [reconstruct(h, engine=_engine_chain(settings), upsample=int(settings.upsample),
+                        options=[settings.pie, settings.lsqml], progress=progress, cancel=cancel,
                         seed=int(settings.seed) + k) for k, h in enumerate(halves)]
     curves, res = [], []
     for b in measurement["beam"].values:
@@ -642,6 +662,8 @@ def frc_per_beam(measurement: xr.Dataset, settings: Settings, *, progress: bool 
     n = min(c.sizes["q"] for c in curves)
     q = curves[0]["q"].values[:n]
     return xr.Dataset({"frc": (("beam", "q"), np.stack([c.values[:n] for c in curves])),
+                       "threshold_half_bit": (("beam", "q"),
+                                              np.stack([c["threshold_half_bit"].values[:n] for c in curves])),
                        "resolution": ("beam", np.asarray(res), {"units": "m"})},
                       coords={"beam": measurement["beam"].values, "q": ("q", q, {"units": "1/m"})})
 
@@ -760,7 +782,9 @@ WORKFLOW = Workflow(
     steps=(
         Step("measurement", _step_measurement, "simulating the stereo measurement", weight=5),
         Step("reconstruction", _step_reconstruction, "reconstructing each beam", weight=60),
-        Step("caustics", lambda r: characterise_beams(r["reconstruction"], r.settings), "beam caustics", weight=5),
+        Step("caustics", lambda r: characterise_beams(
+            r["reconstruction"], r.settings, nominal_defocus=r["measurement"].attrs.get("nominal_defocus")),
+            "beam caustics", weight=5),
         Step("views", lambda r: align_views(r["reconstruction"], r.settings), "aligning the views", weight=5),
         Step("layers", _step_layers, "separating the layers", weight=10),
         Step("frc", _step_frc, "FRC from half datasets", weight=15, when=lambda r: bool(r.settings.frc)),

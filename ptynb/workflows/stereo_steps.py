@@ -23,7 +23,6 @@ __all__ = [
     "layer_shift",
     "layer_shifts",
     "anaglyph",
-    "fourier_shift",
     "estimate_layer_shift",
     "measure_layer_parallax",
     "upper_envelope",
@@ -124,7 +123,9 @@ def anaglyph(left, right, *, shift=(0.0, 0.0), percentiles=(1.0, 99.0)) -> np.nd
     if a.shape != b.shape or a.ndim != 2:
         raise ValidationError("left/right", f"need two 2-D images of one shape, got {a.shape} and {b.shape}")
     if any(shift):
-        b = fourier_shift(b, shift)
+        from ..imaging import shift_image
+
+        b = shift_image(b, shift)
 
     def stretch(x):
         lo, hi = np.percentile(x, percentiles)
@@ -132,15 +133,6 @@ def anaglyph(left, right, *, shift=(0.0, 0.0), percentiles=(1.0, 99.0)) -> np.nd
 
     a, b = stretch(a), stretch(b)
     return np.stack([a, b, b], axis=-1).astype(np.float32)
-
-
-def fourier_shift(img, shift):
-    """Shift a real or complex image (..., y, x) by ``shift = (dy, dx)`` pixels (periodic,
-    sub-pixel, Fourier shift theorem); positive shifts move content to larger indices.
-    Same as :func:`ptynb.tomo.align.shift_image` (kept here as the stereo steps' name)."""
-    from ..tomo.align import shift_image
-
-    return shift_image(img, shift)
 
 
 def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign: str | None = "negative",
