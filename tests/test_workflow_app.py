@@ -307,3 +307,15 @@ def test_a_result_that_cannot_be_drawn_leaves_no_stale_tabs(data_dir):
     assert app.error.visible and "the result could not be drawn (KeyError" in app.error.object
     assert list(app.tabs._names) == ["Result"] and app.message.object == "run complete; drawing the result failed"
     assert app.save().exists()  # the result is kept
+
+
+def test_lengths_without_a_default_are_shown_like_the_others():
+    class S(WorkflowSettings):
+        step = param.Number(default=2e-10, doc="Scan step (m)")
+        radius = param.Number(default=5e-10, doc="Probe radius (m)")
+        thickness = param.Number(default=None, allow_None=True, doc="Slice thickness (m; None: automatic)")
+        far = param.Number(default=2.0, doc="Detector distance (m)")
+
+    assert display_unit(S, "thickness") == ("nm", 1e9)  # as step and radius, not as far
+    assert display_unit(S, "far") == ("m", 1.0)
+    assert display_unit(S, "far", {"far": "mm"}) == ("mm", 1e3)

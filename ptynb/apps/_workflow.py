@@ -56,8 +56,12 @@ def display_unit(settings_cls, name: str, overrides: dict | None = None) -> tupl
     p = settings_cls.param[name]
     refs = [abs(v) for v in (p.default, *(getattr(p, "bounds", None) or ()))
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v]
-    if not refs:
-        return "m", 1.0
+    if not refs:  # no default or bound to go by (e.g. None = automatic): as the other lengths
+        shown = [display_unit(settings_cls, k, overrides)[0] for k in settings_cls.param
+                 if k not in ("name", name) and isinstance(settings_cls.param[k], param.Number)
+                 and unit_of(settings_cls, k) == "m" and settings_cls.param[k].default]
+        common = max(set(shown), key=shown.count) if shown else "m"
+        return common, _FACTORS[common]
     ref = refs[0]
     for limit, shown, factor in _LENGTH_DISPLAY:
         if ref < limit:
