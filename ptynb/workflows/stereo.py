@@ -68,7 +68,7 @@ class Settings(WorkflowSettings):
 
     groups = {
         "Sample and beams": ["sample", "n_beams", "theta_s", "separation", "particle_radius", "n_layers",
-                             "astigmatism", "defocus", "energy_eV", "seed"],
+                             "astigmatism", "defocus", "nominal_defocus_error", "energy_eV", "seed"],
         "Scan and detector": ["scan_grid", "overlap", "jitter", "detector", "pixel_size",
                               "counts_per_pattern"],
         "Reconstruction": ["epie_iterations", "lsqml_iterations", "upsample", "parallel", "position_refinement",
@@ -102,6 +102,10 @@ class Settings(WorkflowSettings):
     astigmatism = param.Number(default=0.0, bounds=(0, None),
                                doc="Astigmatism of the deflected beams (m, half the line-foci distance)")
     defocus = param.Number(default=-120e-6, doc="Sample plane relative to the focus (m; negative = upstream)")
+    nominal_defocus_error = param.Number(
+        default=0.15, bounds=(0.0, 1.0),
+        doc="Simulation: relative error of the nominal defocus recorded for the user (the reconstruction "
+            "starts from the nominal optics, never from the true probe)")
     seed = param.Integer(default=0, bounds=(0, None), doc="Random seed (sample, jitter, noise)")
     # --- reconstruction (the paper: 900 ePIE + 100 parallel update, position refinement from 650)
     epie_iterations = param.Integer(default=100, bounds=(0, None), doc="ePIE iterations")
@@ -201,7 +205,8 @@ def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
     ds = simulate_beams(layers, probes_list, sy, sx, labels=s.beams, tilts=s.tilts_deg, tilt_axis="x",
                         seed=s.seed, progress=progress, pixel_size=dx, radiation="xray",
                         energy_eV=s.energy_eV, slice_thickness=gaps if gaps.size > 1 else float(gaps[0]),
-                        counts_per_pattern=float(s.counts_per_pattern))
+                        counts_per_pattern=float(s.counts_per_pattern),
+                        nominal_defocus_error=float(s.nominal_defocus_error))
     true_phase = np.angle(layers).astype(np.float32)
     ds = ds.assign(true_layers=(("layer", "y", "x"), true_phase,
                                 {"units": "rad", "long_name": "true phase of each layer"}))
