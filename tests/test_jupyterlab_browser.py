@@ -110,20 +110,31 @@ def offline_page(page):
 
 def run_notebook(page, lab, name, timeout_s):
     """Open ``name`` in JupyterLab, run all cells, wait for the kernel; return the cells' JSON."""
-    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    # a workspace of its own: JupyterLab does not restore the other notebook's tab
+    page.goto(f"{lab['url']}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={lab['token']}")
     page.wait_for_function(
         "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
         " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
         " && w.sessionContext.session.kernel.status === 'idle'; }", timeout=60000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     # run-all queues every cell; done when the last cell has an execution count and the kernel is idle
+    state = ("() => { const w = window.jupyterapp.shell.currentWidget; const m = w.content.model;"
+             " return [[...Array(m.cells.length).keys()].map(i => m.cells.get(i).executionCount),"
+             " w.sessionContext.session && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status]; }")
+    try:
+        _wait_all_run(page, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - say where it stopped
+        raise AssertionError(f"{name}: cells did not all run in {timeout_s} s: {page.evaluate(state)}") from exc
+    return page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.toJSON().cells")
+
+
+def _wait_all_run(page, timeout_s):
     page.wait_for_function(
         "() => { const w = window.jupyterapp.shell.currentWidget; const m = w.content.model;"
         " const cells = [...Array(m.cells.length).keys()].map(i => m.cells.get(i)).filter(c => c.type === 'code');"
         " const failed = cells.some(c => [...Array(c.outputs.length).keys()].some(k => c.outputs.get(k).type === 'error'));"
         " return failed || (cells.every(c => c.executionCount !== null) && w.sessionContext.session.kernel.status === 'idle'); }",
         timeout=timeout_s * 1000, polling=500)
-    return page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.toJSON().cells")
 
 
 def check_rendered(page, cells, name):
@@ -137,6 +148,7 @@ def check_rendered(page, cells, name):
                            timeout=30000)
     assert "JavaScript loaded" in status.text_content(), status.text_content()
     with_views = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
+                  and "notebook_extension(" not in "".join(c["source"])  # loads JS, shows no view
                   and any(VIEW_MIME in o.get("data", {}) for o in c.get("outputs", []))]
     assert with_views, f"{name}: no cell has a HoloViews/Panel output"
     dom_cells = page.locator(".jp-Notebook .jp-Cell")
@@ -156,15 +168,20 @@ def check_rendered(page, cells, name):
     return with_views
 
 
+def shutdown_kernel(page):
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+
+
 def test_notebook_00_renders_offline(lab, offline_page):
     cells = run_notebook(offline_page, lab, "00_getting_started.ipynb", timeout_s=120)
     views = check_rendered(offline_page, cells, "00")
     assert len(views) >= 4
+    shutdown_kernel(offline_page)
 
 
 def test_notebook_01_renders_offline_and_slider_moves_plot(lab, offline_page):
     page = offline_page
-    cells = run_notebook(page, lab, "01_stereo_ptychography.ipynb", timeout_s=300)
+    cells = run_notebook(page, lab, "01_stereo_ptychography.ipynb", timeout_s=200)
     check_rendered(page, cells, "01")
     # the anaglyph cell: its slider changes the difference image
     i = next(i for i, c in enumerate(cells) if c["cell_type"] == "code"
@@ -187,3 +204,4 @@ def test_notebook_01_renders_offline_and_slider_moves_plot(lab, offline_page):
             break
     else:
         pytest.fail("moving the anaglyph slider did not change the plot")
+    shutdown_kernel(page)
