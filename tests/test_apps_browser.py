@@ -30,6 +30,10 @@ def server(tmp_path_factory):
 
     ptynb.io.save(ptynb.simulate.demo(kind="xray"), data / "single_beam.h5")
     bad = stereo.simulate(stereo.Settings(n_beams=2, scan_grid=4))
+    ptynb.io.save(bad, data / "stereo_2beams.h5")
+    zeros = bad.isel(beam=0, drop=True).drop_vars(["true_probe"], errors="ignore")
+    zeros["intensity"] = zeros["intensity"] * 0
+    ptynb.io.save(zeros, data / "all_zero.h5")
     bad.intensity.values[0, 0, 0, 0] = float("nan")
     ptynb.io.save(bad, data / "stereo_with_nan.h5")
     env = dict(os.environ, PTYNB_DATA_DIR=str(data))
@@ -107,6 +111,27 @@ def test_explorer_shows_clear_error_for_bad_file(server, page):
     page.locator(".ptynb-source select").select_option(label="X-ray demo (8 keV, zone-plate probe)")
     page.locator(".ptynb-load button").click()
     page.locator(".ptynb-info").get_by_text(re.compile("xray")).wait_for(timeout=60000)
+
+
+def test_explorer_all_zero_and_multi_beam_files(server, page):
+    errors = _collect_errors(page)
+    page.goto(server["url"] + "/explorer")
+    page.locator(".ptynb-scan canvas").first.wait_for(timeout=60000)  # the demo is drawn
+    page.locator(".ptynb-source select").select_option(label="file from the data directory")
+    page.locator(".ptynb-file select").select_option(label="all_zero.h5")
+    page.locator(".ptynb-load button").click()
+    page.locator(".ptynb-error").get_by_text(re.compile(r"every one of the 16 diffraction patterns is zero")) \
+        .wait_for(timeout=30000)
+    page.locator(".ptynb-info").get_by_text("Nothing loaded").wait_for(timeout=10000)
+    assert page.locator(".ptynb-scan").count() == 0  # no stale plots of the demo
+    assert page.locator(".ptynb-status").get_by_text(re.compile(r"^done$")).count() == 0
+    page.locator(".ptynb-file select").select_option(label="stereo_2beams.h5")
+    page.locator(".ptynb-load button").click()
+    page.locator(".ptynb-warning").get_by_text(
+        re.compile(r"this measurement has 2 beams \(left, right\); only beam left is shown here")) \
+        .wait_for(timeout=30000)
+    page.locator(".ptynb-scan canvas").first.wait_for(timeout=60000)
+    assert not errors, errors
 
 
 # ----------------------------------------------------------------------------- stereo app

@@ -448,6 +448,7 @@ def test_explorer_all_zero_file(data_dir):
 def test_explorer_multi_beam_file_says_what_is_shown(data_dir):
     inten = np.random.default_rng(0).poisson(5.0, (3, 4, 8, 8)).astype(np.float32)
     ds = _meas(inten, beam=["left", "center", "right"], beam_tilt=[-1.5, 0, 1.5])
+    ds["true_probe"] = (("beam", "mode", "py", "px"), np.ones((3, 1, 8, 8), np.complex64))  # one per beam
     ex = _explorer_with(data_dir, "beams.h5", ds)
     assert not ex.error.visible and ex.runner.status.object == "done"
     assert ex.warning.visible

@@ -138,7 +138,9 @@ class Explorer(pn.viewable.Viewer):
         self.info.object = "  \n".join(lines)
         panes = [pn.pane.HoloViews(viz.scan_explorer(d), linked_axes=False, css_classes=["ptynb-scan"])]
         if "true_probe" in ds:
-            panes.append(pn.pane.HoloViews(viz.probe_view(ds["true_probe"], title="probe (true)")))
+            probe = ds["true_probe"]
+            probe = probe.isel({dim: 0 for dim in ("beam", "angle") if dim in probe.dims})  # as shown above
+            panes.append(pn.pane.HoloViews(viz.probe_view(probe, title="probe (true)")))
         if "true_object" in ds:
             obj = ds["true_object"]
             obj = obj.isel({dim: 0 for dim in obj.dims[:-2]})
