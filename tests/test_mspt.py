@@ -160,7 +160,6 @@ def test_atoms_on_the_true_potential():
     """Lattice registration + peak matching on the exact voxel potential of a known cube
     (shifted off-grid): every Co site is found within a small fraction of a voxel."""
     from ptynb.physics import atoms, phantoms
-    from ptynb.data import volume
 
     s = mspt.Settings()
     pos, num = phantoms.spinel_co3o4_nanocube(2 * s.lattice_constant)

@@ -10,7 +10,6 @@ HoloViews object or a markdown string; nothing here imports panel.
 from __future__ import annotations
 
 import numpy as np
-import xarray as xr
 
 __all__ = ["views", "tilts", "volume", "alignment", "resolution", "atoms", "numbers", "TABS"]
 

@@ -893,10 +893,7 @@ def tomography(projections: xr.DataArray, settings: Settings | None = None, *, e
                            "shift_convention": "object displacement in the projection (m); correction = -shift",
                            "final_loss": float(info["loss"][-1]) if len(info["loss"]) else float("nan"),
                            "gauge": "global rotation/translation removed"})
-    mask = info.get("mask")
-    if mask is not None:
-        volv = volv.assign_coords()  # keep dims
-    return {"volume": volv, "alignment": al, "aligned": aligned, "mask": mask}
+    return {"volume": volv, "alignment": al, "aligned": aligned, "mask": info.get("mask")}
 
 
 def single_tilt_stack(measurement: xr.Dataset, settings: Settings | None = None, *,
@@ -1248,7 +1245,7 @@ def summarize(settings: Settings, results: dict) -> dict:
     if a is not None:
         for k in ("n_sites", "n_found", "n_missing", "found_fraction", "mean_displacement",
                   "mean_displacement_x", "mean_displacement_y", "mean_displacement_z"):
-            out["atoms_" + k if not k.startswith("n_") else "atoms_" + k] = a.attrs[k]
+            out["atoms_" + k] = a.attrs[k]
     t = results.get("tomography")
     if t is not None:
         out["alignment_final_loss"] = float(t["alignment"].attrs["final_loss"])
