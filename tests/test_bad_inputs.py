@@ -553,3 +553,21 @@ def test_simulator_is_forecast(monkeypatch):
     monkeypatch.setattr(M, "available_memory", lambda: 2**10)
     with pytest.raises(MemoryForecastError, match="the ptychography simulation needs about"):
         ptynb.simulate.demo()
+
+
+@pytest.mark.xfail(strict=True, reason="ptynb/ptycho/reconstruct.py: a lazy intensity's NaN is not looked for "
+                                       "once read (validate(..., lazy='skip') + a check after reading)")
+def test_lazy_nan_measurement_in_reconstruct():
+    da = pytest.importorskip("dask.array")
+    from test_ptycho_reconstruct import _far_apart
+
+    from ptynb.ptycho import reconstruct
+
+    ds = _far_apart(0)
+    x = ds["intensity"].values.copy()
+    x[1, 2, 2] = np.nan
+    ds["intensity"] = (ds["intensity"].dims, da.from_array(x, chunks=(1, 16, 16)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # no "not checked" warning: it is checked
+        with pytest.raises(ValidationError, match=r"intensity: contains 1 NaN or inf value\(s\)"):
+            reconstruct(ds, engine="epie", iterations=1, progress=False)
