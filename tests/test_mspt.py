@@ -365,6 +365,8 @@ def test_not_a_tilt_series(tiny_measurement, tmp_path):
     p3 = io.save(_m(tiny_measurement), tmp_path / "series.h5")
     back = mspt.load_tilt_series(p3)
     assert back.sizes["angle"] == 5
+    p4 = io.save(_m(tiny_measurement), tmp_path / "series.zarr")
+    assert mspt.load_tilt_series(p4).sizes["angle"] == 5
 
 
 def _write_4d(path, arr, emd=False, **attrs):
@@ -456,3 +458,18 @@ def test_cli_runs_mspt_ci_preset(tmp_path):
     tree = io.load(out)
     assert tree.attrs["status"] == "complete" and "volume" in tree.children
     assert mspt.Settings.from_attrs(tree.attrs).n_tilts == 9
+
+
+def test_amorphous_carbon_substrate():
+    """The optional substrate: C atoms at ~2 g/cm^3 in a slab below the cube (sample frame), no
+    two closer than 1.3 A."""
+    from scipy.spatial import cKDTree
+
+    s = mspt.Settings(cube_cells=1, n_tilts=2, field_of_view=16 * A, substrate=True, substrate_thickness=5 * A)
+    t = mspt.simulate_projections(s)["truth"].to_dataset()
+    c = t["atom_positions"].values[t["atom_numbers"].values == 6]
+    assert c.size and np.all(c[:, 2] >= s.cube_edge / 2 - 1e-12)
+    assert np.all(c[:, 2] <= s.cube_edge / 2 + s.substrate_thickness + 1e-12)
+    dens = len(c) / ((16 * A) ** 2 * s.substrate_thickness) * 12.011 * 1.66054e-27 * 1e-3  # g/cm^3
+    assert 1.0 < dens < 2.05
+    assert cKDTree(c).query_pairs(1.3 * A - 1e-13) == set()
