@@ -14,6 +14,7 @@ def code(source, expect=None, **kw):
     cell = nbf.v4.new_code_cell(source, **kw)
     if expect is not None:
         cell.outputs = [nbf.v4.new_output("stream", name="stdout", text=expect)]
+        cell.execution_count = 1  # nbval compares only cells that were run
     return cell
 
 

@@ -1,0 +1,140 @@
+"""Screenshots of each notebook in JupyterLab and served as an app (``panel serve``), offline.
+
+Run: python scripts/screenshots.py [OUTDIR]   (about 3 minutes on 2 cores; default OUTDIR
+/tmp/ptynb-screenshots). Uses Debian's Chromium through Playwright, like the browser tests;
+requests outside 127.0.0.1 are aborted (no CDN). Writes ``<notebook>_lab.png`` (the whole
+notebook after "Run All Cells", 1400 px window with the file browser open) and
+``<notebook>_served.png`` (the notebook as an app, first load). Copy the ones for the README
+to ``docs/``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import chromium_path  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+RUN_ALL_DONE = ("() => { const w = window.jupyterapp.shell.currentWidget; const m = w.content.model;"
+                " const c = [...Array(m.cells.length).keys()].map(i => m.cells.get(i)).filter(c => c.type === 'code');"
+                " return c.every(x => x.executionCount !== null) && w.sessionContext.session.kernel.status === 'idle'; }")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, proc, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def offline(page):
+    page.route("**/*", lambda r: r.continue_() if urlparse(r.request.url).hostname in ("127.0.0.1", None)
+               or r.request.url.startswith(("data:", "blob:")) else r.abort())
+
+
+def lab_shots(browser, work, out, names):
+    settings = work / ".settings" / "@jupyterlab"
+    (settings / "apputils-extension").mkdir(parents=True)
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    port = free_port()
+    env = {**__import__("os").environ, "JUPYTERLAB_SETTINGS_DIR": str(work / ".settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(work / ".ws")}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                             "--IdentityProvider.token=shots", "--ServerApp.open_browser=False",
+                             f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
+                             "--ServerApp.allow_root=True"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/status?token=shots", proc)
+        for name in names:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            offline(page)
+            page.goto(f"http://127.0.0.1:{port}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token=shots")
+            page.wait_for_function("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                                   " return w && w.sessionContext && w.sessionContext.session &&"
+                                   " w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
+                                   timeout=60000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function(RUN_ALL_DONE, timeout=400000, polling=1000)
+            time.sleep(3)
+            # the notebook panel as one tall image: scroll each cell into view once (lazy plots)
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            for i in range(cells.count()):
+                cells.nth(i).scroll_into_view_if_needed()
+            time.sleep(2)
+            height = page.evaluate("() => document.querySelector('.jp-WindowedPanel-outer, .jp-Notebook').scrollHeight")
+            page.set_viewport_size({"width": 1400, "height": min(int(height) + 200, 16000)})
+            time.sleep(3)
+            page.screenshot(path=str(out / f"{Path(name).stem}_lab.png"))
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+            page.close()
+            print("wrote", out / f"{Path(name).stem}_lab.png", flush=True)
+    finally:
+        proc.terminate()
+
+
+def served_shots(browser, work, out, names):
+    for name in names:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", name, "--address", "127.0.0.1", "--port",
+                                 str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"], cwd=work,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/", proc)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            offline(page)
+            t0 = time.time()
+            page.goto(f"http://127.0.0.1:{port}/{Path(name).stem}", timeout=400000)
+            page.locator("canvas").first.wait_for(timeout=400000)
+            print(f"{name} as an app: first canvas after {time.time() - t0:.0f} s", flush=True)
+            time.sleep(5)
+            page.screenshot(path=str(out / f"{Path(name).stem}_served.png"), full_page=True)
+            page.close()
+            print("wrote", out / f"{Path(name).stem}_served.png", flush=True)
+        finally:
+            proc.terminate()
+
+
+def main():
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ptynb-screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    names = sys.argv[2:] or sorted(p.name for p in (ROOT / "notebooks").glob("0[01]_*.ipynb"))
+    with tempfile.TemporaryDirectory(prefix="ptynb-shots-") as tmp:
+        work = Path(tmp)
+        for n in names:
+            shutil.copy(ROOT / "notebooks" / n, work / n)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+            lab_shots(browser, work, out, names)
+            served_shots(browser, work, out, names)
+            browser.close()
+
+
+if __name__ == "__main__":
+    main()
