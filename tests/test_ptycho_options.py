@@ -72,7 +72,7 @@ def test_non_numeric_checks():
         ObjectConstraints(amplitude_min=2.0, amplitude_max=1.0)
     with pytest.raises(ValidationError, match="step_rule"):
         LSQMLOptions(step_rule="median")
-    with pytest.raises(ValidationError, match="unknown field"):
+    with pytest.raises(ValidationError, match="is not a field of LSQMLOptions; did you mean .reg_object."):
         LSQMLOptions(reg_objet=0.1)
 
 

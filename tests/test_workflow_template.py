@@ -87,7 +87,7 @@ def test_settings_copy_presets_groups_and_text():
     s.set_text("opts.alpha", "0.7")
     s.set_text("maybe", "null")
     assert (s.n, s.on, s.kind, s.opts.alpha, s.maybe) == (4, False, 2, 0.7, None)
-    with pytest.raises(ValidationError, match=r"n: '2.5' is not a valid integer in \[1, 10\]"):
+    with pytest.raises(ValidationError, match=r"n: '2.5' is not an integer in \[1, 10\]"):
         s.set_text("n", "2.5")
     with pytest.raises(ValidationError, match=r"n: 11 rejected"):
         s.set_text("n", "11")
@@ -263,7 +263,7 @@ def test_cli_runs_the_plugin_workflow_with_set_and_reruns_from_its_result(tmp_pa
     assert toy.Settings.from_attrs(b.attrs).values() == toy.Settings.from_attrs(a.attrs).values()
     assert b.attrs["measured_sigma"] == a.attrs["measured_sigma"]
     helptext = _cli("run", "toy", "--help").stdout
-    assert "sigma (number, default 8e-08 in [1e-10, inf))" in helptext and "Standard deviation" in helptext
+    assert "sigma (a number, default 8e-08 in [1e-10, inf))" in helptext and "Standard deviation" in helptext
     assert "'small'" in helptext
     assert "toy" in _cli("workflows").stdout
 

@@ -33,6 +33,7 @@ import param
 
 from ..backend import _DEVICE_ALIASES, FFTW_EFFORTS
 from ..data import ValidationError
+from ..options import Options, describe_bounds
 
 __all__ = [
     "KEYWORDS",
@@ -51,17 +52,13 @@ __all__ = [
 
 
 def _bound_text(p: param.Parameter) -> str:
-    b = getattr(p, "bounds", None)
-    if not b or all(v is None for v in b):
-        return ""
-    inc = getattr(p, "inclusive_bounds", (True, True))
-    lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + f"{b[0]:g}"
-    hi = "inf)" if b[1] is None else f"{b[1]:g}" + ("]" if inc[1] else ")")
-    return f"{lo}, {hi}"
+    """``"[lo, hi)"`` of a parameter (empty when unbounded), for the generated docstrings."""
+    return describe_bounds(p).removeprefix(" in ")
 
 
-class OptionsBase(param.Parameterized):
-    """Common behaviour of the option classes: checked values, copy, equality, flat dicts.
+class OptionsBase(Options):
+    """The engines' option classes: :class:`ptynb.options.Options` (checked values, defaults
+    once, copy, equality, flat dicts) plus the mapping to ``reconstruct``'s flat keywords.
 
     Subclasses declare their fields as ``param`` parameters and ``_keywords``: ``{field:
     flat keyword of reconstruct}`` (the same name where it is unambiguous, e.g. ``alpha``;
@@ -70,107 +67,14 @@ class OptionsBase(param.Parameterized):
     keyword.
     """
 
+    _prefix_errors: ClassVar[bool] = True
     _keywords: ClassVar[dict[str, str]] = {}
     _engine_keys: ClassVar[dict[str, str]] = {}
-
-    def __init__(self, **values):
-        unknown = [k for k in values if k not in self.fields()]
-        if unknown:
-            raise ValidationError(f"{type(self).__name__}", f"unknown field(s) {unknown}; "
-                                  f"fields: {', '.join(self.fields())}")
-        try:
-            super().__init__(**values)
-        except (ValueError, TypeError) as e:
-            raise self._error(values, e) from None
-        self._check()
-        object.__setattr__(self, "_ready", True)
-
-    def __setattr__(self, key, value):
-        if key in type(self).param and key != "name":
-            try:
-                super().__setattr__(key, value)
-            except (ValueError, TypeError) as e:
-                raise self._error({key: value}, e) from None
-            if getattr(self, "_ready", False):
-                self._check()
-        else:
-            super().__setattr__(key, value)
-
-    def _error(self, values, err) -> ValidationError:
-        for k, v in values.items():
-            p = type(self).param[k] if k in type(self).param else None
-            if p is None:
-                continue
-            try:
-                p._validate(v)
-            except (ValueError, TypeError):
-                b = _bound_text(p)
-                why = f"must be in {b}" if b else str(err)
-                return ValidationError(f"{type(self).__name__}.{k}", f"{v!r} rejected: {why}")
-        return ValidationError(type(self).__name__, str(err))
-
-    def _check(self) -> None:
-        """Cross-field and non-numeric checks (subclasses); raise ValidationError."""
-
-    # ---------------------------------------------------------------- introspection
-    @classmethod
-    def fields(cls) -> list[str]:
-        """Field names in declaration order (without param's ``name``)."""
-        return [k for k in cls.param if k != "name"]
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """``{field: default}``, the single statement of the defaults."""
-        return {k: cls.param[k].default for k in cls.fields()}
-
-    def as_dict(self) -> dict[str, Any]:
-        """Flat JSON-friendly ``{field: value}`` (tuples as lists)."""
-        out = {}
-        for k in self.fields():
-            v = getattr(self, k)
-            out[k] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> OptionsBase:
-        """Inverse of :meth:`as_dict` (lists become tuples where the field is a tuple)."""
-        vals = {}
-        for k, v in dict(d).items():
-            if k in cls.param and isinstance(cls.param[k], param.Tuple) and isinstance(v, list):
-                v = tuple(v)
-            vals[k] = v
-        return cls(**vals)
-
-    def copy(self, **changes) -> OptionsBase:
-        """A new object with the same values and ``changes``."""
-        return type(self)(**{**self.as_dict_raw(), **changes})
-
-    def as_dict_raw(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.fields()}
-
-    def changed(self) -> dict[str, Any]:
-        """Fields whose value differs from the default."""
-        d = self.defaults()
-        return {k: v for k, v in self.as_dict_raw().items() if v != d[k]}
 
     def engine_items(self) -> dict[str, Any]:
         """``{engine option key: value}`` as the engines read them."""
         return {self._engine_keys.get(k, self._keywords.get(k, k)): v
-                for k, v in self.as_dict_raw().items()}
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self.as_dict_raw() == other.as_dict_raw()
-
-    def __ne__(self, other):
-        return not self == other
-
-    __hash__ = None
-
-    def __repr__(self):
-        ch = ", ".join(f"{k}={v!r}" for k, v in self.changed().items())
-        return f"{type(self).__name__}({ch})"
-
-    __str__ = __repr__
+                for k, v in self.values().items()}
 
     @classmethod
     def field_doc(cls, field: str) -> str:

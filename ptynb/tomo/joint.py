@@ -14,7 +14,6 @@ aligned projection is ``shift_image(measured, shift)``) and :mod:`ptynb.physics.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from .. import backend
 from ..backend import to_host, xp_of
 from ..control import STATUS_CANCELLED, STATUS_COMPLETE, check_event, is_cancelled
 from ..data import ValidationError
+from ..options import Options
 from ..imaging import shift_image
 from .align import (_check_projections, _geometry_of, _progress, _remove_basis, _to_xp, align,
                     rigid_null_space, rotation_gauge)
@@ -39,12 +39,7 @@ __all__ = ["MSPT_SCHEDULE", "JointRefinementOptions", "joint_refinement"]
 MSPT_SCHEDULE = (("shifts", 0.1), ("rotations", 0.2), ("all", 1.0))
 
 
-def _did_you_mean(name, choices):
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class JointRefinementOptions(param.Parameterized):
+class JointRefinementOptions(Options):
     """Settings of :func:`joint_refinement` (defaults stated here and nowhere else).
 
     ``JointRefinementOptions(iterations=2, mask="auto")``; values are checked on
@@ -107,78 +102,7 @@ class JointRefinementOptions(param.Parameterized):
     prealign_iterations = param.Integer(default=5, bounds=(1, None),
                                         doc="rounds of the pre-alignment")
 
-    def __init__(self, **values):
-        self._check_names(values)
-        try:
-            super().__init__(**values)
-        except (ValueError, TypeError) as e:
-            raise self._error(values, e) from None
-
-    def __setattr__(self, key, value):
-        if key != "name" and key in type(self).param:
-            try:
-                super().__setattr__(key, value)
-            except (ValueError, TypeError) as e:
-                raise self._error({key: value}, e) from None
-        else:
-            super().__setattr__(key, value)
-
-    @classmethod
-    def _check_names(cls, values):
-        names = cls.fields()
-        for k in values:
-            if k not in names:
-                raise ValidationError(k, f"is not a setting of joint_refinement{_did_you_mean(k, names)}; "
-                                         f"settings: {', '.join(names)}")
-
-    @classmethod
-    def _error(cls, values, err) -> ValidationError:
-        for k, v in values.items():
-            try:
-                cls.param[k]._validate(v)
-            except (ValueError, TypeError) as e:
-                return ValidationError(k, f"{v!r} rejected: {e}")
-        return ValidationError("options", str(err))
-
-    @classmethod
-    def fields(cls) -> list[str]:
-        """Field names in declaration order."""
-        return [k for k in cls.param if k != "name"]
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """``{field: default}``."""
-        return {k: cls.param[k].default for k in cls.fields()}
-
-    def values(self) -> dict[str, Any]:
-        """``{field: value}``."""
-        return {k: getattr(self, k) for k in self.fields()}
-
-    def copy(self, **changes) -> JointRefinementOptions:
-        """A new object with the same values and ``changes``."""
-        return type(self)(**{**self.values(), **changes})
-
-    def __repr__(self):
-        d = self.defaults()
-        ch = ", ".join(f"{k}={v!r}" for k, v in self.values().items()
-                       if not (v is d[k] or (not hasattr(v, "shape") and v == d[k])))
-        return f"{type(self).__name__}({ch})"
-
-    __str__ = __repr__
-
-    def __eq__(self, other):
-        if type(other) is not type(self):
-            return NotImplemented
-        for k in self.fields():
-            a, b = getattr(self, k), getattr(other, k)
-            if hasattr(a, "shape") or hasattr(b, "shape"):
-                if not (hasattr(a, "shape") and hasattr(b, "shape") and np.array_equal(a, b)):
-                    return False
-            elif a != b:
-                return False
-        return True
-
-    __hash__ = None
+    _owner = "joint_refinement"
 
     @classmethod
     def resolve(cls, options, overrides: dict) -> JointRefinementOptions:

@@ -21,7 +21,6 @@ saved result can be re-run.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import threading
 import warnings
@@ -36,6 +35,7 @@ import xarray as xr
 from ..control import (STATUS_CANCELLED, STATUS_COMPLETE, STATUS_ERROR, Cancelled, Reporter,
                        check_event, is_cancelled)
 from ..data import ValidationError, provenance
+from ..options import Options, copy_value, describe_bounds, describe_type, did_you_mean
 
 __all__ = ["WorkflowSettings", "Step", "Run", "Workflow", "SETTING_PREFIX"]
 
@@ -115,40 +115,11 @@ def parse_value(p: param.Parameter, text: str, name: str):
         if isinstance(p, param.Selector):
             return _coerce(p, value, name)
     except (TypeError, ValueError):
-        raise ValidationError(name, f"{text!r} is not a valid {describe_type(p)}"
-                              f"{describe_bounds(p)}") from None
+        raise ValidationError(name, f"{text!r} is not {describe_type(p)}{describe_bounds(p)}") from None
     return value
 
 
-def describe_type(p: param.Parameter) -> str:
-    """Short type name of a parameter for help texts and errors."""
-    if isinstance(p, param.Boolean):
-        return "boolean (true/false)"
-    if isinstance(p, param.Integer):
-        return "integer"
-    if isinstance(p, param.Number):
-        return "number"
-    if isinstance(p, param.Selector):
-        return "choice"
-    if isinstance(p, param.ClassSelector):
-        return "options object"
-    return type(p).__name__.lower()
-
-
-def describe_bounds(p: param.Parameter) -> str:
-    """``" in [lo, hi]"``, ``" (one of ...)"`` or ``""`` for a parameter."""
-    if isinstance(p, param.Selector):
-        return f" (one of: {', '.join(map(str, p.objects))})"
-    b = getattr(p, "bounds", None)
-    if b and any(v is not None for v in b):
-        inc = getattr(p, "inclusive_bounds", (True, True))
-        lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + f"{b[0]:g}"
-        hi = "inf)" if b[1] is None else f"{b[1]:g}" + ("]" if inc[1] else ")")
-        return f" in {lo}, {hi}"
-    return ""
-
-
-class WorkflowSettings(param.Parameterized):
+class WorkflowSettings(Options):
     """Base of every workflow's ``Settings`` (a :class:`param.Parameterized`).
 
     Subclasses declare their parameters (SI units in the docs: metres, eV; angles in
@@ -179,7 +150,7 @@ class WorkflowSettings(param.Parameterized):
     @classmethod
     def parameter_names(cls) -> list[str]:
         """Names of the settings (declaration order, without param's ``name``)."""
-        return [k for k in cls.param if k != "name"]
+        return cls.fields()
 
     @classmethod
     def grouped(cls) -> dict[str, list[str]]:
@@ -198,26 +169,11 @@ class WorkflowSettings(param.Parameterized):
             out["Other"] = rest
         return out
 
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """The default value of every setting."""
-        return {k: cls.param[k].default for k in cls.parameter_names()}
-
-    def values(self) -> dict[str, Any]:
-        """Current value of every setting."""
-        return {k: getattr(self, k) for k in self.parameter_names()}
-
-    def changed(self) -> dict[str, Any]:
-        """The settings that differ from the defaults."""
-        d = self.defaults()
-        return {k: v for k, v in self.values().items() if not _equal(v, d[k])}
-
     # ------------------------------------------------------------ copies, presets
     def copy(self, **changes) -> "WorkflowSettings":
-        """A new settings object with the same values (nested options copied) and ``changes``."""
-        vals = {k: (_copy_parameterized(v) if isinstance(v, param.Parameterized) else v)
-                for k, v in self.values().items()}
-        out = type(self)(**vals)
+        """A new settings object with the same values (nested options copied) and ``changes``
+        (dotted names like ``ptycho.alpha`` allowed)."""
+        out = Options.copy(self)
         out.update(**changes)
         return out
 
@@ -245,7 +201,7 @@ class WorkflowSettings(param.Parameterized):
             setattr(target, attr, value)
         except (ValueError, TypeError):
             p = target.param[attr]
-            raise ValidationError(key, f"{value!r} rejected: must be a {describe_type(p)}"
+            raise ValidationError(key, f"{value!r} rejected: must be {describe_type(p)}"
                                   f"{describe_bounds(p)}") from None
 
     def set_text(self, key: str, text: str) -> None:
@@ -265,10 +221,7 @@ class WorkflowSettings(param.Parameterized):
         """Reset every setting to its default, then apply the preset ``name``."""
         if name not in self.presets:
             raise ValidationError("preset", f"unknown preset {name!r}; choose from {list(self.presets)}")
-        d = self.defaults()
-        for k, v in d.items():
-            if isinstance(v, param.Parameterized):
-                d[k] = _copy_parameterized(v)
+        d = {k: copy_value(v) for k, v in self.defaults().items()}
         self.param.update(**d)
         self.update(**self.presets[name])
 
@@ -334,24 +287,8 @@ class WorkflowSettings(param.Parameterized):
         return rows
 
 
-def _copy_parameterized(obj: param.Parameterized) -> param.Parameterized:
-    vals = {k: v for k, v in obj.param.values().items() if k != "name"}
-    return type(obj)(**vals)
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, param.Parameterized) and isinstance(b, param.Parameterized):
-        return type(a) is type(b) and {k: v for k, v in a.param.values().items() if k != "name"} == \
-            {k: v for k, v in b.param.values().items() if k != "name"}
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - arrays etc.
-        return a is b
-
-
 def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(choices)}"
+    return did_you_mean(name, choices) or f"; known: {', '.join(choices)}"
 
 
 # ============================================================================ steps
@@ -517,7 +454,7 @@ class Workflow:
                   cancel=cancel)
         enabled = [st for st in self.steps if st.when is None or st.when(ctx)]
         total = sum(max(st.weight, 0.0) for st in enabled) or 1.0
-        done, status, failed = 0.0, STATUS_COMPLETE, None
+        done, status = 0.0, STATUS_COMPLETE
         try:
             for st in enabled:
                 ctx.check_cancel()
@@ -537,7 +474,7 @@ class Workflow:
             status = STATUS_CANCELLED
             root(1.0, "cancelled")
         except BaseException as exc:
-            status, failed = STATUS_ERROR, exc
+            status = STATUS_ERROR
             tree = self._tree(s, ctx.results, status, enabled, error=exc)
             try:
                 exc.partial_tree = tree
