@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "accessor", "apps", "backend", "cli", "control", "data", "imaging", "io", "metrics",
-    "parallel", "physics", "ptycho", "simulate", "tomo", "viz", "workflows",
+    "options", "parallel", "physics", "ptycho", "simulate", "tomo", "viz", "workflows",
 )
 
 from . import accessor  # noqa: F401  (registers ds.pty; imports only numpy and xarray)
