@@ -94,5 +94,5 @@ def test_panel_serve_notebook_00_layout(served, offline_page):
             if not inside and not apart:
                 overlaps.append((a, b))
     assert not overlaps, overlaps[:3]
-    assert not [e for e in page.errors if MISSING.search(e)], page.errors
     assert not page.external, page.external[:5]
+    assert not [e for e in page.errors if MISSING.search(e)], page.errors

@@ -73,6 +73,18 @@ def use_server_resources() -> bool:
     return True
 
 
+def _no_web_fonts() -> None:
+    """A notebook served as an app is laid out by Panel's EditableTemplate, which asks
+    fonts.googleapis.com for the Lato font: left out (the page uses the system font)."""
+    try:
+        from panel.template import EditableTemplate
+    except ImportError:  # pragma: no cover
+        return
+    res = dict(EditableTemplate._resources)
+    res["css"] = {k: v for k, v in res.get("css", {}).items() if "fonts.googleapis.com" not in str(v)}
+    EditableTemplate._resources = res
+
+
 def _local_panel_stylesheets() -> None:
     """Stylesheets of views rendered after the first display: local, not ``cdn.holoviz.org``."""
     try:
@@ -129,6 +141,7 @@ def notebook_extension(*extensions, logo: bool = False, **kwargs) -> None:
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
         # the notebook served as an app (``panel serve``, panel-preview): the server's resources
         use_server_resources()
+        _no_web_fonts()
         hv.extension("bokeh", logo=logo)
         pn.extension(*extensions, **kwargs)
         return
