@@ -441,6 +441,8 @@ def test_bad_projections_input():
         mspt.check_projections(P.assign_coords(y=np.arange(P.sizes["y"]) * 1.0, x=np.arange(P.sizes["x"]) * 1.0))
     with pytest.raises(ValidationError, match="complex"):
         mspt.check_projections(P.astype(np.complex64))
+    with pytest.raises(ValidationError, match="geometry"):
+        mspt.check_projections(P.assign_attrs(geometry="laminography"))
 
 
 @pytest.mark.slow

@@ -767,6 +767,10 @@ def check_projections(projections) -> xr.DataArray:
             raise ValidationError(d, "coordinate must be increasing and regularly spaced (m)")
         if st[0] > 1e-6:
             raise ValidationError(d, f"spacing {st[0]:.3g}: coordinates must be in metres")
+    geom = str(projections.attrs.get("geometry", "tomography"))
+    if geom != "tomography":
+        raise ValidationError("geometry", f"{geom!r}: the MSPT workflow reconstructs a tilt series about the "
+                              "y axis ('tomography'); laminography/posed inputs are not supported")
     py = float(np.diff(projections["y"].values[:2])[0])
     px = float(np.diff(projections["x"].values[:2])[0])
     if not np.isclose(py, px, rtol=1e-3):
