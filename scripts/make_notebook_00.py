@@ -70,7 +70,7 @@ rows = [("radiation", f"{a['radiation']} at {a['energy_eV'] / 1e3:.1f} keV"),
         ("measured counts per pattern (mean)", f"{float(m.intensity.sum(('qy', 'qx')).mean()):.4g}")]
 pn.pane.Markdown(viz.markdown_table(rows), width=500)"""),
     md("""The same summary as plain text, compared character by character in CI (`nbval`; run-dependent
-parts such as the time above are masked by `tests/nbval_sanitize.cfg`):"""),
+parts such as the simulation time are masked by `tests/nbval_sanitize.cfg`):"""),
     code("""# NBVAL_CHECK_OUTPUT
 for name, value in rows:
     print(f"{name:36s} {value}")
@@ -148,10 +148,11 @@ section 1, correlation > 0.99)."""),
     code("""viz.counts_map(m)"""),
     md("""## 4. The same thing as an app
 
-The explorer app below is what `ptynb serve` shows at `/explorer`: pick the demo or a file from your
-data directory, and explore."""),
-    code("""app = ptynb.apps.build("explorer")
-app"""),
+The explorer app below is what `ptynb serve` shows at `/explorer` (there the controls sit left of the
+views; here above them, to fit the notebook column): pick the demo or a file from your data
+directory, and explore."""),
+    code("""app = ptynb.apps.build("explorer")  # a Row: the controls, then the views
+pn.Column(*app.objects)  # in a notebook column: the controls above the views"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},

@@ -208,12 +208,14 @@ assert np.all((frc.resolution.values > settings.pixel_size) & (frc.resolution.va
 
 `ptynb serve` serves this at `/stereo`. Below, the app opens on this notebook's results: its tabs
 are the same `ptynb.viz.stereo` views as above (`stereo_views.views(tree)`). Press **Run** to
-recompute with the settings in the app."""),
+recompute with the settings in the app (served, the controls sit left of the tabs; here above them,
+to fit the notebook column)."""),
     code("""tree = stereo.assemble(settings, measurement=m, reconstruction=rec, caustics=caustics, views=views,
                        layers=layers, frc=frc)
 from ptynb.apps.stereo import StereoApp
 
-StereoApp(settings=settings, result=tree)"""),
+app = StereoApp(settings=settings, result=tree)
+pn.Column(app.controls(), app.tabs)  # in a notebook column: the controls above the tabs"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},

@@ -31,6 +31,10 @@ RUN_ALL_DONE = ("() => { const w = window.jupyterapp.shell.currentWidget; const 
                 " return c.every(x => x.executionCount !== null) && w.sessionContext.session.kernel.status === 'idle'; }")
 
 
+#: window height (px) of the screenshots: whole notebooks in one image
+TALL = int(__import__("os").environ.get("PTYNB_SHOT_HEIGHT", "7000"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +77,8 @@ def lab_shots(browser, work, out, names):
     try:
         wait_http(f"http://127.0.0.1:{port}/api/status?token=shots", proc)
         for name in names:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # a window as tall as the notebook: JupyterLab scrolls inside its panel, not the page
+            page = browser.new_page(viewport={"width": 1400, "height": TALL})
             offline(page)
             page.goto(f"http://127.0.0.1:{port}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token=shots")
             page.wait_for_function("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
@@ -87,10 +92,9 @@ def lab_shots(browser, work, out, names):
             cells = page.locator(".jp-Notebook .jp-Cell")
             for i in range(cells.count()):
                 cells.nth(i).scroll_into_view_if_needed()
-            time.sleep(2)
-            height = page.evaluate("() => document.querySelector('.jp-WindowedPanel-outer, .jp-Notebook').scrollHeight")
-            page.set_viewport_size({"width": 1400, "height": min(int(height) + 200, 16000)})
             time.sleep(3)
+            cells.nth(0).scroll_into_view_if_needed()
+            time.sleep(1)
             page.screenshot(path=str(out / f"{Path(name).stem}_lab.png"))
             page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
             page.close()
@@ -107,7 +111,7 @@ def served_shots(browser, work, out, names):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             wait_http(f"http://127.0.0.1:{port}/", proc)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": TALL})
             offline(page)
             t0 = time.time()
             page.goto(f"http://127.0.0.1:{port}/{Path(name).stem}", timeout=400000)
