@@ -54,6 +54,20 @@ def wait_http(url, proc, timeout=60):
     raise RuntimeError(f"{url} did not come up")
 
 
+def wait_port(port, proc, timeout=60):
+    """Until the server accepts connections (its page may take a minute: it runs the notebook)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def offline(page):
     page.route("**/*", lambda r: r.continue_() if urlparse(r.request.url).hostname in ("127.0.0.1", None)
                or r.request.url.startswith(("data:", "blob:")) else r.abort())
@@ -110,7 +124,7 @@ def served_shots(browser, work, out, names):
                                  str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"], cwd=work,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
-            wait_http(f"http://127.0.0.1:{port}/", proc)
+            wait_port(port, proc)
             page = browser.new_page(viewport={"width": 1400, "height": TALL})
             offline(page)
             t0 = time.time()

@@ -8,8 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ def served(tmp_path_factory):
     deadline = time.time() + 60
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
