@@ -78,12 +78,14 @@ def caustic(c: xr.Dataset, beam: str = ""):
         dz = (z_mm[1] - z_mm[0]) / 2 if z_mm.size > 1 else 0.5
         dt = (t_um[1] - t_um[0]) / 2 if t_um.size > 1 else 0.5
         name = "x" if ax == "px" else "y"
-        img = hv.Image(np.asarray(c[var].values, np.float32).T[::-1],
+        vals = np.asarray(c[var].values, np.float32).T[::-1]
+        peak = float(np.nanmax(vals)) if vals.size and np.nanmax(vals) > 0 else 1.0
+        img = hv.Image(vals / peak,  # relative to the peak: short colour-bar ticks, same in every beam
                        bounds=(z_mm[0] - dz, t_um[0] - dt, z_mm[-1] + dz, t_um[-1] + dt),
                        kdims=[dim("z", "mm", "z from the sample"), dim(name, "um")],
-                       vdims=[dim("intensity", "a.u.")])
-        img = img.opts(cmap="fire", colorbar=True, title=f"{beam}: {var} caustic".strip(": "),
-                       frame_width=FRAME_WIDTH, frame_height=150, tools=["hover"], fontsize={"title": 10})
+                       vdims=[dim("intensity", "a.u.")])  # 1 = the peak
+        img = img.opts(cmap="fire", colorbar=True, title=f"{beam}: {var} caustic".strip(": "), clim=(0, 1),
+                       frame_width=FRAME_WIDTH - 30, frame_height=150, tools=["hover"], fontsize={"title": 10})
         if focus in a and np.isfinite(a[focus]):
             img = img * hv.VLine(float(a[focus]) * 1e3).opts(color="cyan", line_dash="dashed", line_width=1)
         out.append(img)
