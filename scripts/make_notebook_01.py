@@ -160,7 +160,7 @@ rows = [(str(b), f"{float(sy):+.2f}", f"{float(sx):+.2f}")
         for b, sy, sx in zip(views.beam.values, views.shift_y.values, views.shift_x.values)]
 display(pn.pane.Markdown(viz.markdown_table(rows, header=("view", "shift y (px)", "shift x (px)")), width=400))
 print(stereo_views.anaglyph_caption(views, 0.0, "left", "right"))
-stereo_views.anaglyph(views)"""),
+pn.panel(stereo_views.anaglyph(views), widget_location="top_left", linked_axes=False)  # sliders above the plots"""),
     md("""## 6. Separate the layers
 
 The two-layer model: one layer is identical in both aligned views, the other shifted by *s*. The

@@ -193,7 +193,7 @@ def test_notebook_01_renders_offline_and_slider_moves_plot(lab, offline_page):
     check_rendered(page, cells, "01")
     # the anaglyph cell: its slider changes the difference image
     i = next(i for i, c in enumerate(cells) if c["cell_type"] == "code"
-             and "stereo_views.anaglyph(views" in "".join(c["source"]))
+             and "stereo_views.anaglyph(views)" in "".join(c["source"]))
     cell = page.locator(".jp-Notebook .jp-Cell").nth(i)
     cell.scroll_into_view_if_needed()
     plots = cell.locator(".jp-OutputArea-output canvas")
