@@ -71,9 +71,11 @@ def test_simulation_records_nominal_optics_and_keeps_truth_apart(tiny_measuremen
     t = tiny_measurement["truth"].to_dataset()
     s = tiny_settings()
     assert m["intensity"].dims == ("angle", "scan", "qy", "qx")
-    for key, value in (("energy_eV", 200e3), ("convergence_semiangle", s.semiangle), ("defocus", s.defocus),
+    for key, value in (("energy_eV", 200e3), ("convergence_semiangle", s.semiangle),
                        ("scan_step", s.scan_step), ("pixel_size", s.pixel_size)):
         assert np.isclose(m.attrs[key], value)
+    # the defocus a user knows is the nominal one, off from the simulated truth
+    assert "defocus" not in m.attrs and not np.isclose(m.attrs["nominal_defocus"], s.defocus, rtol=0.05, atol=0)
     assert np.isclose(m.attrs["reciprocal_pixel_size"], 1 / (s.detector * s.pixel_size))
     assert m.attrs["missing_wedge_deg"] == pytest.approx(40.0)
     # nothing of the truth in the measurement

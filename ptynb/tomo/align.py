@@ -263,7 +263,8 @@ def _projection_matching(projections, P, ang, geom, tlt, iterations, reconstruct
             kw = {}
         kw.update(recon_kw)
         vol = getattr(tomo, reconstruct)(cur_da, **kw)
-        rep = tomo.project(vol, ang, **_project_geometry_kwargs(projections, geom, tlt), **project_kw)
+        rep = tomo.project(vol, ang, **_project_geometry_kwargs(projections, geom, tlt), **project_kw,
+                           warn_outside=False)  # a reconstruction's corners leave the detector
         R = xp.asarray(rep.data) if xp is not np else np.asarray(to_host(rep.data))
         if tuple(R.shape) != tuple(cur.shape):
             raise ValidationError("projections", f"reprojection has shape {tuple(R.shape)}, the data {tuple(cur.shape)}; "

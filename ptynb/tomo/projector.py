@@ -1065,7 +1065,7 @@ def _wrap_volume(arr, op: Projector, name="volume", **attrs):
 
 def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shifts=None,
             detector_shape=None, pixel_size=None, voxel_size=None, device=None,
-            dtype=np.float32) -> xr.DataArray:
+            dtype=np.float32, warn_outside: bool = True) -> xr.DataArray:
     """Project a volume: parallel-beam line integrals for every view.
 
     Parameters
@@ -1094,6 +1094,9 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
         Where to compute (default: where the data are). The result is on that device.
     dtype : float32 or float64
         Operator precision.
+    warn_outside : bool
+        Check that the volume stays on the detector (see Warns); False skips the check (e.g.
+        reprojecting a reconstruction, whose noisy corners leave it by construction).
 
     Warns
     -----
@@ -1123,7 +1126,7 @@ def project(volume, angles, *, geometry="tomography", tilt=None, poses=None, shi
     op = Projector(g, arr.shape, detector_shape, vs, pixel_size, origin, None, dtype)
     arr = _on_device(arr, device)
     out = op.forward(arr)
-    lost = volume_outside_detector(op, arr)
+    lost = volume_outside_detector(op, arr) if warn_outside else None
     if lost is not None:
         import warnings
 

@@ -316,7 +316,7 @@ def simulate(settings: Settings | None = None, *, progress: bool = False,
     drop = [k for k in meas.attrs if k.startswith("probe_") or k in ("tilt", "field_of_view")]
     for k in drop:
         meas.attrs.pop(k, None)
-    meas.attrs.update(convergence_semiangle=float(s.semiangle), defocus=float(s.defocus),
+    meas.attrs.update(convergence_semiangle=float(s.semiangle),
                       scan_step=float(s.scan_step), scan_shape=np.asarray([n_scan, n_scan]),
                       dose_e_per_A2=float(s.dose), tilt_axis="y", geometry="tomography",
                       missing_wedge_deg=float(180.0 - np.ptp(ang)), simulated=1)
@@ -846,8 +846,11 @@ def _sigma(energy_eV):
 
 
 def tomography(projections: xr.DataArray, settings: Settings | None = None, *, energy_eV: float | None = None,
-               progress: bool = False) -> dict:
+               progress: bool = False, cancel=None) -> dict:
     """Joint tomography and rigid alignment (:func:`ptynb.tomo.joint_refinement`).
+
+    ``cancel`` (threading.Event) stops the refinement after its current round (the result is
+    then that round's, ``info["status"] == "cancelled"``).
 
     The MSPT schedule: shifts at 10 % scale (``rounds_shifts``), rotations at 20 %
     (``rounds_rotations``), everything at full scale with a ``blur_sigma`` voxel blur
@@ -870,15 +873,9 @@ def tomography(projections: xr.DataArray, settings: Settings | None = None, *, e
     dx = float(np.diff(P["x"].values[:2])[0])
     sched = (("shifts", 0.1, int(s.rounds_shifts)), ("rotations", 0.2, int(s.rounds_rotations)),
              ("all", 1.0, int(s.rounds_full)))
-    import warnings
-
-    with warnings.catch_warnings():
-        # the pre-alignment reprojects a cubic FBP volume whose (empty, streaky) corners leave
-        # the square detector at oblique tilts; the object itself stays inside the field of view
-        warnings.filterwarnings("ignore", message=".*the volume leaves the detector.*")
-        aligned, shifts, poses, info = joint_refinement(
-            P, schedule=sched, mask="auto", mask_threshold=float(s.mask_threshold), blur_sigma=float(s.blur_sigma),
-            pose_steps=int(s.pose_steps), volume_steps=int(s.volume_steps), progress=progress)
+    aligned, shifts, poses, info = joint_refinement(
+        P, schedule=sched, mask="auto", mask_threshold=float(s.mask_threshold), blur_sigma=float(s.blur_sigma),
+        pose_steps=int(s.pose_steps), volume_steps=int(s.volume_steps), progress=progress, cancel=cancel)
     sig = _sigma(e)
     vol = info["volume"]
     volv = vol.copy(data=np.asarray(vol.values, np.float32) / np.float32(sig))
@@ -1168,7 +1165,8 @@ def _step_denoised(run: Run):
 def _step_tomography(run: Run):
     p = run["denoised"]["denoised"]
     p.attrs.update(run["projections"].attrs)
-    out = tomography(p, run.settings, progress=run.progress)
+    out = tomography(p, run.settings, progress=run.progress, cancel=run.cancel)
+    run.check_cancel()
     # the unfiltered projections, aligned with the found shifts, for the FSC of halves
     from ..tomo import shift_image
 
