@@ -1,4 +1,4 @@
-"""A notebook as an app, in headless Chromium with no network: ``panel serve notebooks/00...``
+"""Each notebook as an app, in headless Chromium with no network: ``panel serve notebooks/*.ipynb``
 renders a correct layout on first load (every plot has a height, no two blocks overlap, nothing
 is asked from outside 127.0.0.1, no error in the console about missing libraries)."""
 from __future__ import annotations
@@ -19,19 +19,22 @@ from test_jupyterlab_browser import MISSING, _free_port, offline_page  # noqa: F
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ("00_getting_started", "01_stereo_ptychography")
+TITLES = {"00_getting_started": "Getting started with ptynb", "01_stereo_ptychography": "Stereo hard X-ray"}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
-    shutil.copy(NOTEBOOKS / "00_getting_started.ipynb", root)
+    for nb in NAMES:
+        shutil.copy(NOTEBOOKS / f"{nb}.ipynb", root)
     port = _free_port()
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "serve", "00_getting_started.ipynb", "--address", "127.0.0.1",
+        [sys.executable, "-m", "panel", "serve", *[f"{nb}.ipynb" for nb in NAMES], "--address", "127.0.0.1",
          "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}/00_getting_started"
+    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
         try:
@@ -70,12 +73,13 @@ _BOXES = """() => {
 }"""
 
 
-def test_panel_serve_notebook_00_layout(served, offline_page):
+@pytest.mark.parametrize("name", NAMES)
+def test_panel_serve_notebook_layout(served, offline_page, name):
     page = offline_page
-    page.goto(served)
-    page.locator("canvas").first.wait_for(timeout=90000)
-    page.get_by_text(re.compile("Getting started with ptynb")).first.wait_for(timeout=30000)
-    time.sleep(2)
+    page.goto(f"{served}/{name}", timeout=240000)
+    page.locator("canvas").first.wait_for(timeout=240000)
+    page.get_by_text(re.compile(TITLES[name])).first.wait_for(timeout=30000)
+    time.sleep(4)  # notebook_extension re-lays the page out 1 s and 3 s after load
     boxes = page.evaluate(_BOXES)
     figures = [b for b in boxes if b["cls"] in ("bk-Figure", "bk-GridPlot")]
     assert len(figures) >= 4, boxes

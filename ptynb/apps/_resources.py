@@ -73,6 +73,21 @@ def use_server_resources() -> bool:
     return True
 
 
+def _relayout_when_loaded() -> None:
+    """Panel's EditableTemplate places a served notebook's cells before their plots have their
+    final heights (headings overlap, plots collapse until the window is resized): tell the page
+    it was resized once the views are in, and again a little later."""
+    try:
+        import panel as pn
+        from panel.io.handlers import display
+    except ImportError:  # pragma: no cover
+        return
+    js = ("[1000, 3000, 8000, 20000].forEach(t => setTimeout(() => "
+          "window.dispatchEvent(new Event('resize')), t))")
+    display(pn.pane.HTML(f'<img src="data:," alt="" style="display:none" onerror="{js}">',
+                         width=0, height=0, margin=0, sizing_mode="fixed"))
+
+
 def _no_web_fonts() -> None:
     """A notebook served as an app is laid out by Panel's EditableTemplate, which asks
     fonts.googleapis.com for the Lato font: left out (the page uses the system font)."""
@@ -144,6 +159,7 @@ def notebook_extension(*extensions, logo: bool = False, **kwargs) -> None:
         _no_web_fonts()
         hv.extension("bokeh", logo=logo)
         pn.extension(*extensions, **kwargs)
+        _relayout_when_loaded()
         return
     inline = use_inline_resources()
     hv.extension("bokeh", logo=logo, inline=inline)
