@@ -215,6 +215,12 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    if not (getattr(args, "debug", False) or "--debug" in argv):
+        import warnings
+
+        # warnings about the user's data or settings: one line each, like errors
+        warnings.showwarning = (lambda message, category, *a, **k:
+                                print(f"ptynb {args.command}: warning: {message}", file=sys.stderr))
     try:
         return args.func(args)
     except UsageError as exc:

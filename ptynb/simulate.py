@@ -245,8 +245,8 @@ def _positions(scan_y, scan_x):
 def _resolve_seed(seed):
     if seed is None:
         return int(np.random.SeedSequence().entropy % (2**32))
-    if np.iscomplexobj(seed):
-        raise ValidationError("seed", f"must be an integer, got {seed!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValidationError("seed", f"must be an integer >= 0 (numpy seeds are non-negative), got {seed!r}")
     return int(seed)
 
 
@@ -358,7 +358,7 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
                  tilt=(0.0, 0.0), counts_per_pattern=None, dose=None, noise="poisson",
                  upsample=1, seed=None, progress=True, batch_size=None, device=None,
                  method="angular_spectrum", band_limit=True, callback=None, validate=True,
-                 nominal_defocus_error=NOMINAL_DEFOCUS_ERROR, **attrs):
+                 nominal_defocus_error=NOMINAL_DEFOCUS_ERROR, allow_exceeding=False, **attrs):
     """Simulate a (multislice, mixed-state) ptychography measurement with Poisson noise.
 
     Parameters
@@ -416,6 +416,10 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
         true probe's parameters are kept as ``probe_*`` attrs and the true probe as
         ``true_probe`` (ground truth, never read by the reconstruction). 0 records the true
         defocus as nominal. Nominal attrs passed in ``**attrs`` win.
+    allow_exceeding : bool
+        The patterns' memory is forecast before anything is allocated; a forecast above the
+        available memory raises :class:`ptynb._memory.MemoryForecastError` unless this is True
+        (then it warns).
     **attrs
         Extra attrs recorded in the dataset.
 
@@ -513,6 +517,13 @@ def ptychography(obj, probe, scan_y, scan_x, *, pixel_size, radiation, energy_eV
         cpp = power
     noise_kind = _noise_kind(noise)
     seed = _resolve_seed(seed)
+    from ._memory import check_available, forecast
+
+    n_det = p.shape[-1] // s
+    check_available(forecast({"intensity": ((np.size(sy), n_det, n_det), "float32"),
+                              "noisy intensity": ((np.size(sy), n_det, n_det), "float32")}),
+                    "the ptychography simulation", {"scan positions": int(np.size(sy)), "detector": n_det},
+                    allow_exceeding=allow_exceeding)
     if batch_size is None:
         batch_size = 64 if backend.resolve_device(device) == "cpu" else 512
     bs = int(batch_size)
@@ -952,6 +963,7 @@ def demo(kind="xray", size="small", *, seed=0, progress=False, noise="poisson"):
 
     if size not in ("small", "medium"):
         raise ValidationError("size", f"must be 'small' or 'medium', not {size!r}")
+    seed = _resolve_seed(seed)
     n, grid = (64, 10) if size == "small" else (128, 16)
     kind = check_radiation(kind)
     step_px = n // 6

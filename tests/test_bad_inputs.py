@@ -3,9 +3,7 @@
 One test per input (or per small family), each asserting the message a user sees: from the
 API (``ptynb.data``, ``ptynb.io``, ``ptynb._memory``, ``ptynb.ptycho``), from the CLI (in process
 through ``ptynb.cli.main`` and, for "no traceback", as a subprocess) and from the apps (without a
-server: the task runner finishes synchronously). Cases whose fix lives in a module owned by
-someone else are ``xfail(strict=True)``: they fail today, and the marker must go when the fix
-lands (a strict xfail that passes is reported as a failure).
+server: the task runner finishes synchronously).
 """
 from __future__ import annotations
 
@@ -484,7 +482,6 @@ def test_app_shows_warnings_of_the_users_file(data_dir):
 
 
 # ============================================================================ fixes in other modules
-@pytest.mark.xfail(strict=True, reason="ptynb/ptycho/reconstruct.py: _schedule truncates 2.5 to 2 (fix in report)")
 def test_non_integer_iteration_count():
     from test_ptycho_reconstruct import _far_apart
 
@@ -494,7 +491,6 @@ def test_non_integer_iteration_count():
         reconstruct(_far_apart(0), engine="epie", iterations=2.5, progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="ptynb/ptycho/reconstruct.py: numpy's 'expected non-negative integer'")
 def test_negative_seed_in_reconstruct():
     from test_ptycho_reconstruct import _far_apart
 
@@ -504,7 +500,6 @@ def test_negative_seed_in_reconstruct():
         reconstruct(_far_apart(0), engine="epie", iterations=1, seed=-1, progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="ptynb/simulate.py: _resolve_seed passes -1 on to numpy")
 def test_negative_seed_in_simulate():
     with pytest.raises(ValidationError, match="seed: must be an integer >= 0"):
         ptynb.simulate.demo(seed=-1)
@@ -529,14 +524,11 @@ def test_unknown_reference_beam():
     _stereo_with_reference("middle")  # fixed in ptynb/workflows/stereo.py this session
 
 
-@pytest.mark.xfail(strict=True, reason="ptynb/workflows/stereo.py: checked in align_views, after simulating "
-                                       "and reconstructing (check it in the first step)")
 def test_unknown_reference_beam_is_refused_before_any_work():
     exc = _stereo_with_reference("middle")
     assert list(exc.partial_tree.attrs["steps_done"]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="ptynb/workflows/stereo.py: no forecast before simulating")
 def test_stereo_simulation_is_forecast(monkeypatch):
     import ptynb._memory as M
     from ptynb.ptycho import memory
@@ -558,7 +550,6 @@ def test_stereo_simulation_is_forecast(monkeypatch):
     assert not simulated
 
 
-@pytest.mark.xfail(strict=True, reason="ptynb/simulate.py: no forecast before allocating the patterns")
 def test_simulator_is_forecast(monkeypatch):
     import ptynb._memory as M
 
@@ -567,8 +558,6 @@ def test_simulator_is_forecast(monkeypatch):
         ptynb.simulate.demo()
 
 
-@pytest.mark.xfail(strict=True, reason="ptynb/ptycho/reconstruct.py: a lazy intensity's NaN is not looked for "
-                                       "once read (validate(..., lazy='skip') + a check after reading)")
 def test_lazy_nan_measurement_in_reconstruct():
     da = pytest.importorskip("dask.array")
     from test_ptycho_reconstruct import _far_apart

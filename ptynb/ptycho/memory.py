@@ -48,6 +48,9 @@ work set is counted. The estimate is checked against ``tracemalloc`` peaks of re
 """
 from __future__ import annotations
 
+from .._memory import MemoryForecastError, format_bytes
+from .._memory import available_memory as _host_available
+
 import math
 import os
 from typing import Any
@@ -61,26 +64,9 @@ _HOST_OVERHEAD = 0.10
 _GPU_OVERHEAD = 0.05
 
 
-class InsufficientMemoryError(MemoryError):
-    """The estimated memory of a run exceeds what is free on the host or the GPU."""
-
-
-def format_bytes(n: float) -> str:
-    """Human-readable size with binary prefixes, e.g. ``format_bytes(3 * 2**30) == '3.00 GiB'``.
-
-    Parameters
-    ----------
-    n : int or float
-        A number of bytes (may be negative).
-    """
-    n = float(n)
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.2f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.2f} PiB"  # pragma: no cover
+class InsufficientMemoryError(MemoryForecastError):
+    """The estimated memory of a run exceeds what is free on the host or the GPU (a
+    :class:`ptynb._memory.MemoryForecastError`: both a ValidationError and a MemoryError)."""
 
 
 def _pos_int(name: str, value, minimum: int = 1) -> int:
@@ -304,21 +290,7 @@ def available_memory(device: str | None = "cpu") -> dict[str, int | None]:
     psutil is missing). GPU (``device="gpu"``): ``cudaMemGetInfo`` free bytes plus the bytes
     cached but unused in cupy's default memory pool (which cupy can reuse).
     """
-    host: int | None
-    try:
-        import psutil
-
-        host = int(psutil.virtual_memory().available)
-    except Exception:  # pragma: no cover - psutil ships with dask.distributed
-        host = None
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        host = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
+    host = _host_available()
     dev_free = None
     if str(device or "cpu").lower() in ("gpu", "cuda", "cupy"):
         import cupy

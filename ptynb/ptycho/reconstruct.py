@@ -51,7 +51,7 @@ def _schedule(engine, iterations):
         sched = [(engine, iterations)]
     else:
         try:
-            sched = [(str(e), int(n)) for e, n in engine]
+            sched = [(str(e), n) for e, n in engine]
         except (TypeError, ValueError):
             raise ValidationError(
                 "engine", f"must be a name or a list of (name, iterations), got {engine!r}") from None
@@ -60,10 +60,10 @@ def _schedule(engine, iterations):
         key = name.strip().lower().replace("-", "").replace("_", "")
         if key not in ENGINES:
             raise ValidationError("engine", f"unknown engine {name!r}; choose from {ENGINE_NAMES}")
-        try:
-            n = int(n)
-        except (TypeError, ValueError):
-            raise ValidationError("iterations", f"must be an integer, got {n!r}") from None
+        if (isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer, float, np.floating))
+                or not float(n).is_integer()):
+            raise ValidationError("iterations", f"must be a whole number, got {n!r}")
+        n = int(n)
         if n < 0:
             raise ValidationError("iterations", f"must be >= 0, got {n}")
         out.append((key, n))
@@ -276,7 +276,7 @@ def reconstruct(measurement, engine="lsqml", iterations: int = 100, probe=None, 
     if not isinstance(measurement, xr.Dataset):
         raise ValidationError("measurement", f"must be an xarray.Dataset, got {type(measurement).__name__}")
     check_event(cancel)
-    validate(measurement)
+    validate(measurement, lazy="skip")  # lazy data are checked for NaN once read (below)
     opts, mask = _resolve_options(options, knobs, batch_size=batch_size, device=device,
                                   position_refinement=position_refinement)
     settings = dict(engine=engine, iterations=iterations, probe=probe, slices=slices,
@@ -396,7 +396,10 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     obj_in = s.pop("object")
     up = int(s.pop("upsample"))
     noise = str(s.pop("noise")).lower()
-    seed = int(s.pop("seed"))
+    seed = s.pop("seed")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValidationError("seed", f"must be an integer >= 0, got {seed!r}")
+    seed = int(seed)
     frame = s.pop("_frame", None)
     mask = s.pop("mask", None)
     options = dict(s.pop("options"))  # engine knobs by engine key, complete
@@ -475,6 +478,9 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     _forecast(ds, J=J, N=N, Y=Y, X=X, L=L, M=M, up=up, sched=sched, opts=options, noise=noise,
               device=device)
     I = np.asarray(to_host(inten.data), dtype=np.float32)
+    if not np.all(np.isfinite(I)):
+        n_bad = int(np.size(I) - np.count_nonzero(np.isfinite(I)))
+        raise ValidationError("intensity", f"contains {n_bad} NaN or inf value(s)")
     sums = I.sum(axis=(1, 2))
     if np.any(sums <= 0):
         bad = np.flatnonzero(sums <= 0)

@@ -183,6 +183,13 @@ def simulate(settings: Settings, *, progress: bool = False) -> xr.Dataset:
     margin = n // 2 + int(np.ceil(layer_depths(s)[-1] * np.tan(s.theta_s * DEG) / dx)) + 4
     span = (grid - 1) * step
     ny = nx = int(np.ceil(span / dx)) + 2 * margin + 1
+    from .._memory import check_available, forecast
+
+    nb, n_pos = len(s.beams), grid * grid
+    check_available(forecast({"intensity of each beam": ((nb, n_pos, n, n), "float32"),
+                              "stacked intensity": ((nb, n_pos, n, n), "float32"),
+                              "sample layers": ((max(2, int(s.n_layers)), ny, nx), "complex128")}),
+                    "the stereo simulation", {"detector": n, "scan_grid": grid, "n_beams": nb})
     sy, sx = scan.raster_scan(grid, grid, step, jitter=s.jitter, seed=s.seed,
                               origin=(margin * dx, margin * dx))
     if s.sample == "two_layer":
@@ -389,6 +396,15 @@ def _illuminated_mask(rec, b, fraction=0.2):
     return cov > fraction * cov.max()
 
 
+def _reference_beam(settings: Settings, beams) -> str:
+    """The reference beam's label (``settings.reference_beam``, default the first beam), checked."""
+    beams = [str(b) for b in beams]
+    ref = beams[0] if settings.reference_beam is None else str(settings.reference_beam)
+    if ref not in beams:
+        raise ValidationError("reference_beam", f"{ref!r} is not a beam of the data; beams: {', '.join(beams)}")
+    return ref
+
+
 def align_views(reconstruction: xr.Dataset, settings: Settings) -> xr.Dataset:
     """Phase images of every beam, aligned to the reference beam by sub-pixel phase
     cross-correlation over the commonly illuminated area.
@@ -402,9 +418,7 @@ def align_views(reconstruction: xr.Dataset, settings: Settings) -> xr.Dataset:
     from ..imaging import phase_cross_correlation, shift_image
 
     beams = [str(b) for b in reconstruction["beam"].values]
-    ref = beams[0] if settings.reference_beam is None else str(settings.reference_beam)
-    if ref not in beams:
-        raise ValidationError("reference_beam", f"{ref!r} is not a beam of the data; beams: {', '.join(beams)}")
+    ref = _reference_beam(settings, beams)
     masks = {b: _illuminated_mask(reconstruction, b) for b in beams}
     common = np.logical_and.reduce(list(masks.values()))
     if common.sum() < 64:
@@ -705,10 +719,13 @@ def depth_numbers(settings: Settings, resolution: float | None = None, mean_phas
 def _step_measurement(run: Run) -> xr.Dataset:
     m = run.inputs.get("measurement")
     if m is None:
+        _reference_beam(run.settings, run.settings.beams)  # a bad setting fails before any work
         run.report(0.0, "simulating the stereo measurement")
         return simulate(run.settings, progress=run.progress)
     run.report(0.0, "checking the data")
-    return check_stereo_measurement(m)
+    m = check_stereo_measurement(m)
+    _reference_beam(run.settings, m["beam"].values)
+    return m
 
 
 def _step_reconstruction(run: Run) -> xr.Dataset:
