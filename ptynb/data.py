@@ -31,6 +31,15 @@ Kinds of dataset (``attrs["kind"]``)
     ``wavelength`` (m), ``pixel_size`` (m, the real-space reconstruction pixel) and the
     detector geometry it came from (``detector_distance`` and ``detector_pixel_size`` in m
     for X-rays, or ``reciprocal_pixel_size`` in 1/m for electrons).
+    Optional *nominal* optics (what the experimenter knows; the only optics
+    :func:`ptynb.ptycho.initial_probe` reads): X-rays ``zone_plate_diameter``,
+    ``zone_plate_outer_zone_width``, ``central_stop_diameter`` (m); electrons
+    ``convergence_semiangle`` (rad) and ``nominal_Cs`` (m, alias ``Cs``); both
+    ``nominal_defocus`` (m; X-rays: sample plane minus focus, positive = downstream;
+    electrons: positive = underfocus, alias ``defocus``). Simulated data
+    (:mod:`ptynb.simulate`) also carry ground truth that no reconstruction reads: the
+    ``true_*`` variables, the ``probe_*`` attrs (the true probe's parameters) and
+    ``nominal_defocus_error`` (the relative error given to ``nominal_defocus``).
 ``reconstruction``
     ``object`` (..., slice, y, x) complex64 transmission; ``probe`` (..., mode, py, px)
     complex64 (sqrt(counts) per pixel amplitude); ``scan_y``/``scan_x`` (..., scan) refined

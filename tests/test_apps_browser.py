@@ -53,7 +53,7 @@ def server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError("ptynb serve did not start in 60 s")
-    yield {"url": url, "data": data}
+    yield {"url": url, "data": data, "pid": proc.pid, "port": port}
     proc.terminate()
     try:
         proc.wait(10)
@@ -69,9 +69,16 @@ def _collect_errors(page):
 
 
 def test_serve_binds_loopback_only(server):
-    from urllib.parse import urlparse
+    """The server's listening sockets, read from the OS (not from the URL the fixture built):
+    every one is on a loopback address, and the served port is among them."""
+    import ipaddress
 
-    assert urlparse(server["url"]).hostname == "127.0.0.1"
+    import psutil
+
+    listening = [c.laddr for c in psutil.Process(server["pid"]).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert any(a.port == server["port"] for a in listening), listening
+    assert all(ipaddress.ip_address(a.ip).is_loopback for a in listening), listening
 
 
 def test_index_lists_apps(server, page):
