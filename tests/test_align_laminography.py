@@ -99,7 +99,8 @@ def analytic_projections(blobs, rotations, n=48):
 def test_laminography_gauges_are_the_rigid_motions():
     """The translation null space and the rotation gauge of laminography are what a rigid
     motion of the object does to the projections (exact analytic blob projections)."""
-    from ptynb.tomo.geometry import Geometry, euler_xyz
+    from ptynb.physics.rotations import euler_xyz
+    from ptynb.tomo.geometry import Geometry
 
     ang = np.linspace(0, 360, 36, endpoint=False)
     Rk = Geometry("laminography", ang, TILT).rotations()

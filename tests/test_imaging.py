@@ -18,18 +18,14 @@ def smooth_image(rng, shape=(64, 64), sigma=3.0):
     return ndi.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
 
 
-def test_old_import_paths_are_the_same_functions():
-    """ptynb.tomo.align / ptynb.tomo.unwrap / ptynb.tomo re-export (no second implementation)."""
-    import importlib
-
+def test_tomo_exports_the_same_functions():
+    """ptynb.tomo re-exports the 2D tools of ptynb.imaging (no second implementation)."""
     from ptynb import tomo
 
-    align_mod = importlib.import_module("ptynb.tomo.align")
-    unwrap_mod = importlib.import_module("ptynb.tomo.unwrap")
-    assert align_mod.shift_image is I.shift_image is tomo.shift_image
-    assert align_mod.phase_cross_correlation is I.phase_cross_correlation is tomo.phase_cross_correlation
+    assert tomo.shift_image is I.shift_image
+    assert tomo.phase_cross_correlation is I.phase_cross_correlation
     for name in ("remove_phase_ramp", "unwrap_phase", "wrap_phase"):
-        assert getattr(unwrap_mod, name) is getattr(I, name) is getattr(tomo, name)
+        assert getattr(I, name) is getattr(tomo, name)
 
 
 # ----------------------------------------------------------------------------- registration

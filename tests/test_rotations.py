@@ -123,7 +123,7 @@ def test_one_tilt_default():
     from ptynb import tomo
     from ptynb.tomo.geometry import Geometry
 
-    assert rot.DEFAULT_TILT == 61.108 and tomo.ADEPT_TILT_DEG is rot.DEFAULT_TILT
+    assert rot.DEFAULT_TILT == 61.108 and tomo.DEFAULT_TILT is rot.DEFAULT_TILT
     assert rot.resolve_tilt("laminography") == rot.DEFAULT_TILT
     assert rot.resolve_tilt("tomography") == rot.resolve_tilt("posed") == 90.0
     assert Geometry("laminography", [0.0]).tilt == rot.DEFAULT_TILT

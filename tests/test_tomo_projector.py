@@ -7,7 +7,8 @@ import ptynb.tomo._kernels as P_kernels
 import ptynb.tomo.projector as P
 from ptynb import backend, tomo
 from ptynb.data import ValidationError, volume
-from ptynb.tomo.geometry import Geometry, euler_xyz
+from ptynb.physics.rotations import euler_xyz
+from ptynb.tomo.geometry import Geometry
 
 RNG = np.random.default_rng(1234)
 VOX = (1.0e-8, 1.2e-8, 0.9e-8)

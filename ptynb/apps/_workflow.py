@@ -124,10 +124,8 @@ def with_widgets(pane):
 
 
 def _load_any(path):
-    try:
-        from ..io import load_any
-    except ImportError:  # until ptynb.io.load_any exists
-        from .explorer import load_any
+    from ..io import load_any
+
     return load_any(path)
 
 

@@ -11,7 +11,7 @@ import panel as pn
 import param
 import xarray as xr
 
-from ..io import load_any  # moved to ptynb.io; stays importable from here for now
+from ..io import load_any
 from ._files import FILE_SUFFIXES, DataFilePicker, data_dir  # noqa: F401  (re-exported)
 from ._task import TaskRunner
 

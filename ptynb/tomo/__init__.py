@@ -1,6 +1,6 @@
 """Tomography and laminography: geometries, projector, FBP, SIRT/SART, gradient solvers."""
 from .fbp import FILTERS, angle_weights, fbp, ramp_filter  # noqa: F401
-from .geometry import ADEPT_TILT_DEG, Geometry  # noqa: F401
+from .geometry import DEFAULT_TILT, Geometry  # noqa: F401
 from .iterative import gradient, sart, sirt, tv_value_and_grad  # noqa: F401
 from .masks import fourier_grid, missing_cone_mask, missing_wedge_mask  # noqa: F401
 from .projector import Projector, backproject, project, projector_for  # noqa: F401

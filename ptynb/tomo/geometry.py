@@ -49,32 +49,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data import ValidationError
-from ..physics.rotations import (
-    DEFAULT_TILT,
-    EULER_CONVENTION,
-    euler_xyz,
-    resolve_tilt,
-    rotation_x,
-    rotation_y,
-    rotation_z,
-    sample_to_lab,
-)
+from ..physics.rotations import DEFAULT_TILT, EULER_CONVENTION, resolve_tilt, sample_to_lab
 
-__all__ = [
-    "ADEPT_TILT_DEG",
-    "GEOMETRY_KINDS",
-    "Geometry",
-    # re-exported from ptynb.physics.rotations (the one implementation)
-    "euler_xyz",
-    "rotation_x",
-    "rotation_y",
-    "rotation_z",
-]
+__all__ = ["DEFAULT_TILT", "GEOMETRY_KINDS", "Geometry"]
 
 GEOMETRY_KINDS = ("tomography", "laminography", "posed")
-#: Angle between rotation axis and beam in the ADePt / LamNI experiments (degrees); an alias
-#: of :data:`ptynb.physics.rotations.DEFAULT_TILT`, the one definition.
-ADEPT_TILT_DEG = DEFAULT_TILT
 
 
 def _as_angles(angles) -> np.ndarray:
