@@ -42,10 +42,10 @@ nanoparticles on one side of a 200 nm Si₃N₄ membrane and zone-plate structur
 
 Every figure comes from `ptynb.viz.stereo` (imported as `stereo_views`), the views the app shows too,
 and every number the text claims is checked by an `assert` cell. With `PRESET = "ci"` the notebook
-runs in about 45 s on 2 cores; `"laptop"` takes a few minutes, `"paper"` (the paper's iteration
+runs in 20-45 s on 2 cores (measured: 20 s idle, 45 s on a busy machine); `"laptop"` takes a few minutes, `"paper"` (the paper's iteration
 counts) much longer."""),
     code("""# Parameters (papermill-style: this cell is tagged "parameters")
-PRESET = "ci"          # "ci" (about 45 s), "laptop" (minutes) or "paper" (the paper's iterations)
+PRESET = "ci"          # "ci" (20-45 s), "laptop" (minutes) or "paper" (the paper's iterations)
 N_BEAMS = 3            # 2 (left, right) or 3 (left, center, right)
 THETA_S = 1.5          # deflection of each outer beam (degrees)
 SEPARATION = 480e-9    # distance between the two layers (m)

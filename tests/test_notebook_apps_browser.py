@@ -76,7 +76,7 @@ _BOXES = """() => {
 @pytest.mark.parametrize("name", [NAMES[0], pytest.param(NAMES[1], marks=pytest.mark.xfail(
     reason="served notebook 01: two image grids near the end of the page (y ~ 8200 px) overlap by ~230 px "
            "after the re-layout; headings and the first sections are right (see the report)", strict=False))])
-def test_panel_serve_notebook_layout(served, offline_page, name):
+def test_panel_serve_notebook_layout(served, offline_page, name):  # noqa: F811 (the fixture)
     page = offline_page
     page.goto(f"{served}/{name}", timeout=240000)
     page.locator("canvas").first.wait_for(timeout=240000)

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from ..backend import to_host
-from ._core import (AMPLITUDE_CMAP, FRAME_WIDTH, PHASE_CMAP, _as_2d, _bounds, _hv, _scaled_coords,
+from ._core import (AMPLITUDE_CMAP, FRAME_WIDTH, _as_2d, _bounds, _hv, _scaled_coords,
                     _unit_for, complex_to_rgb, dim, phase_colors, value_label)
 
 __all__ = ["image", "amplitude_phase", "complex_image", "probe_view", "object_view"]
