@@ -22,7 +22,7 @@ import param
 
 from .data import ValidationError
 
-__all__ = ["Options", "copy_value", "describe_type", "describe_bounds", "did_you_mean"]
+__all__ = ["Options", "copy_value", "describe_type", "describe_bounds", "did_you_mean", "interval"]
 
 
 def describe_type(p: param.Parameter) -> str:
@@ -40,17 +40,28 @@ def describe_type(p: param.Parameter) -> str:
     return "a " + type(p).__name__.lower()
 
 
+def interval(p: param.Parameter, factor: float = 1.0) -> str:
+    """A number parameter's bounds as ``"[lo, hi)"`` (open and closed ends marked), each bound
+    times ``factor`` (e.g. 1e9 to show metres in nm); ``""`` when it has none."""
+    b = getattr(p, "bounds", None)
+    if not b or all(v is None for v in b):
+        return ""
+
+    def num(v):
+        return f"{float(f'{v * factor:.12g}'):g}"  # no binary noise (8.100000000000001 -> 8.1)
+
+    inc = getattr(p, "inclusive_bounds", (True, True))
+    lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + num(b[0])
+    hi = "inf)" if b[1] is None else num(b[1]) + ("]" if inc[1] else ")")
+    return f"{lo}, {hi}"
+
+
 def describe_bounds(p: param.Parameter) -> str:
     """``" in [lo, hi)"`` (open and closed ends), ``" (one of: ...)"`` or ``""``."""
     if isinstance(p, param.Selector):
         return f" (one of: {', '.join(map(str, p.objects))})"
-    b = getattr(p, "bounds", None)
-    if b and any(v is not None for v in b):
-        inc = getattr(p, "inclusive_bounds", (True, True))
-        lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + f"{b[0]:g}"
-        hi = "inf)" if b[1] is None else f"{b[1]:g}" + ("]" if inc[1] else ")")
-        return f" in {lo}, {hi}"
-    return ""
+    text = interval(p)
+    return f" in {text}" if text else ""
 
 
 def did_you_mean(name: str, choices) -> str:

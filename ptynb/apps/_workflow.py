@@ -76,13 +76,10 @@ def _num(v: float) -> float:
 
 def bounds_text(p: param.Parameter, factor: float = 1.0, unit: str | None = None) -> str:
     """``"[0.1, 1000] nm"``-style bounds of a number setting in its shown unit ('' if none)."""
-    b = getattr(p, "bounds", None)
-    if not b or all(v is None for v in b):
-        return ""
-    inc = getattr(p, "inclusive_bounds", (True, True))
-    lo = "(-inf" if b[0] is None else ("[" if inc[0] else "(") + f"{_num(b[0] * factor):g}"
-    hi = "inf)" if b[1] is None else f"{_num(b[1] * factor):g}" + ("]" if inc[1] else ")")
-    return f"{lo}, {hi}" + (f" {unit}" if unit else "")
+    from ..options import interval
+
+    text = interval(p, factor)
+    return text + (f" {unit}" if unit and text else "")
 
 
 def unit_of(settings_cls, name: str) -> str | None:

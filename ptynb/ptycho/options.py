@@ -33,7 +33,7 @@ import param
 
 from ..backend import _DEVICE_ALIASES, FFTW_EFFORTS
 from ..data import ValidationError
-from ..options import Options, describe_bounds
+from ..options import Options, interval
 
 __all__ = [
     "KEYWORDS",
@@ -53,7 +53,7 @@ __all__ = [
 
 def _bound_text(p: param.Parameter) -> str:
     """``"[lo, hi)"`` of a parameter (empty when unbounded), for the generated docstrings."""
-    return describe_bounds(p).removeprefix(" in ")
+    return interval(p)
 
 
 class OptionsBase(Options):
