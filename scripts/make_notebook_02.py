@@ -60,7 +60,7 @@ a = measurement.attrs
 print(f"{measurement.sizes['angle']} tilts, {measurement.sizes['scan']} patterns of "
       f"{measurement.sizes['qy']}x{measurement.sizes['qx']} per tilt; missing wedge {a['missing_wedge_deg']:.0f} deg")
 print(f"{a['energy_eV'] / 1e3:.0f} keV, semi-angle {a['convergence_semiangle'] * 1e3:.0f} mrad, "
-      f"defocus {a['defocus'] * 1e10:.0f} A, step {a['scan_step'] * 1e10:.2f} A, dose {a['dose_e_per_A2']:.0e} e/A^2")"""),
+      f"nominal defocus {a['nominal_defocus'] * 1e10:.0f} A, step {a['scan_step'] * 1e10:.2f} A, dose {a['dose_e_per_A2']:.0e} e/A^2")"""),
     code("""assert not [v for v in measurement.variables if str(v).startswith("true")]
 assert measurement.attrs["missing_wedge_deg"] == 180 - 2 * settings.tilt_range"""),
     md("""## 2. Multislice ptychography at every tilt
