@@ -4,6 +4,7 @@ import importlib
 
 import numpy as np
 import pytest
+from servers import cancel_at
 import xarray as xr
 
 from ptynb.data import ValidationError
@@ -285,21 +286,6 @@ def test_joint_refinement_recovers_shifts_and_rotations(rng):
 
 
 # ----------------------------------------------------------------------------- cancel
-def _cancel_at(k):
-    """An Event and a callback that sets it in round ``k`` (and records the rounds seen)."""
-    import threading
-
-    ev = threading.Event()
-    seen = []
-
-    def cb(i, info):
-        seen.append(i)
-        if i == k:
-            ev.set()
-
-    return ev, cb, seen
-
-
 def _small_series(rng, n=16, views=20):
     vol = blob_volume(n, [((2.0, -1.0, 3.0), 2.0, 1.0), ((-3.0, 3.0, -2.0), 1.5, 0.8)])
     ang = np.linspace(0, 180, views, endpoint=False)
@@ -310,7 +296,7 @@ def test_align_cancel_projection_matching(rng):
     """Setting the event in round k returns the shifts after k + 1 rounds, marked cancelled."""
     meas = _small_series(rng)
     k = 1
-    ev, cb, seen = _cancel_at(k)
+    ev, cb, seen = cancel_at(k)
     kw = dict(method="projection_matching", reconstruct="fbp", tol=0.0, progress=False)
     out, info = A.align(meas, iterations=8, callback=cb, cancel=ev, **kw)
     assert info["status"] == "cancelled" and out.attrs["status"] == "cancelled"
@@ -328,7 +314,7 @@ def test_align_cancel_projection_matching(rng):
 
 def test_align_cancel_cross_correlation(rng):
     meas = _small_series(rng)
-    ev, cb, seen = _cancel_at(0)
+    ev, cb, seen = cancel_at(0)
     _, info = A.align(meas, method="cross_correlation", iterations=10, upsample=1000,
                       callback=cb, cancel=ev, progress=False)
     assert info["status"] == "cancelled" and seen == [0] and len(info["history"]) == 1
@@ -339,7 +325,7 @@ def test_joint_refinement_cancel_and_options(rng):
     and keywords give the same run."""
     meas = _small_series(rng, views=12)
     k = 1
-    ev, cb, seen = _cancel_at(k)
+    ev, cb, seen = cancel_at(k)
     opts = J.JointRefinementOptions(schedule=(("shifts", 1.0, 4),), prealign=None, volume_steps=2,
                                     pose_steps=1, coupled_iterations=0)
     _, s1, e1, info = J.joint_refinement(meas, options=opts, callback=cb, cancel=ev, progress=False)

@@ -3,26 +3,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
+from servers import free_port, ptynb_serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     data = tmp_path_factory.mktemp("data")
     (data / "not_a_measurement.h5").write_bytes(b"this is not HDF5")
     import ptynb
@@ -37,28 +29,8 @@ def server(tmp_path_factory):
     bad.intensity.values[0, 0, 0, 0] = float("nan")
     ptynb.io.save(bad, data / "stereo_with_nan.h5")
     env = dict(os.environ, PTYNB_DATA_DIR=str(data))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ptynb.cli", "serve", "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("ptynb serve exited:\n" + proc.stdout.read())
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("ptynb serve did not start in 60 s")
-    yield {"url": url, "data": data, "pid": proc.pid, "port": port}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with ptynb_serve(port, env=env) as proc:
+        yield {"url": f"http://127.0.0.1:{port}", "data": data, "pid": proc.pid, "port": port}
 
 
 def _collect_errors(page):

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from servers import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,12 +34,6 @@ MISSING = re.compile(r"Bokeh or Panel library is missing|BokehJS failed to load|
                      r"Could not load|Failed to load resource: net::ERR_FAILED", re.I)
 #: what counts as a rendered Bokeh view inside an output (Playwright CSS pierces shadow roots)
 RENDERED = "canvas, .bk-input, .bk-btn, .noUi-target, .bk-panel-models-markup-HTML, table"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def lab(tmp_path_factory):
     (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
         json.dumps({"windowingMode": "none"}))
-    port, token = _free_port(), "ptynb-test-token"
+    port, token = free_port(), "ptynb-test-token"
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings),
                JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"), JUPYTER_RUNTIME_DIR=str(root / ".rt"),
                PYTHONUNBUFFERED="1")

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
+from servers import free_port, ptynb_serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,30 +26,10 @@ def server(tmp_path_factory):
     bad = m.copy(deep=True)
     bad["intensity"].values[1, 0, 0, 0] = np.nan
     ptynb.io.save(bad, data / "tilts_with_nan.h5")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PTYNB_DATA_DIR=str(data))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ptynb.cli", "serve", "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("ptynb serve exited:\n" + proc.stdout.read())
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("ptynb serve did not start in 60 s")
-    yield {"url": url, "data": data}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with ptynb_serve(port, env=env):
+        yield {"url": f"http://127.0.0.1:{port}", "data": data}
 
 
 def _open(page, server, preset="ci"):

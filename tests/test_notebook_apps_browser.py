@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from test_jupyterlab_browser import MISSING, _free_port, offline_page  # noqa: F401  (fixture)
+from servers import free_port
+from test_jupyterlab_browser import MISSING, offline_page  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,7 +29,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     for nb in NAMES:
         shutil.copy(NOTEBOOKS / f"{nb}.ipynb", root)
-    port = _free_port()
+    port = free_port()
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "panel", "serve", *[f"{nb}.ipynb" for nb in NAMES], "--address", "127.0.0.1",

@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+from servers import cancel_at
 import xarray as xr
 
 from ptynb import tomo
@@ -207,21 +208,6 @@ def test_sirt_and_sart_converge():
     assert r3.attrs["cost"].size == 6 and r3.attrs["status"] == "complete"
 
 
-def _cancel_at(k):
-    """An Event and a callback that sets it at iteration ``k``."""
-    import threading
-
-    ev = threading.Event()
-    seen = []
-
-    def cb(i, info):
-        seen.append(i)
-        if i == k:
-            ev.set()
-
-    return ev, cb, seen
-
-
 @pytest.mark.parametrize("solver, kw", [
     ("sirt", {}), ("sart", {"subsets": 4}), ("gradient", {"method": "adam"}),
     ("gradient", {"method": "cg"})])
@@ -231,7 +217,7 @@ def test_solvers_cancel_after_current_iteration(solver, kw):
     img, _ = _blocks(24)
     p = tomo.project(_slice_volume(img), np.linspace(0, 180, 16, endpoint=False))
     k = 2
-    ev, cb, seen = _cancel_at(k)
+    ev, cb, seen = cancel_at(k)
     fn = getattr(tomo, solver)
     r = fn(p, iterations=20, progress=False, callback=cb, cancel=ev, **kw)
     assert r.attrs["status"] == "cancelled"

@@ -6,11 +6,9 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import param
 import pytest
 import xarray as xr
@@ -283,34 +281,15 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_serve_lists_and_serves_the_plugin_workflow(tmp_path):
-    import socket
+    from servers import free_port, ptynb_serve
 
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "ptynb.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(_env(), PTYNB_DATA_DIR=str(tmp_path)))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                index = urllib.request.urlopen(url + "/", timeout=5).read().decode()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError("serve did not start:\n" + (proc.stdout.read() if proc.poll() is not None else ""))
-                time.sleep(0.5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with ptynb_serve(port, env=dict(_env(), PTYNB_DATA_DIR=str(tmp_path)), timeout=90):
+        index = urllib.request.urlopen(url + "/", timeout=30).read().decode()
         page = urllib.request.urlopen(url + "/toy", timeout=60)
         assert page.status == 200
         # a second server on the same port is refused with one clear line
         busy = _cli("serve", "--port", str(port), check=False)
         assert busy.returncode == 2 and "cannot listen on 127.0.0.1" in busy.stderr
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     assert "bokeh" in index.lower()

@@ -1,0 +1,68 @@
+"""Test helpers shared by the served-app and browser tests: free ports, a server subprocess that
+is waited for and always stopped, and a cancel Event set from a callback."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(args, *, ready_url: str, env=None, timeout: float = 60.0, cwd=None):
+    """Run ``args`` (a server) until the ``with`` block ends; wait until ``ready_url`` answers.
+
+    Yields the ``subprocess.Popen``. Raises RuntimeError with the server's output if it exits or
+    does not answer within ``timeout`` seconds. The server is terminated (killed after 10 s) on exit.
+    """
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            cwd=cwd)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{args[:4]} exited:\n" + proc.stdout.read()) from None
+                if time.time() > deadline:
+                    raise RuntimeError(f"{args[:4]} did not answer {ready_url} in {timeout:.0f} s") from None
+                time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def ptynb_serve(port: int, *, env=None, timeout: float = 60.0):
+    """``ptynb serve`` on 127.0.0.1:``port`` (a context manager, see :func:`running`)."""
+    return running([sys.executable, "-m", "ptynb.cli", "serve", "--port", str(port), "--address", "127.0.0.1"],
+                   ready_url=f"http://127.0.0.1:{port}/", env=env, timeout=timeout)
+
+
+def cancel_at(k):
+    """An Event, a callback ``cb(i, info)`` that sets it at iteration/round ``k``, and the list of
+    iterations the callback saw."""
+    ev = threading.Event()
+    seen = []
+
+    def cb(i, info):
+        seen.append(i)
+        if i == k:
+            ev.set()
+
+    return ev, cb, seen
