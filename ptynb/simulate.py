@@ -752,21 +752,24 @@ def ptychography_series(objects, angles, probe, scan_y, scan_x, *, seed=None, pr
 
 # ----------------------------------------------------------------------------- tomography
 def _rotation_matrix_zyx(angle, tilt):
-    """3x3 matrix (acting on (z, y, x) vectors) of the right-handed rotation by ``angle``
-    degrees about the axis ``(z, y, x) = (cos tilt, sin tilt, 0)`` (tilt = 90 deg: the y axis,
-    tomography): ``R(angle) R(0)^T`` with ``R`` :func:`ptynb.physics.rotations.sample_to_lab`,
-    i.e. the nominal view rotation for a volume given in the lab frame of the angle-0 view."""
+    """3x3 sample-to-lab matrix (acting on (z, y, x) vectors) of the view at ``angle`` degrees
+    with the rotation axis at ``tilt`` degrees from the beam:
+    :func:`ptynb.physics.rotations.sample_to_lab`, the same rotation :mod:`ptynb.tomo` uses, so
+    that a volume simulated here is reconstructed by ``tomo`` in its own (sample) frame."""
     from .physics.rotations import sample_to_lab
 
-    r0 = sample_to_lab(0.0, tilt)
-    return sample_to_lab(float(angle), tilt) @ r0.T
+    return sample_to_lab(float(angle), tilt)
 
 
 def rotate_volume(volume, angle, *, tilt=90.0, order=1):
-    """Rotate a (z, y, x) array about its centre (right-handed, ``angle`` in degrees).
+    """Rotate a (z, y, x) array about voxel ``n // 2`` (coordinate 0 of ptynb's centred volumes,
+    the point :mod:`ptynb.tomo` rotates about) into the lab frame of one view.
 
-    The rotation axis lies in the y-z plane at ``tilt`` degrees from the beam (z) axis:
-    ``tilt = 90`` is the vertical y axis (tomography); smaller values are laminography.
+    ``volume`` is in the sample frame (the frame :mod:`ptynb.tomo` reconstructs): the sample
+    turns by ``angle`` degrees about its own y axis, and that axis is tilted by ``tilt`` degrees
+    from the beam (z) in the lab y-z plane (``tilt = 90``: tomography; smaller values:
+    laminography, the axis then at (z, y) = (cos tilt, sin tilt)). The matrix is
+    :func:`ptynb.physics.rotations.sample_to_lab`, as in :class:`ptynb.tomo.Geometry`.
     Values outside the volume are 0. Complex arrays are rotated part by part.
 
     Returns an array of the input's shape: ``out(r) = vol(R^T (r - c) + c)``.
@@ -777,7 +780,7 @@ def rotate_volume(volume, angle, *, tilt=90.0, order=1):
     if v.ndim != 3:
         raise ValidationError("volume", f"expected (z, y, x), got shape {v.shape}")
     r = _rotation_matrix_zyx(angle, tilt)
-    c = (np.asarray(v.shape, float) - 1) / 2
+    c = (np.asarray(v.shape) // 2).astype(float)  # voxel n // 2: coordinate 0 of a centred volume
     mat = r.T
     off = c - mat @ c
     if np.iscomplexobj(v):
