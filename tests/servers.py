@@ -19,14 +19,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(args, *, ready_url: str, env=None, timeout: float = 60.0, cwd=None):
+def running(args, *, ready_url: str, env=None, timeout: float = 60.0, cwd=None, log=None):
     """Run ``args`` (a server) until the ``with`` block ends; wait until ``ready_url`` answers.
 
-    Yields the ``subprocess.Popen``. Raises RuntimeError with the server's output if it exits or
-    does not answer within ``timeout`` seconds. The server is terminated (killed after 10 s) on exit.
+    Yields the ``subprocess.Popen``. Its output goes to the file ``log`` if given (kept for
+    debugging), else to a pipe. Raises RuntimeError with the server's output if it exits or does
+    not answer within ``timeout`` seconds. The server is terminated (killed after 10 s) on exit.
     """
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                            cwd=cwd)
+    out = open(log, "w") if log is not None else subprocess.PIPE
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, text=True, cwd=cwd)
+
+    def output():
+        return open(log).read() if log is not None else (proc.stdout.read() if proc.poll() is not None else "")
+
     try:
         deadline = time.time() + timeout
         while True:
@@ -35,9 +40,10 @@ def running(args, *, ready_url: str, env=None, timeout: float = 60.0, cwd=None):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{args[:4]} exited:\n" + proc.stdout.read()) from None
+                    raise RuntimeError(f"{args[:4]} exited:\n" + output()) from None
                 if time.time() > deadline:
-                    raise RuntimeError(f"{args[:4]} did not answer {ready_url} in {timeout:.0f} s") from None
+                    raise RuntimeError(f"{args[:4]} did not answer {ready_url} in {timeout:.0f} s:\n"
+                                       + (open(log).read() if log is not None else "")) from None
                 time.sleep(0.3)
         yield proc
     finally:
@@ -46,6 +52,8 @@ def running(args, *, ready_url: str, env=None, timeout: float = 60.0, cwd=None):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log is not None:
+            out.close()
 
 
 def ptynb_serve(port: int, *, env=None, timeout: float = 60.0):

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from servers import free_port
+from servers import free_port, running
 from test_jupyterlab_browser import MISSING, offline_page  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -30,29 +28,12 @@ def served(tmp_path_factory):
     for nb in NAMES:
         shutil.copy(NOTEBOOKS / f"{nb}.ipynb", root)
     port = free_port()
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "serve", *[f"{nb}.ipynb" for nb in NAMES], "--address", "127.0.0.1",
-         "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("panel serve did not start:\n" + (root / "serve.log").read_text())
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running(
+            [sys.executable, "-m", "panel", "serve", *[f"{nb}.ipynb" for nb in NAMES], "--address", "127.0.0.1",
+             "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
+            ready_url=url + "/", env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=root, log=root / "serve.log"):
+        yield url
 
 
 #: boxes of the top-level blocks of a served notebook (Panel lays the cells out in a column)

@@ -308,11 +308,14 @@ def test_stereo_numbers_tables_show_present_keys_with_labels():
     assert "| stereo depth limit (Eq. 2) | 310 nm |" in md
     assert "| multislice depth limit (Eq. 1) | 9.00 um |" in md
     assert "25.1 nm = 3.10 px" in md and "thickness from phase (Au)" in md
-    # renamed attrs (assumed vs measured) show with their own label; absent ones are left out
-    attrs = {k: v for k, v in t.attrs.items() if k != "measured_layer_shift_px"}
-    attrs["assumed_layer_shift_px"] = -3.1
+    # the formula's shift is labelled as assumed; a measured shift shows with its uncertainty;
+    # absent keys are left out
+    assert "for the assumed separation" in md
+    attrs = dict(t.attrs, measured_layer_shift_px=3.2, measured_layer_shift_uncertainty_px=0.18)
     md2 = vstereo.depth_numbers(attrs)
-    assert "layer shift assumed by layer recovery" in md2 and "layer shift used by" not in md2
+    assert "| layer shift measured from the views (outer views) | 3.20 ± 0.18 px |" in md2
+    attrs.pop("measured_layer_shift_px")
+    assert "measured from the views" not in vstereo.depth_numbers(attrs)
     ln = vstereo.layer_numbers(t["layers"].to_dataset())
     assert "-3.10 px" in ln and "480 nm" in ln and "PCC with true layer particles | 0.900 (cross-talk 0.050)" in ln
 

@@ -30,11 +30,8 @@ DEPTH_ROWS: dict[str, tuple[str, float, str, str]] = {
     "resolution": ("lateral resolution used", 1e9, "nm", ".1f"),
     "multislice_depth_limit": ("multislice depth limit (Eq. 1)", 1e6, "um", ".2f"),
     "stereo_depth_limit": ("stereo depth limit (Eq. 2)", 1e9, "nm", ".0f"),
-    "layer_shift_m": ("expected layer shift 2 d tan(theta_s)", 1e9, "nm", ".1f"),
-    "expected_layer_shift_px": ("expected layer shift 2 d tan(theta_s)", 1.0, "px", ".2f"),
-    "assumed_layer_shift_px": ("layer shift assumed by layer recovery{source}", 1.0, "px", ".2f"),
-    "measured_layer_shift_px": ("layer shift used by layer recovery{source}", 1.0, "px", ".2f"),
-    "estimated_layer_shift_px": ("layer shift estimated from the data", 1.0, "px", ".2f"),
+    "layer_shift_m": ("layer shift 2 d tan(theta_s) for the assumed separation", 1e9, "nm", ".1f"),
+    "measured_layer_shift_px": ("layer shift measured from the views (outer views)", 1.0, "px", ".2f"),
     "separation_measured": ("layer separation measured from the views", 1e9, "nm", ".0f"),
     "separation_assumed": ("layer separation assumed (settings)", 1e9, "nm", ".0f"),
     "separation_estimate": ("implied layer separation", 1e9, "nm", ".0f"),
@@ -308,8 +305,10 @@ def depth_numbers(attrs: dict, settings=None, *, layer_attrs: dict | None = None
             label = _RESOLUTION_LABELS.get(str(src_res), label)
         if key == "layer_shift_m" and "layer_shift_px" in merged:
             text = f"{v * scale:{fmt}} {unit} = {merged['layer_shift_px']:.2f} px"
-        elif key == "separation_measured":
+        elif key in ("separation_measured", "measured_layer_shift_px"):
             text = _pm(merged, key, scale, unit, fmt)
+            if key == "separation_measured" and not merged.get("separation_measurement_reliable", 1):
+                text += " (flagged unreliable)"
         else:
             text = f"{v * scale:{fmt}} {unit}"
         rows.append((label.format(material=material, source=source), text))

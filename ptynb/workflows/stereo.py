@@ -778,6 +778,7 @@ def summarize(settings: Settings, results: dict) -> dict:
         resolution = float(np.nanmean(frc["resolution"].values))
     mean_phase = _mean_material_phase(views) if views is not None else None
     nums = depth_numbers(settings, resolution=resolution, mean_phase=mean_phase)
+    nums["resolution_source"] = "frc" if resolution is not None else "pixels"
     nums["separation_assumed"] = float(settings.separation)
     nums["assumed_layer_shift_px"] = float(nums["layer_shift_px"])
     if mean_phase is not None:
