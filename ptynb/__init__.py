@@ -12,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "accessor", "apps", "backend", "cli", "control", "data", "imaging", "io", "metrics",
+    "accessor", "apps", "backend", "cli", "control", "data", "imaging", "io", "learn", "metrics",
     "options", "parallel", "physics", "ptycho", "simulate", "tomo", "viz", "workflows",
 )
 
