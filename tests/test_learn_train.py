@@ -73,13 +73,17 @@ def test_resume_after_cancel_is_bit_exact(tmp_path):
     np.testing.assert_array_equal(rest.history["lr"], full.history["lr"])
 
 
-def test_global_rng_of_caller_untouched():
+def test_caller_rng_and_determinism_flags_untouched():
     torch.manual_seed(5)
     before = torch.get_rng_state().clone()
     model, loss_fn = _problem()
     torch.set_rng_state(before)
+    flags = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
     train(model, loss_fn, TrainOptions(iterations=3), progress=False)
     assert torch.equal(torch.get_rng_state(), before)
+    assert (torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled()) == flags
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):

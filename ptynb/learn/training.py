@@ -220,11 +220,12 @@ def _lr_factor(options: TrainOptions):
 def _deterministic(enabled: bool):
     torch = _torch()
     before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(bool(enabled), warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before, warn_only=True)
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)
 
 
 def _write(path: Path, state: dict):
@@ -237,7 +238,7 @@ def _write(path: Path, state: dict):
 def _read(path: Path) -> dict:
     torch = _torch()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no code runs on load
     except Exception as e:  # noqa: BLE001  (truncated, foreign file)
         raise ValidationError("checkpoint", f"{path} is not a ptynb training checkpoint ({type(e).__name__}: "
                               f"{e}); delete it or pass another checkpoint path") from e
