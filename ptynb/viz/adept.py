@@ -183,7 +183,10 @@ def live(volume, history, iteration, *, coords=None) -> object:
     c = coords or {d: np.arange(n) * _NM for d, n in zip("zyx", v.shape)}
     ks = np.unique(np.linspace(1, nz - 2, 3).round().astype(int))
     imgs = [_img(v[k], c["x"], c["y"], f"iteration {iteration}, z={float(c['z'][k]) / _NM:.0f} nm") for k in ks]
-    return hv.Layout([loss_curve(history)] + imgs).cols(4)
+    curve = loss_curve(history)
+    if isinstance(curve, str):
+        curve = hv.Curve([], "iteration", "loss").opts(frame_width=420, frame_height=220, title="training loss")
+    return hv.Layout([curve] + imgs).cols(4)
 
 
 def views(tree, settings=None) -> list:
