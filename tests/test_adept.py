@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pywt")
 
-from ptynb.data import ValidationError  # noqa: E402
-from ptynb.workflows import adept  # noqa: E402
+from ptynb.data import ValidationError
+from ptynb.workflows import adept
 
 
 def _tiny(**changes):
@@ -73,7 +73,7 @@ def test_tomography_projections_and_ptycho_measurement_refused(tiny):
 
 # ------------------------------------------------------------------ resume
 def test_resume_after_cancel_equals_an_uninterrupted_run(tiny, tmp_path):
-    s, P, truth = tiny
+    s, P, _ = tiny
     Ps = adept.subsample(P, s.subsample)
     full, hist_full, st = adept.reconstruct(Ps, s.copy(checkpoint=str(tmp_path / "a.ckpt")))
     assert st == "complete"
@@ -85,7 +85,7 @@ def test_resume_after_cancel_equals_an_uninterrupted_run(tiny, tmp_path):
         if iteration >= 4:
             ev.set()
 
-    part, hist_part, st = adept.reconstruct(Ps, s.copy(checkpoint=str(ck)), cancel=ev, callback=stop,
+    part, _, st = adept.reconstruct(Ps, s.copy(checkpoint=str(ck)), cancel=ev, callback=stop,
                                             callback_every=1)
     assert st == "cancelled" and ck.exists() and 4 <= part.attrs["iterations_done"] < s.iterations
     again, hist, st = adept.reconstruct(Ps, s.copy(checkpoint=str(ck)))
@@ -96,7 +96,7 @@ def test_resume_after_cancel_equals_an_uninterrupted_run(tiny, tmp_path):
 
 # ------------------------------------------------------------------ projections path
 def test_projections_path_without_grid_attrs_and_with_truth(tiny):
-    s, P, truth = tiny
+    _, P, truth = tiny
     bare = adept.subsample(P, 4)
     bare.attrs = {"tilt": P.attrs["tilt"], "units": "rad"}
     tree = adept.run(_tiny(iterations=3), projections=bare, progress=False)

@@ -30,7 +30,7 @@ import math
 
 from ..data import ValidationError
 
-__all__ = ["DIPOptions", "DIPUNet", "build_dip", "scaled_channels"]
+__all__ = ["DIPOptions", "DIPUNet", "build_dip", "scaled_channels"]  # noqa: F822 - DIPUNet is lazy (torch)
 
 import param
 
@@ -89,7 +89,7 @@ def _make_classes():
             if opts.skip_channels and sk == 0:
                 sk = 1
             slope = float(opts.negative_slope)
-            act = lambda: nn.LeakyReLU(slope)  # noqa: E731
+            act = lambda: nn.LeakyReLU(slope)
             self.factor = int(math.prod(opts.strides))
             self.padded = tuple(int(math.ceil(n / self.factor) * self.factor) for n in self.shape)
             g = torch.Generator().manual_seed(int(seed))

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["views", "slices", "cross_sections", "training", "spectra", "projections", "numbers", "live",
-           "TABS"]
+__all__ = [
+    "TABS",
+    "cross_sections",
+    "live",
+    "numbers",
+    "projections",
+    "slices",
+    "spectra",
+    "training",
+    "views",
+]
 
 TABS = ("Depth slices", "Cross-sections", "Training", "Spectra", "Projections", "Numbers")
 _NM = 1e-9
@@ -87,7 +96,6 @@ def cross_sections(tree) -> object:
 
 def training(tree) -> object:
     """Loss per iteration (total, data term, TV term; log scale)."""
-    hv = _hv()
     if tree is None or "training" not in tree.children:
         return "no training yet"
     t = tree["training"].to_dataset()
@@ -179,7 +187,7 @@ def live(volume, history, iteration, *, coords=None) -> object:
     """
     hv = _hv()
     v = np.asarray(volume)
-    nz, ny, nx = v.shape
+    nz = v.shape[0]
     c = coords or {d: np.arange(n) * _NM for d, n in zip("zyx", v.shape)}
     ks = np.unique(np.linspace(1, nz - 2, 3).round().astype(int))
     imgs = [_img(v[k], c["x"], c["y"], f"iteration {iteration}, z={float(c['z'][k]) / _NM:.0f} nm") for k in ks]
