@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pywt")
 
-from ptynb.data import ValidationError  # noqa: E402
-from ptynb.learn.dip import DIPOptions, build_dip, scaled_channels  # noqa: E402
-from ptynb.learn.filters import effective_levels, wavelet_highpass  # noqa: E402
-from ptynb.learn.tv import depth_tv, depth_weights  # noqa: E402
+from ptynb.data import ValidationError
+from ptynb.learn.dip import DIPOptions, build_dip, scaled_channels
+from ptynb.learn.filters import effective_levels, wavelet_highpass
+from ptynb.learn.tv import depth_tv, depth_weights
 
 
 # ------------------------------------------------------------------ high-pass filter

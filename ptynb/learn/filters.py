@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data import ValidationError
 
-__all__ = ["wavelet_highpass", "effective_levels"]
+__all__ = ["effective_levels", "wavelet_highpass"]
 
 
 def effective_levels(shape, wavelet: str = "db8", levels: int = 4) -> int:

@@ -53,9 +53,23 @@ from ..control import Cancelled
 from ..data import ValidationError
 from ._base import Run, Step, Workflow, WorkflowSettings
 
-__all__ = ["Settings", "simulate", "check_projections", "volume_grid", "subsample", "baselines",
-           "reconstruct", "score", "psd_planes", "summarize", "run", "assemble", "WORKFLOW",
-           "METHODS", "REGIONS"]
+__all__ = [
+    "METHODS",
+    "REGIONS",
+    "WORKFLOW",
+    "Settings",
+    "assemble",
+    "baselines",
+    "check_projections",
+    "psd_planes",
+    "reconstruct",
+    "run",
+    "score",
+    "simulate",
+    "subsample",
+    "summarize",
+    "volume_grid",
+]
 
 #: LamNI's angle between rotation axis and beam (degrees)
 TILT = 61.108
