@@ -149,6 +149,41 @@ def _run(args) -> int:
     return 0 if status == "complete" else 1
 
 
+def _train(args) -> int:
+    """``ptynb train apt``: train a network from simulated data and write its weights file."""
+    if args.model != "apt":  # pragma: no cover - argparse restricts the choices
+        raise UsageError(f"unknown model {args.model!r}")
+    from .workflows.apt import TrainSettings, train_model
+    from .workflows.apt_steps import SHIPPED_WEIGHTS
+
+    settings = TrainSettings()
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"bad --set {item!r}; use NAME=VALUE (fields of ptynb.workflows.apt.TrainSettings)")
+        key, value = key.strip(), value.strip()
+        if key not in settings.fields():
+            raise UsageError(f"unknown training setting {key!r}; known: {', '.join(settings.fields())}")
+        import json
+
+        try:
+            v = json.loads(value)
+        except ValueError:
+            v = value
+        setattr(settings, key, tuple(v) if isinstance(v, list) else v)
+    out = Path(args.out) if args.out else SHIPPED_WEIGHTS
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    r = train_model(settings, out=out, checkpoint=args.checkpoint, progress=not args.quiet)
+    m = r["meta"]
+    print(f"train {args.model}: {m['status']}; wrote {r['path']} ({out.stat().st_size / 1e6:.2f} MB)")
+    print(f"  loss (NPCC) first 10 iterations {m['loss_first10']:.4f}, last 10 {m['loss_last10']:.4f}; "
+          f"validation NPCC {m['val_npcc']:.4f} (Approximant {m['val_npcc_approximant']:.4f})")
+    print(f"  data {m['seconds_data']:.0f} s, training {m['seconds_train']:.0f} s "
+          f"({m['seconds_per_epoch']:.0f} s per epoch of {m['patches']} patches)")
+    return 0 if m["status"] == "complete" else 1
+
+
 def _workflows(_args) -> int:
     from .workflows import get, names
 
@@ -205,6 +240,15 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     r.set_defaults(func=_run)
+    t = sub.add_parser("train", help="train a network from simulated data (ptynb train apt --out apt.pt)")
+    t.add_argument("model", choices=["apt"], help="which network (apt: the APT 3D U-Net)")
+    t.add_argument("--out", default=None, help="weights file (default: the shipped ptynb/learn/weights/apt_small.pt)")
+    t.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a training setting (repeatable), e.g. --set iterations=200 --set width=0.25")
+    t.add_argument("--checkpoint", default=None, help="checkpoint file (resumed when it exists)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    t.set_defaults(func=_train)
     w = sub.add_parser("workflows", help="list the registered workflows")
     w.set_defaults(func=_workflows)
     i = sub.add_parser("info", help="versions, FFT library and GPU availability")
