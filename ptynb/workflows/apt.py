@@ -257,7 +257,8 @@ def baselines(projections: xr.DataArray, *, sirt_iterations: int = 100, sart_ite
     out["sirt"] = -tomo.sirt(projections, sirt_iterations, progress=progress, cancel=cancel)
     t["sirt"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out["sart"] = -tomo.sart(projections, sart_iterations, sart_subsets, progress=progress, cancel=cancel)
+    out["sart"] = -tomo.sart(projections, sart_iterations, min(int(sart_subsets), projections.sizes["angle"]),
+                             progress=progress, cancel=cancel)
     t["sart"] = time.perf_counter() - t0
     ds = {}
     for k, v in out.items():
