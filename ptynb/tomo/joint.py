@@ -93,6 +93,13 @@ class JointRefinementOptions(Options):
                              doc="smallest binned image/volume size (pixels) of a stage")
     ray_step = param.Number(default=1.0, bounds=(0, None), inclusive_bounds=(False, True),
                             doc="ray-marching step of the torch projector (voxels)")
+    pose_prior = param.Number(default=None, allow_None=True, bounds=(0, None),
+                              inclusive_bounds=(False, True),
+                              doc="rms of the Euler-angle errors expected before refinement "
+                                  "(degrees, an assumption about the stage); with a value the "
+                                  "Gauss-Newton pose steps are MAP estimates with a Gaussian "
+                                  "prior of that width about zero, so rotations the data cannot "
+                                  "see stay near zero (None: no prior)")
     fix_gauge = param.Boolean(default=True,
                               doc="project global rotations/translations out of the poses")
     prealign = param.Selector(default="projection_matching",
@@ -253,7 +260,24 @@ _FD_ROTATION = 0.05
 _POSE_TOL = 1e-3
 
 
-def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3):
+def _prior_weights(r, prior, cols):
+    """Per-view, per-column weights ``w`` (n, a) of the pose prior ``sum w p^2`` for the
+    misfit ``sum r^2`` (MAP scaled by the noise variance): ``sigma_k^2 / prior^2`` on the
+    rotation columns (2, 3, 4), zero on the shifts, with ``sigma_k^2`` view ``k``'s mean
+    squared residual per pixel (model error counts as noise, so the prior is, if anything,
+    too strong). ``r`` (n, pixels) residuals; ``prior`` degrees or None (all zero)."""
+    import torch
+
+    n = r.shape[0]
+    w = torch.zeros((n, len(cols)), dtype=torch.float64, device=r.device)
+    if prior is None:
+        return w
+    var = (r.double() ** 2).mean(1)
+    rot = torch.tensor([j >= 2 for j in cols], device=r.device)
+    return torch.where(rot[None, :], var[:, None] / float(prior) ** 2, w)
+
+
+def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3, prior=None):
     """Per-view damped Gauss-Newton (Levenberg-Marquardt) on the pose columns ``cols`` of
     ``p`` (angle, 5) = (S_y, S_x [px], rx, ry, rz [deg]) for ``min sum_k ||fwd(p)_k -
     data_k||^2`` with ``fwd`` fixed (the volume does not change here).
@@ -263,7 +287,10 @@ def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3):
     ``fwd_step[j]`` (all views perturbed at once: one projection per column). Each view
     keeps its own Marquardt damping ``lam`` (``(H + lam diag H) d = -g``), takes a step only
     where it lowers that view's misfit, and stops when its step is below ``tol`` (px and deg)
-    or it cannot improve. ``steps`` Gauss-Newton iterations at most.
+    or it cannot improve. ``steps`` Gauss-Newton iterations at most. With ``prior`` (degrees)
+    each view minimises ``misfit + sum w p_rot^2`` (:func:`_prior_weights`, the weights fixed
+    from the residual at entry): a MAP estimate under a zero-mean Gaussian prior on the
+    Euler angles.
 
     Returns the new ``p`` (angle, 5) float64 numpy and the number of projections made.
     """
@@ -279,7 +306,13 @@ def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3):
     p = p.copy()
     pred = proj(p)
     r = (pred - data).reshape(n, -1).double()
-    f0 = (r * r).sum(1)  # (n,) per-view misfit
+    w = _prior_weights(r, prior, cols)  # (n, a)
+
+    def penalty(q):
+        qc = torch.as_tensor(q[:, cols], dtype=torch.float64, device=r.device)
+        return (w * qc * qc).sum(1)
+
+    f0 = (r * r).sum(1) + penalty(p)  # (n,) per-view misfit (+ prior)
     lam = torch.full((n,), 1e-3, dtype=torch.float64, device=r.device)
     active = torch.ones(n, dtype=torch.bool, device=r.device)
     nproj = 1
@@ -290,8 +323,9 @@ def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3):
             q[:, j] += h[i]
             J[:, i] = (proj(q) - pred).reshape(n, -1).double() / float(h[i])
         nproj += a
-        H = J @ J.transpose(1, 2)  # (n, a, a)
-        g = J @ r[:, :, None]  # (n, a, 1)
+        pc = torch.as_tensor(p[:, cols], dtype=torch.float64, device=r.device)
+        H = J @ J.transpose(1, 2) + torch.diag_embed(w)  # (n, a, a)
+        g = J @ r[:, :, None] + (w * pc)[:, :, None]  # (n, a, 1)
         dH = torch.diagonal(H, dim1=1, dim2=2)
         floor = 1e-12 * dH.amax(1, keepdim=True).clamp(min=1e-300)
         # damping is increased, view by view, until the step lowers that view's misfit
@@ -304,7 +338,7 @@ def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3):
             pt = proj(q)
             nproj += 1
             rt = (pt - data).reshape(n, -1).double()
-            ft = (rt * rt).sum(1)
+            ft = (rt * rt).sum(1) + penalty(q)
             ok = (ft < f0) & active
             okn = ok.cpu().numpy()
             p[okn] = q[okn]
@@ -323,7 +357,7 @@ def _pose_gauss_newton(fwd, data, p, cols, steps, fd_step, torch, tol=1e-3):
 
 
 def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iterations=40,
-                          damping=1e-3, gauge=None, precond=None):
+                          damping=1e-3, gauge=None, precond=None, prior=None):
     """One Gauss-Newton step on volume and poses together (not alternating).
 
     Linearises the model ``fwd(V, p)`` (linear in the volume ``V``; poses ``p`` (angle, 5) =
@@ -346,8 +380,13 @@ def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iteration
     a few percent per round; in the joint problem it lies in the Krylov space, and a step
     of 40 iterations removes about half of it.
 
+    With ``prior`` (degrees) the objective gains the pose prior ``sum w |p_rot + dp_rot|^2``
+    (:func:`_prior_weights`): the step is solved for the new rotation itself (damping rows
+    of weight ``w`` towards zero instead of towards the current pose).
+
     Returns ``(V, p, loss_before, loss_after)`` with the losses as ``sum (fwd - data)^2 /
-    mean(data^2)``; the step is halved until the loss drops (no step if it never does).
+    mean(data^2)`` (plus the prior term when there is one); the step is halved until the
+    loss drops (no step if it never does).
     """
     n = p.shape[0]
     a = len(cols)
@@ -356,7 +395,13 @@ def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iteration
         f0 = fwd(V, p)
         cb = float(torch.sqrt(torch.mean(data.double() ** 2))) or 1.0
         r = (data - f0) / cb
-        loss0 = float(torch.sum(r.double() ** 2))
+        w = _prior_weights(r.reshape(n, -1), prior, cols).to(data.dtype)  # (n, a)
+
+        def penalty(q):
+            qc = torch.as_tensor(q[:, cols], dtype=torch.float64, device=data.device)
+            return float((w.double() * qc * qc).sum())
+
+        loss0 = float(torch.sum(r.double() ** 2)) + penalty(p)
         J = torch.empty((n, a) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
         for i, j in enumerate(cols):
             q = p.copy()
@@ -393,10 +438,15 @@ def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iteration
     def dot(u, v):
         return float(torch.sum(u.double() * v.double()))
 
-    lam = float(damping)
+    # damping rows: lam on every pose column (numerical), plus the prior's w (scaled) on the
+    # rotations, pulling the new pose p + dp (not the step) to zero: with yp = y0 + z and
+    # y0 = -p / dp_scale on the prior's columns, CGLS solves for z from the residual r - K y0
+    pcur = torch.as_tensor(p[:, cols], dtype=V.dtype, device=V.device)
+    lamv = float(damping) + w * dp_scale ** 2
+    y0 = torch.where(w > 0, -pcur / dp_scale, torch.zeros_like(pcur))
     yv = torch.zeros_like(V)
     yp = torch.zeros((n, a), dtype=V.dtype, device=V.device)
-    res = r.clone()
+    res = r.clone() if prior is None else r - K(torch.zeros_like(V), y0)
     sv, sp = KT(res)
     pv, pp = sv.clone(), sp.clone()
     gamma = dot(sv, sv) + dot(sp, sp)
@@ -404,7 +454,7 @@ def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iteration
         if not gamma > 0:
             break
         q = K(pv, pp)
-        qq = dot(q, q) + lam * dot(pp, pp)
+        qq = dot(q, q) + dot(pp, lamv * pp)
         if not qq > 0:
             break
         alpha = gamma / qq
@@ -412,7 +462,7 @@ def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iteration
         yp = yp + alpha * pp
         res = res - alpha * q
         sv, sp = KT(res)
-        sp = sp - lam * yp  # the damping rows
+        sp = sp - lamv * yp  # the damping rows
         gnew = dot(sv, sv) + dot(sp, sp)
         pv = sv + (gnew / gamma) * pv
         pp = sp + (gnew / gamma) * pp
@@ -420,12 +470,12 @@ def _coupled_gauss_newton(fwd, data, V, p, cols, fd_step, torch, *, cg_iteration
     with torch.no_grad():
         dV = Cm(yv) * (dv_scale * cb / ca)
         dP = np.zeros((n, 5))
-        dP[:, cols] = Gp(yp * dp_scale).double().cpu().numpy()
+        dP[:, cols] = Gp((yp + y0) * dp_scale).double().cpu().numpy()
         t = 1.0
         for _ in range(5):
             V1 = V + t * dV
             p1 = p + t * dP
-            loss1 = float(torch.sum(((data - fwd(V1, p1)) / cb).double() ** 2))
+            loss1 = float(torch.sum(((data - fwd(V1, p1)) / cb).double() ** 2)) + penalty(p1)
             if loss1 < loss0:
                 return V1, p1, loss0, loss1
             t *= 0.5
@@ -785,12 +835,13 @@ def joint_refinement(projections, *, options: JointRefinementOptions | None = No
             if cols and pose_solver == "gauss-newton":
                 q = torch.cat([s_fix, e_fix], 1).cpu().numpy().astype(np.float64)
                 q, _ = _pose_gauss_newton(lambda q_, V=V: forward_q(V, q_), data, q, cols,
-                                          pose_steps, fd, torch, tol=_POSE_TOL)
+                                          pose_steps, fd, torch, tol=_POSE_TOL, prior=o.pose_prior)
                 q = gauge_free(q) if fix_gauge else q
                 if int(coupled_iterations) > 0:
                     V, q, _, l1 = _coupled_gauss_newton(
                         forward_q, data, V, q, cols, fd, torch, cg_iterations=int(coupled_iterations),
-                        gauge=gauge_free if fix_gauge else None, precond=precond)
+                        gauge=gauge_free if fix_gauge else None, precond=precond,
+                        prior=o.pose_prior)
                     loss = torch.tensor(l1 / data.numel())
                 with torch.no_grad():
                     S.copy_(torch.as_tensor(q[:, :2], dtype=tdt, device=dev))

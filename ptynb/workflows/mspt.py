@@ -104,7 +104,7 @@ class Settings(WorkflowSettings):
                             "field_of_view", "dose"],
         "Ptychography": ["engine", "iterations", "n_slices", "slice_thickness", "parallel", "run_dir"],
         "Denoising": ["denoise", "bm3d_sigma", "fourier_sparsity", "sparsity_keep"],
-        "Tomography": ["rounds_shifts", "rounds_rotations", "rounds_full", "pose_steps", "volume_steps",
+        "Tomography": ["rounds_shifts", "rounds_rotations", "rounds_full", "pose_steps", "euler_prior", "volume_steps",
                        "blur_sigma", "mask_threshold"],
         "Analysis": ["fsc", "single_tilt", "atoms", "peak_threshold", "match_radius"],
     }
@@ -168,6 +168,10 @@ class Settings(WorkflowSettings):
     rounds_rotations = param.Integer(default=2, bounds=(1, 100), doc="Rounds of the rotation stage (20 % scale)")
     rounds_full = param.Integer(default=3, bounds=(1, 100), doc="Rounds at full scale (everything)")
     pose_steps = param.Integer(default=2, bounds=(1, 50), doc="Pose Gauss-Newton steps per round")
+    euler_prior = param.Number(default=0.5, allow_None=True, bounds=(0.0, 10.0), inclusive_bounds=(False, True),
+                               doc="Assumed rms of the holder's Euler-angle errors (degrees): the width of the "
+                                   "Gaussian prior of the pose refinement, so rotations the data cannot see stay "
+                                   "near zero (None: no prior)")
     volume_steps = param.Integer(default=3, bounds=(1, 50), doc="Volume CGLS steps per round")
     blur_sigma = param.Number(default=0.5, bounds=(0.0, 3.0), doc="Volume blur at full scale (voxels)")
     mask_threshold = param.Number(default=0.1, bounds=(0.0, 0.99),
@@ -875,7 +879,8 @@ def tomography(projections: xr.DataArray, settings: Settings | None = None, *, e
              ("all", 1.0, int(s.rounds_full)))
     aligned, shifts, poses, info = joint_refinement(
         P, schedule=sched, mask="auto", mask_threshold=float(s.mask_threshold), blur_sigma=float(s.blur_sigma),
-        pose_steps=int(s.pose_steps), volume_steps=int(s.volume_steps), progress=progress, cancel=cancel)
+        pose_steps=int(s.pose_steps), volume_steps=int(s.volume_steps), progress=progress, cancel=cancel,
+        pose_prior=None if s.euler_prior is None else float(s.euler_prior))
     sig = _sigma(e)
     vol = info["volume"]
     volv = vol.copy(data=np.asarray(vol.values, np.float32) / np.float32(sig))
