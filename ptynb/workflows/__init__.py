@@ -23,6 +23,8 @@ __all__ = ["Workflow", "WorkflowSettings", "Step", "Run", "register", "get", "na
 BUILTIN: dict[str, str] = {
     "stereo": "ptynb.workflows.stereo:WORKFLOW",
     "mspt": "ptynb.workflows.mspt:WORKFLOW",
+    "adept": "ptynb.workflows.adept:WORKFLOW",
+    "apt": "ptynb.workflows.apt:WORKFLOW",
 }
 
 _REGISTRY: dict[str, Workflow | str] = dict(BUILTIN)
