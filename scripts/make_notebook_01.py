@@ -215,6 +215,9 @@ to fit the notebook column)."""),
 from ptynb.apps.stereo import StereoApp
 
 app = StereoApp(settings=settings, result=tree)
+# only the shown tab is drawn: served as an app (panel serve), a curve plot in a hidden tab
+# left the image grids of the shown tab blank (bokeh 3.9 / panel 1.9)
+app.tabs.dynamic = True
 pn.Column(app.controls(), app.tabs)  # in a notebook column: the controls above the tabs"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={

@@ -33,12 +33,14 @@ RUN_DIR = None     # a folder for per-tilt results: a stopped run resumes there"
 import numpy as np
 import panel as pn
 
+import ptynb
 from ptynb.apps import as_panel
 from ptynb.viz import mspt as mspt_views
 from ptynb.workflows import mspt
 
-hv.extension("bokeh", logo=False)
-pn.extension()
+# Bokeh and Panel JavaScript inline, from the installed packages (works offline, no CDN);
+# the line below this cell says whether the front end ran it
+ptynb.apps.notebook_extension()
 
 settings = mspt.Settings()
 settings.apply_preset(PRESET)
@@ -122,7 +124,9 @@ alignment against the truth, the spectra, the atoms over slices."""),
 recompute with the settings in the app."""),
     code("""from ptynb.apps.mspt import MsptApp
 
-MsptApp(settings=settings, result=tree)"""),
+app = MsptApp(settings=settings, result=tree)
+app.tabs.dynamic = True  # only the shown tab is drawn (a served notebook left hidden tabs' grids blank)
+pn.Column(app.controls(), app.tabs)  # in a notebook column: the controls above the tabs"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},

@@ -74,3 +74,54 @@ def cancel_at(k):
             ev.set()
 
     return ev, cb, seen
+
+
+# ----------------------------------------------------------------------------- notebooks
+#: the tutorial notebooks, found by name: a new ``notebooks/NN_*.ipynb`` is tested without a test edit
+NOTEBOOK_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def notebook_names() -> list[str]:
+    """Stems of ``notebooks/*.ipynb``, sorted (``00_getting_started``, ...)."""
+    return sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def notebook_title(name: str) -> str:
+    """The first markdown heading of notebook ``name`` (without the ``#``)."""
+    import json
+    import re
+
+    for cell in json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            m = re.search(r"^#+\s*(.+)$", "".join(cell["source"]), re.M)
+            if m:
+                return m.group(1).strip()
+    return name
+
+
+def copy_notebook(name: str, dest, preset: str = "ci"):
+    """Copy notebook ``name`` into the folder ``dest`` with ``PRESET = "<preset>"`` in its
+    parameters cell (the one tagged ``parameters``), as papermill would; cell count and order
+    are unchanged. Returns the copy's path."""
+    import json
+    import re
+    from pathlib import Path
+
+    nb = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"])
+            cell["source"] = re.sub(r"^PRESET\s*=\s*([\"'])\w+\1", f'PRESET = "{preset}"', src, flags=re.M)
+    out = Path(dest) / f"{name}.ipynb"
+    out.write_text(json.dumps(nb, indent=1))
+    return out
+
+
+def panel_serve(names, root, port: int, *, env=None, timeout: float = 60.0, log=None):
+    """``panel serve`` of the notebooks ``names`` (stems, in the folder ``root``) on
+    127.0.0.1:``port``; ready when the server answers a static file (asking for an app's page
+    would run its notebook)."""
+    return running([sys.executable, "-m", "panel", "serve", *[f"{n}.ipynb" for n in names], "--address", "127.0.0.1",
+                    "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
+                   ready_url=f"http://127.0.0.1:{port}/static/js/bokeh.min.js", env=env, timeout=timeout, cwd=root,
+                   log=log)
