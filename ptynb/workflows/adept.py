@@ -138,8 +138,8 @@ class Settings(WorkflowSettings):
     tv_fine_factor = param.Number(0.01, bounds=(0.0, 1.0),
                                   doc="TV weight of the fine layers relative to tv_weight (paper: 0.01)")
     fine_depth = param.Number(None, allow_None=True,
-                              doc="Depth z (m) above which the TV is weak; None: from the truth of a simulation, "
-                                  "else the top fine_fraction of the volume")
+                              doc="Depth z (m) above which the TV is weak (assumed, from the chip's design); "
+                                  "None: the top fine_fraction of the volume grid")
     # --- training (ptynb.learn.training)
     iterations = param.Integer(400, bounds=(1, 100000), doc="Training iterations (1500 in the paper)")
     learning_rate = param.Number(2e-3, bounds=(0.0, 1.0), inclusive_bounds=(False, True),
@@ -412,11 +412,11 @@ def _fingerprint(projections: xr.DataArray, shape) -> str:
     return h.hexdigest()[:16]
 
 
-def _fine_depth(s: Settings, z, truth=None) -> float:
+def _fine_depth(s: Settings, z) -> float:
+    """Where the TV weight drops (m): the setting, else the top ``fine_fraction`` of ``z``
+    (a design assumption; never read from a simulation's truth)."""
     if s.fine_depth is not None:
         return float(s.fine_depth)
-    if truth is not None and "fine_depth" in truth.attrs:
-        return float(truth.attrs["fine_depth"])
     z = np.asarray(z, float)
     return float(z[int(round(len(z) * (1 - float(s.fine_fraction))))]) if s.fine_fraction > 0 else float(z[-1]) + 1
 
