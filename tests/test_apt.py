@@ -9,11 +9,11 @@ import xarray as xr
 
 torch = pytest.importorskip("torch")
 
-from ptynb.data import ValidationError  # noqa: E402
-from ptynb.learn.training import save_weights  # noqa: E402
-from ptynb.learn.unet3d import UNet3D, architecture  # noqa: E402
-from ptynb.workflows import apt  # noqa: E402
-from ptynb.workflows import apt_steps as steps  # noqa: E402
+from ptynb.data import ValidationError
+from ptynb.learn.training import save_weights
+from ptynb.learn.unet3d import UNet3D, architecture
+from ptynb.workflows import apt
+from ptynb.workflows import apt_steps as steps
 
 CI = dict(n_lateral=32, sirt_iterations=30, sart_iterations=4)
 
@@ -33,7 +33,7 @@ def test_short_training_loss_falls_and_weights_file(tiny):
     h = r["result"].history["loss"]
     assert np.mean(h[-5:]) < np.mean(h[:5]) - 0.05
     assert out.is_file() and r["meta"]["min_angles"] == 9
-    model, arch, meta = steps.load_model(out)
+    _, arch, meta = steps.load_model(out)
     assert arch["patch"] == [16, 32, 32] and meta["recipe"]["iterations"] == 25
 
 

@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ptynb.learn.attention import AxialAttention3d, AxialAttentionBlock, full_attention_reference  # noqa: E402
-from ptynb.learn.losses import npcc  # noqa: E402
-from ptynb.learn.stitch import blend_weight, extract_patches, patch_starts, predict_stitched  # noqa: E402
-from ptynb.learn.unet3d import UNet3D, architecture, build_unet3d  # noqa: E402
+from ptynb.learn.attention import AxialAttention3d, AxialAttentionBlock, full_attention_reference
+from ptynb.learn.losses import npcc
+from ptynb.learn.stitch import blend_weight, extract_patches, patch_starts, predict_stitched
+from ptynb.learn.unet3d import UNet3D, architecture, build_unet3d
 
 
 @pytest.mark.parametrize("axis", ["z", "y", "x"])

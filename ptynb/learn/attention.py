@@ -67,7 +67,7 @@ class AxialAttention3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, Z, Y, X) -> (B, C, Z, Y, X): the attention output (no residual)."""
-        B, C, *sp = x.shape
+        B, C = x.shape[:2]
         ax = _AXES[self.axis]
         L = x.shape[ax]
         h, d = self.heads, C // self.heads

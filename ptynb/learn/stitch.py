@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["patch_starts", "extract_patches", "blend_weight", "stitch_patches", "predict_stitched"]
+__all__ = ["blend_weight", "extract_patches", "patch_starts", "predict_stitched", "stitch_patches"]
 
 
 def patch_starts(n: int, p: int, overlap: float = 0.5) -> list[int]:

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from .attention import AxialAttentionBlock
 
-__all__ = ["UNet3D", "Bottleneck", "build_unet3d", "architecture"]
+__all__ = ["Bottleneck", "UNet3D", "architecture", "build_unet3d"]
 
 
 def _ch(n: float) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["views", "slices", "spectra", "metrics_table", "numbers", "sweep_curves", "TABS"]
+__all__ = ["TABS", "metrics_table", "numbers", "slices", "spectra", "sweep_curves", "views"]
 
 TABS = ("Slices", "PSD", "Metrics", "Numbers")
 _ORDER = ("truth", "approximant", "apt", "fbp", "sirt", "sart")

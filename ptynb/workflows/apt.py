@@ -36,7 +36,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import param
@@ -47,8 +46,22 @@ from ..options import Options
 from . import apt_steps as steps
 from ._base import Run, Step, Workflow, WorkflowSettings
 
-__all__ = ["Settings", "TrainSettings", "check_projections", "simulate", "reconstruct", "baselines",
-           "evaluate", "sweep", "train_model", "summarize", "run", "assemble", "WORKFLOW", "METHODS"]
+__all__ = [
+    "METHODS",
+    "WORKFLOW",
+    "Settings",
+    "TrainSettings",
+    "assemble",
+    "baselines",
+    "check_projections",
+    "evaluate",
+    "reconstruct",
+    "run",
+    "simulate",
+    "summarize",
+    "sweep",
+    "train_model",
+]
 
 METHODS = ("approximant", "apt", "fbp", "sirt", "sart")
 NM = 1e-9

@@ -19,9 +19,21 @@ import xarray as xr
 
 from ..data import ValidationError
 
-__all__ = ["MATERIALS", "WEIGHTS_DIR", "SHIPPED_WEIGHTS", "simulate_ic", "phase_projections",
-           "approximant", "standardize", "training_set", "ms_ssim_auto", "score",
-           "load_model", "apply_model", "seeds_for"]
+__all__ = [
+    "MATERIALS",
+    "SHIPPED_WEIGHTS",
+    "WEIGHTS_DIR",
+    "apply_model",
+    "approximant",
+    "load_model",
+    "ms_ssim_auto",
+    "phase_projections",
+    "score",
+    "seeds_for",
+    "simulate_ic",
+    "standardize",
+    "training_set",
+]
 
 #: (metal, dielectric) pairs drawn for the random IC volumes
 MATERIALS = (("Cu", "SiO2"), ("W", "SiO2"), ("Al", "SiO2"), ("Cu", "Si"), ("Au", "SiO2"))
