@@ -1,11 +1,12 @@
 """Screenshots of each notebook in JupyterLab and served as an app (``panel serve``), offline.
 
-Run: python scripts/screenshots.py [OUTDIR]   (about 3 minutes on 2 cores; default OUTDIR
-/tmp/ptynb-screenshots). Uses Debian's Chromium through Playwright, like the browser tests;
-requests outside 127.0.0.1 are aborted (no CDN). Writes ``<notebook>_lab.png`` (the whole
-notebook after "Run All Cells", 1400 px window with the file browser open) and
-``<notebook>_served.png`` (the notebook as an app, first load). Copy the ones for the README
-to ``docs/``.
+Run: python scripts/screenshots.py [OUTDIR [NOTEBOOK.ipynb ...]]   (every ``notebooks/*.ipynb``
+by default, each with ``PRESET = "ci"``; default OUTDIR /tmp/ptynb-screenshots; ``--docs`` as
+OUTDIR writes ``docs/notebook_NN_jupyterlab.png`` and ``docs/notebook_NN_app.png``). Uses
+Debian's Chromium through Playwright, like the browser tests; requests outside 127.0.0.1 are
+aborted (no CDN). Writes ``<notebook>_lab.png`` (the top of the notebook after "Run All
+Cells", 1400 px window with the file browser open) and ``<notebook>_served.png`` (the notebook
+as an app, first load), as PNGs at half resolution (small files).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import chromium_path  # noqa: E402
+from servers import copy_notebook  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 RUN_ALL_DONE = ("() => { const w = window.jupyterapp.shell.currentWidget; const m = w.content.model;"
@@ -32,7 +34,7 @@ RUN_ALL_DONE = ("() => { const w = window.jupyterapp.shell.currentWidget; const 
 
 
 #: window height (px) of the screenshots: whole notebooks in one image
-TALL = int(__import__("os").environ.get("PTYNB_SHOT_HEIGHT", "7000"))
+TALL = int(__import__("os").environ.get("PTYNB_SHOT_HEIGHT", "3000"))
 
 
 def free_port() -> int:
@@ -120,7 +122,7 @@ def lab_shots(browser, work, out, names):
 def served_shots(browser, work, out, names):
     for name in names:
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", name, "--address", "127.0.0.1", "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", Path(name).name, "--address", "127.0.0.1", "--port",
                                  str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"], cwd=work,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
@@ -131,27 +133,55 @@ def served_shots(browser, work, out, names):
             page.goto(f"http://127.0.0.1:{port}/{Path(name).stem}", timeout=400000)
             page.locator("canvas").first.wait_for(timeout=400000)
             print(f"{name} as an app: first canvas after {time.time() - t0:.0f} s", flush=True)
-            time.sleep(5)
-            page.screenshot(path=str(out / f"{Path(name).stem}_served.png"), full_page=True)
+            time.sleep(12)  # notebook_extension re-lays the page out 1, 3 and 8 s after load
+            page.screenshot(path=str(out / f"{Path(name).stem}_served.png"))
             page.close()
             print("wrote", out / f"{Path(name).stem}_served.png", flush=True)
         finally:
             proc.terminate()
 
 
+def shrink(path: Path, max_height: int = 3000) -> None:
+    """Half resolution, at most ``max_height`` px tall (cut at the bottom), 8-bit palette PNG."""
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    im = im.crop((0, 0, im.width, min(im.height, 2 * max_height)))
+    im = im.resize((im.width // 2, im.height // 2), Image.LANCZOS)
+    im.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
+def to_docs(out: Path, names) -> None:
+    """``docs/notebook_NN_jupyterlab.png`` and ``docs/notebook_NN_app.png`` from the shots."""
+    for n in names:
+        stem = Path(n).stem
+        nn = stem.split("_")[0]
+        for kind, doc in (("lab", "jupyterlab"), ("served", "app")):
+            src = out / f"{stem}_{kind}.png"
+            if src.exists():
+                shutil.copy(src, ROOT / "docs" / f"notebook_{nn}_{doc}.png")
+                print("copied", src, "->", ROOT / "docs" / f"notebook_{nn}_{doc}.png", flush=True)
+
+
 def main():
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ptynb-screenshots")
+    args = sys.argv[1:]
+    docs = bool(args) and args[0] == "--docs"
+    out = Path("/tmp/ptynb-screenshots" if docs or not args else args[0])
     out.mkdir(parents=True, exist_ok=True)
-    names = sys.argv[2:] or sorted(p.name for p in (ROOT / "notebooks").glob("0[01]_*.ipynb"))
+    names = args[1:] or sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
     with tempfile.TemporaryDirectory(prefix="ptynb-shots-") as tmp:
         work = Path(tmp)
         for n in names:
-            shutil.copy(ROOT / "notebooks" / n, work / n)
+            copy_notebook(Path(n).stem, work)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
             lab_shots(browser, work, out, names)
             served_shots(browser, work, out, names)
             browser.close()
+    for f in out.glob("*.png"):
+        shrink(f)
+    if docs:
+        to_docs(out, names)
 
 
 if __name__ == "__main__":
