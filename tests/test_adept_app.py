@@ -1,5 +1,7 @@
-"""The ADePt app (/adept, the generic WorkflowApp with ptynb.viz.adept's views) in headless
-Chromium (Playwright): loads, runs the ci preset to the numbers, cancel stops a run."""
+"""The ADePt app (/adept, ptynb.apps.adept: the WorkflowApp with ptynb.viz.adept's views and a
+live view of the training) in headless Chromium (Playwright): loads, runs the ci preset to the
+numbers with the live loss curve and depth slices updating during the training, cancel stops a
+run."""
 from __future__ import annotations
 
 import re
@@ -31,10 +33,29 @@ def test_index_links_adept(server, page):
     page.locator("a[href$='adept']").first.wait_for(timeout=30000)
 
 
+def _ci_iterations() -> int:
+    from ptynb.workflows.adept import Settings
+
+    return int(Settings.presets["ci"]["iterations"])
+
+
 def test_adept_runs_ci_preset_and_shows_numbers(server, page):
     errors = _open(page, server)
+    total = _ci_iterations()
     page.locator(".ptynb-run button").click()
     page.locator(".ptynb-progress").first.wait_for(state="visible", timeout=20000)
+    # while the network trains: the live loss curve and depth slices appear ...
+    live = page.locator(".ptynb-live")
+    live.locator(".ptynb-live-plot canvas >> visible=true").first.wait_for(timeout=180000)
+    status = live.locator(".ptynb-live-status")
+    shown = status.get_by_text(re.compile(rf"iteration \d+ of {total}")).first
+    shown.wait_for(timeout=30000)
+    first = int(re.search(r"iteration (\d+)", shown.text_content()).group(1))
+    assert first < total, "the first live view came with the last iteration: nothing was shown during training"
+    # ... and are redrawn with later iterations before the run completes (the live view is
+    # only visible while the run goes on, so a visible match is a live update)
+    later = re.compile(rf"iteration (?!{first}\b)\d+ of {total}")
+    status.get_by_text(later).wait_for(state="visible", timeout=120000)
     page.locator(".ptynb-message").get_by_text("run complete").wait_for(timeout=180000)
     page.get_by_text("Numbers", exact=True).click()
     page.get_by_text(re.compile("BER all")).first.wait_for(timeout=30000)

@@ -759,6 +759,7 @@ WORKFLOW = Workflow(
     ),
     summarize=summarize,
     views="ptynb.viz.adept:views",
+    app="ptynb.apps.adept:app",
     summary_keys=(("n_angles_used", "angles used", 1.0, ""),
                   ("ber_fbp_all", "BER of FBP (all layers)", 1.0, ""),
                   ("ber_adept_all", "BER of ADePt (all layers)", 1.0, ""),
