@@ -35,12 +35,15 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 
+import ptynb
+
 from ptynb.apps import as_panel
 from ptynb.viz import adept as adept_views
 from ptynb.workflows import adept
 
-hv.extension("bokeh", logo=False)
-pn.extension()
+# Bokeh and Panel JavaScript inline, from the installed packages (works offline, no CDN);
+# the line below this cell says whether the front end ran it
+ptynb.apps.notebook_extension()
 
 settings = adept.Settings()
 settings.apply_preset(PRESET)

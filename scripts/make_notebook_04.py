@@ -28,12 +28,15 @@ SEED = 0             # which held-out test IC""", metadata={"tags": ["parameters
 import numpy as np
 import panel as pn
 
+import ptynb
+
 from ptynb.apps import as_panel
 from ptynb.viz import apt as apt_views
 from ptynb.workflows import apt
 
-hv.extension("bokeh")
-pn.extension()
+# Bokeh and Panel JavaScript inline, from the installed packages (works offline, no CDN);
+# the line below this cell says whether the front end ran it
+ptynb.apps.notebook_extension()
 settings = apt.Settings()
 settings.apply_preset(PRESET)
 settings.seed = SEED

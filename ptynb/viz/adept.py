@@ -77,7 +77,7 @@ def slices(tree, depths: int = 4) -> object:
         for name, v in vols.items():
             z = float(v["z"].values[k]) / _NM
             panels.append(_img(v.values[k], v["x"].values, v["y"].values, f"{_TITLES[name]}, z={z:.0f} nm"))
-    return hv.Layout(panels).cols(len(vols))
+    return hv.Layout(panels).cols(min(5, len(vols)))
 
 
 def cross_sections(tree) -> object:

@@ -45,7 +45,7 @@ def _img(a, h, v, title, kd):
     b = (h[0] / _NM - dh / 2, v[0] / _NM - dv / 2, h[-1] / _NM + dh / 2, v[-1] / _NM + dv / 2)
     lo, hi = np.percentile(a, [1, 99.5])
     im = hv.Image(a[::-1], bounds=b, kdims=kd, vdims=["value"])
-    return im.opts(cmap="gray", colorbar=False, data_aspect=1, frame_width=200, title=title,
+    return im.opts(cmap="gray", colorbar=False, aspect="equal", frame_width=200, title=title,
                    clim=(float(lo), float(hi) if hi > lo else float(lo) + 1), tools=["hover"])
 
 
@@ -64,7 +64,7 @@ def slices(tree, z_index=None, y_index=None):
     top = [_img(v.values[z_index], x, y, f"{k}: x-y at z={z[z_index] / _NM:.0f} nm", ["x (nm)", "y (nm)"])
            for k, v in vols.items()]
     bot = [_img(v.values[:, y_index, :], x, z, f"{k}: x-z", ["x (nm)", "z (nm)"]) for k, v in vols.items()]
-    return hv.Layout(top + bot).cols(len(top))
+    return hv.Layout(top + bot).cols(min(3, len(top)))
 
 
 def spectra(tree):
@@ -84,8 +84,8 @@ def spectra(tree):
         a = np.asarray(P.values, np.float32)
         lo, hi = np.percentile(a, [5, 99.9])
         items.append(hv.Image(a[::-1], bounds=b, kdims=["qx (1/µm)", "qz (1/µm)"], vdims=["log10 PSD"]).opts(
-            cmap="magma", frame_width=200, title=f"{k}: PSD (qy = 0)", clim=(float(lo), float(hi))))
-    return hv.Layout(items).cols(len(items))
+            cmap="magma", frame_width=200, aspect="equal", title=f"{k}: PSD (qy = 0)", clim=(float(lo), float(hi))))
+    return hv.Layout(items).cols(min(3, len(items)))
 
 
 def metrics_table(tree):
