@@ -22,7 +22,7 @@ gold standard is needed. This notebook uses the **shipped weights** (`ptynb/lear
 3. small sweeps over N and θ, with the knee;
 4. a tiny training run (seconds) with the same code as `ptynb train apt`."""),
     code("""# Parameters (papermill-style: this cell is tagged "parameters")
-PRESET = "default"   # "ci", "default" or "paper"
+PRESET = "ci"        # "ci" (CI-small, seconds), "default" (a laptop) or "paper" (a GPU)
 SEED = 0             # which held-out test IC""", metadata={"tags": ["parameters"]}),
     code("""import holoviews as hv
 import numpy as np
