@@ -90,11 +90,11 @@ def show(volume, history, iteration):
 
 live"""),
     code("""vol, training, status = adept.reconstruct(projections, settings, scale_volume=base["sirt"],
-                                          fine_depth=truth.attrs["fine_depth"], cancel=stop, callback=show)
+                                          cancel=stop, callback=show)
 print(status, "after", vol.attrs["iterations_done"], "iterations; checkpoint kept:", os.path.exists(CHECKPOINT))
 assert status == "cancelled" and os.path.exists(CHECKPOINT)"""),
     code("""vol, training, status = adept.reconstruct(projections, settings, scale_volume=base["sirt"],
-                                          fine_depth=truth.attrs["fine_depth"], callback=show)
+                                          callback=show)
 print(status, "resumed from", vol.attrs["resumed_from"], "to", vol.attrs["iterations_done"])
 assert status == "complete" and vol.attrs["resumed_from"] >= STOP_AT"""),
     md("""## 4. Scores, slices and spectra
