@@ -189,3 +189,20 @@ def markdown_table(rows, header=("quantity", "value")) -> str:
     """A markdown table from ``(name, value)`` rows."""
     head = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
     return head + "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows)
+
+
+def tree_volumes(tree, order, truth_variable: str = "volume") -> dict:
+    """The (z, y, x) volumes of a workflow result tree, in ``order``: ``{node: DataArray}`` for
+    every node of ``order`` present in ``tree`` (``None``: empty) whose dataset holds a variable
+    named like the node (``truth_variable`` for the ``truth`` node)."""
+    out = {}
+    if tree is None:
+        return out
+    for k in order:
+        if k not in tree.children:
+            continue
+        ds = tree[k].to_dataset()
+        name = truth_variable if k == "truth" else k
+        if name in ds:
+            out[k] = ds[name]
+    return out

@@ -37,17 +37,9 @@ def _hv():
 
 
 def _volumes(tree) -> dict:
-    out = {}
-    if tree is None:
-        return out
-    for k in _ORDER:
-        if k not in tree.children:
-            continue
-        ds = tree[k].to_dataset()
-        name = "volume" if k == "truth" else k
-        if name in ds:
-            out[k] = ds[name]
-    return out
+    from ._core import tree_volumes
+
+    return tree_volumes(tree, _ORDER, "volume")
 
 
 def _img(a, x, y, title, xlabel="x (nm)", ylabel="y (nm)", cmap="gray", width=170):

@@ -25,17 +25,9 @@ def _hv():
 
 
 def _volumes(tree) -> dict:
-    out = {}
-    if tree is None:
-        return out
-    for k in _ORDER:
-        if k not in tree.children:
-            continue
-        ds = tree[k].to_dataset()
-        name = "q" if k == "truth" else k
-        if name in ds:
-            out[k] = ds[name]
-    return out
+    from ._core import tree_volumes
+
+    return tree_volumes(tree, _ORDER, "q")
 
 
 def _img(a, h, v, title, kd):
