@@ -125,3 +125,14 @@ def panel_serve(names, root, port: int, *, env=None, timeout: float = 60.0, log=
                     "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
                    ready_url=f"http://127.0.0.1:{port}/static/js/bokeh.min.js", env=env, timeout=timeout, cwd=root,
                    log=log)
+
+
+def open_workflow_app(page, url: str, name: str, preset: str = "ci") -> list:
+    """Open the served workflow app ``url + "/" + name`` in ``page``, wait for its Run button
+    and choose ``preset``; returns the list that collects the page's JavaScript errors."""
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{url}/{name}")
+    page.locator(".ptynb-run button").wait_for(timeout=60000)
+    page.locator(".ptynb-preset select").select_option(label=preset)
+    return errors

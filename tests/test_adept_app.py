@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from servers import free_port, ptynb_serve
+from servers import free_port, open_workflow_app, ptynb_serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,12 +20,7 @@ def server():
 
 
 def _open(page, server, preset="ci"):
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server["url"] + "/adept")
-    page.locator(".ptynb-run button").wait_for(timeout=60000)
-    page.locator(".ptynb-preset select").select_option(label=preset)
-    return errors
+    return open_workflow_app(page, server["url"], "adept", preset)
 
 
 def test_index_links_adept(server, page):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from servers import free_port, ptynb_serve
+from servers import free_port, open_workflow_app, ptynb_serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -18,12 +18,7 @@ def server():
 
 
 def _open(page, server, preset="ci"):
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server["url"] + "/apt")
-    page.locator(".ptynb-run button").wait_for(timeout=60000)
-    page.locator(".ptynb-preset select").select_option(label=preset)
-    return errors
+    return open_workflow_app(page, server["url"], "apt", preset)
 
 
 def test_index_links_apt(server, page):

@@ -6,7 +6,7 @@ import os
 import re
 
 import pytest
-from servers import free_port, ptynb_serve
+from servers import free_port, open_workflow_app, ptynb_serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,12 +33,7 @@ def server(tmp_path_factory):
 
 
 def _open(page, server, preset="ci"):
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server["url"] + "/mspt")
-    page.locator(".ptynb-run button").wait_for(timeout=60000)
-    page.locator(".ptynb-preset select").select_option(label=preset)
-    return errors
+    return open_workflow_app(page, server["url"], "mspt", preset)
 
 
 def test_index_links_mspt(server, page):
