@@ -9,16 +9,16 @@ def _run(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_import_is_light_and_fast():
+def test_import_is_light():
+    """No GUI, GPU, learning, cluster or file-format stack behind ``import ptynb`` (what makes an
+    import slow; checked by module, not by a timing that depends on the machine)."""
     code = (
-        "import time, sys, json; t = time.perf_counter(); import ptynb, ptynb.data, ptynb.physics;"
-        "dt = time.perf_counter() - t;"
-        "print(json.dumps({'dt': dt, 'mods': [m for m in ('panel', 'holoviews', 'bokeh', 'cupy', 'torch')"
-        " if m in sys.modules]}))"
+        "import sys, json; import ptynb, ptynb.data, ptynb.physics;"
+        "print(json.dumps({'mods': [m for m in ('panel', 'holoviews', 'bokeh', 'cupy', 'torch', 'dask',"
+        " 'distributed', 'h5py', 'matplotlib', 'pywt') if m in sys.modules]}))"
     )
-    res = min((_run(code) for _ in range(2)), key=lambda r: r["dt"])
+    res = _run(code)
     assert res["mods"] == [], f"import ptynb pulled in {res['mods']}"
-    assert res["dt"] < 2.0, f"import took {res['dt']:.2f} s"
 
 
 def test_lazy_submodules_and_version():

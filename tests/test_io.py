@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import h5py
 import numpy as np
@@ -301,10 +300,7 @@ def test_lazy_open_2gb_reads_no_intensity(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy_getitem)
     monkeypatch.setattr(h5py.Dataset, "read_direct", spy_read_direct)
-    t0 = time.perf_counter()
-    ds = io.load(path, lazy=True)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, f"lazy open took {elapsed:.2f} s"
+    ds = io.load(path, lazy=True)  # lazy: no read of the 2 GiB intensity (the spy checks)
     assert ds["intensity"].shape == (8192, 256, 256) and ds["intensity"].nbytes == 2 * 2**30
     assert not [r for r in reads if r[0] == "/intensity"], reads[:5]
     assert any(r[0] == "/scan_y" for r in reads)  # the spy does see reads (positions)

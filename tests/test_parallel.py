@@ -155,24 +155,30 @@ def test_serial_cancel_stops_before_next_block():
         parallel.map_blocks(func, _dataset(), progress=False, cancel="stop")
 
 
-def slow_after_first(block):
+def held_after_first(block, release: str):
+    """Block -30 deg returns at once; every other block waits until the file ``release``
+    exists (at most 120 s), so a map_blocks that waited for them could not return first."""
+    import os
     import time
 
     if float(block["angle"]) != -30.0:
-        time.sleep(3.0)
+        t0 = time.monotonic()
+        while not os.path.exists(release) and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
     return history(block)
 
 
-def test_cluster_cancel_cancels_pending_blocks(client):
+def test_cluster_cancel_cancels_pending_blocks(client, tmp_path):
     import threading
-    import time
 
     ev = threading.Event()
     ev.set()  # already set: the first finished block is kept, every other one cancelled
-    t0 = time.perf_counter()
-    out = parallel.map_blocks(slow_after_first, _dataset(), client=client, progress=False,
-                              cancel=ev, pad=("iteration",))
-    assert time.perf_counter() - t0 < 2.5  # did not wait for the 3 s blocks
+    release = tmp_path / "release"
+    try:
+        out = parallel.map_blocks(held_after_first, _dataset(), client=client, progress=False,
+                                  cancel=ev, pad=("iteration",), release=str(release))
+    finally:
+        release.touch()  # lets the held blocks (still running on the workers) finish
     assert out.attrs["status"] == "cancelled"
     assert list(out["block_status"].values) == ["complete", "not run", "not run", "not run"]
     np.testing.assert_array_equal(out["cost"].values[0], [0.0, 1.0])
