@@ -14,13 +14,31 @@ Pipeline (each step takes and returns xarray objects; :func:`run` chains them)::
         -> approximant (z, y, x) -> apt (network, stitched patches)
         -> fbp, sirt, sart (baselines at the same angles) -> metrics (vs truth, when known)
 
-Approximant. The paper's is 2 gradient iterations of mixed-state multislice ptychography per
-angle, the L = 5 slice phases rotated back to the sample frame, averaged over the angles and
-dilated along z. This module implements the **projections path**: from phase projections
-(angle, y, x) the equivalent is a backprojection (``approximant="backprojection"``: the
-rotated-back, averaged, z-dilated phases) or its filtered form (``"fbp"``, the default and
-what the shipped weights use). The ptychographic Approximant (from diffraction data) is not
-implemented here.
+Approximant, two paths (the ``approximant`` step branches on the input):
+
+* **ptychographic** (the paper's; ``run(settings, measurement=ds)`` with a ptycho-tomography
+  measurement (angle, scan, qy, qx), or ``source="ptychography"`` to simulate one):
+  ``ptycho_iterations`` (2) gradient iterations of mixed-state (``ptycho_modes``) multislice
+  (``ptycho_slices`` = L = 5) ptychography per angle (ptynb's ePIE, fanned out over the
+  angles), the L slice phases rotated back to the sample frame, averaged over the angles and
+  dilated along z to the network's slice count (:mod:`ptynb.workflows.apt_ptycho`). The
+  FBP/SIRT/SART baselines then use the per-angle summed slice phases (offset and ramp removed
+  on vacuum rows) as phase projections.
+* **projections** (``projections=`` or the default simulation): from phase projections
+  (angle, y, x) the equivalent is a backprojection (``approximant="backprojection"``: the
+  rotated-back, averaged, z-dilated phases without ptychography) or its filtered form
+  (``"fbp"``, the default and what the shipped weights use).
+
+The shipped weights were trained on the ``fbp`` Approximant of ideal phase projections, not
+on ptychographic Approximants (their json's ``architecture.approximant`` says which; the
+``apt`` node records ``network_trained_on`` and ``network_input``). Measured on a held-out
+32^3 IC (N = 29, +-17 deg): the ptychographic Approximant has PCC 0.43 with the truth (the
+ideal backprojection Approximant 0.47); the shipped network on it gives 0.40 (no gain, BER
+0.26 vs 0.065), on the FBP of the ptychographic phase projections 0.50. So by default
+(``ptycho_network="matched"``) the network gets the input its weights were trained on.
+Training on ptychographic Approximants (``TrainSettings.approximant`` would need a
+"ptychography" kind: simulate_measurement + ptycho_approximant per training volume and angle
+draw) has not been done.
 
 Units: the volume quantity is the phase decrement per metre ``q = k delta`` (rad/m, positive
 in metal); projections are phases ``-integral q dz`` (rad); lengths in metres, angles in
@@ -78,6 +96,8 @@ class Settings(WorkflowSettings):
     groups = {
         "Sample": ["nz", "n_lateral", "voxel_size", "energy_eV", "seed", "noise"],
         "Angles": ["n_angles", "angle_range"],
+        "Ptychography": ["source", "ptycho_iterations", "ptycho_slices", "ptycho_modes", "ptycho_engine",
+                         "ptycho_step", "ptycho_counts", "ptycho_network"],
         "Network": ["approximant", "weights", "overlap", "batch"],
         "Baselines": ["baselines", "sirt_iterations", "sart_iterations", "sart_subsets"],
     }
@@ -86,7 +106,8 @@ class Settings(WorkflowSettings):
         "ci": dict(n_lateral=32, sirt_iterations=30, sart_iterations=4),
         "paper": dict(nz=280, n_lateral=320, sirt_iterations=100, sart_iterations=10),
     }
-    units = {"voxel_size": "m", "energy_eV": "eV", "angle_range": "deg", "noise": "rad"}
+    units = {"voxel_size": "m", "energy_eV": "eV", "angle_range": "deg", "noise": "rad",
+             "ptycho_counts": "counts"}
 
     nz = param.Integer(default=32, bounds=(4, 1024), doc="Voxels along the beam (z) of the simulated IC")
     n_lateral = param.Integer(default=64, bounds=(8, 4096), doc="Voxels along y and x of the simulated IC")
@@ -96,6 +117,25 @@ class Settings(WorkflowSettings):
     noise = param.Number(default=0.005, bounds=(0.0, None), doc="Phase noise on the projections, rms (rad)")
     n_angles = param.Integer(default=29, bounds=(2, 2000), doc="Number of projections N")
     angle_range = param.Number(default=17.0, bounds=(0.5, 90.0), doc="Angles span -range..+range (degrees)")
+    source = param.Selector(default="projections", objects=["projections", "ptychography"], doc=(
+        "What a simulated run measures: phase projections, or diffraction data (ptycho-tomography, "
+        "the ptychographic Approximant); a given measurement= always takes the ptychographic path"))
+    ptycho_iterations = param.Integer(default=2, bounds=(1, 10_000),
+                                      doc="Gradient (ePIE) iterations per angle of the ptychographic Approximant")
+    ptycho_slices = param.Integer(default=5, bounds=(1, 256),
+                                  doc="Multislice slices L across the slab (the paper's 5; also the simulation's)")
+    ptycho_modes = param.Integer(default=2, bounds=(1, 32), doc="Mixed-state probe modes M (simulation and inversion)")
+    ptycho_engine = param.Selector(default="epie", objects=["epie", "rpie", "lsqml"],
+                                   doc="Ptychography engine of the Approximant")
+    ptycho_step = param.Number(default=None, allow_None=True, bounds=(0.0, 2.0), inclusive_bounds=(False, True),
+                               doc="ePIE/rPIE object step per slice (None: 1/slices for ePIE)")
+    ptycho_counts = param.Number(default=1e6, bounds=(1.0, None),
+                                 doc="Simulated incident counts per diffraction pattern (Poisson noise)")
+    ptycho_network = param.Selector(default="matched", objects=["matched", "approximant"], doc=(
+        "Network input on the ptychographic path: 'matched' = the Approximant kind the weights were trained "
+        "on (the shipped ones: fbp, here of the ptychographic phase projections; the ptychographic "
+        "Approximant itself only for weights trained on it), 'approximant' = the ptychographic Approximant "
+        "whatever the weights (a warning when they were trained on another kind)"))
     approximant = param.Selector(default="fbp", objects=["fbp", "backprojection"],
                                  doc="Approximant from the projections (must match the weights)")
     weights = param.String(default=None, allow_None=True,
@@ -500,6 +540,22 @@ def _has_projections(run: Run) -> bool:
     return run.inputs.get("projections") is not None
 
 
+def _has_measurement(run: Run) -> bool:
+    return run.inputs.get("measurement") is not None
+
+
+def _ptycho_path(run: Run) -> bool:
+    """Diffraction data: a given measurement, or a simulated one (``source="ptychography"``)."""
+    return _has_measurement(run) or (not _has_projections(run) and run.settings.source == "ptychography")
+
+
+def _model(run: Run):
+    """(model, architecture, meta) of the run's weights, loaded once per run."""
+    if "_model" not in run.inputs:
+        run.inputs["_model"] = steps.load_model(run.settings.weights)
+    return run.inputs["_model"]
+
+
 def _step_truth(run: Run):
     s = run.settings
     seed = steps.seeds_for("test", 1, int(s.seed))[0]
@@ -508,7 +564,38 @@ def _step_truth(run: Run):
     return t
 
 
+def _step_ptychography(run: Run):
+    """Per-angle slice phases (2 ePIE iterations per angle) from the given or simulated measurement."""
+    from . import apt_ptycho
+
+    s = run.settings
+    if _has_projections(run):
+        raise ValidationError("measurement", "give either a measurement (diffraction data) or projections, not both")
+    _, _, meta = _model(run)
+    m = run.inputs.get("measurement")
+    if m is None:
+        run.report(0.0, "simulating ptycho-tomography")
+        m = apt_ptycho.simulate_measurement(run["truth"]["q"], s.angles, modes=int(s.ptycho_modes),
+                                            slices=int(s.ptycho_slices), energy_eV=float(s.energy_eV),
+                                            counts_per_pattern=float(s.ptycho_counts), seed=run.inputs["_seed"],
+                                            progress=run.progress)
+    theta = meta.get("theta_range", [0.0])
+    apt_ptycho.check_measurement(m, min_angles=int(meta.get("min_angles", 2)), min_range_deg=float(theta[0]))
+    if run.inputs.get("truth") is None and run.get("truth") is None:
+        t = apt_ptycho.truth_from_measurement(m)
+        if t is not None:
+            run.inputs["truth"] = t
+    run.report(0.2, "ptychography per angle")
+    return apt_ptycho.ptycho_phases(m, iterations=int(s.ptycho_iterations), slices=int(s.ptycho_slices),
+                                    modes=int(s.ptycho_modes), engine=s.ptycho_engine, step=s.ptycho_step,
+                                    progress=run.progress, cancel=run.cancel)
+
+
 def _step_projections(run: Run):
+    if _ptycho_path(run):
+        from . import apt_ptycho
+
+        return apt_ptycho.ptycho_projections(run["ptychography"])
     p = run.inputs.get("projections")
     if p is not None:
         return check_projections(p)
@@ -516,11 +603,65 @@ def _step_projections(run: Run):
     return steps.phase_projections(run["truth"]["q"], s.angles, noise=float(s.noise), seed=run.inputs["_seed"])
 
 
-def _step_network(run: Run):
+def _step_approximant(run: Run):
+    """The Approximant: ptychographic (diffraction data) or from the phase projections."""
     s = run.settings
-    run.report(0.1, "Approximant and network")
-    return reconstruct(run["projections"], weights=s.weights, approximant=s.approximant, overlap=s.overlap,
-                       batch=s.batch, cancel=run.cancel)
+    _, arch, meta = _model(run)
+    t0 = time.perf_counter()
+    if _ptycho_path(run):
+        from . import apt_ptycho
+
+        ph = run["ptychography"]
+        a = apt_ptycho.slab_approximant(ph)
+        sec = float(ph.attrs["seconds"]) + time.perf_counter() - t0
+        a.attrs.update(seconds=sec, seconds_per_angle=sec / max(1, ph.sizes["angle"]),
+                       iterations=int(s.ptycho_iterations), slices=int(s.ptycho_slices),
+                       modes=int(s.ptycho_modes), engine=str(s.ptycho_engine))
+        return a
+    kind = arch.get("approximant", "fbp")
+    if s.approximant != kind:
+        raise ValidationError("approximant", f"{s.approximant!r} but the weights were trained on {kind!r}")
+    check_projections(run["projections"], min_angles=int(meta.get("min_angles", 2)))
+    a = steps.approximant(run["projections"], kind)
+    a.attrs["seconds"] = time.perf_counter() - t0
+    return a
+
+
+def _network(model, arch, meta, a: xr.DataArray, *, overlap, batch, cancel) -> xr.DataArray:
+    """The network on an Approximant (z, y, x) rad/m, back in rad/m (``apt``)."""
+    xa, m, sd = steps.standardize(a.values)
+    out = steps.apply_model(model, xa, arch["patch"], overlap=overlap, batch=batch,
+                            calibration=tuple(meta.get("calibration", (1.0, 0.0))), cancel=cancel)
+    ratio = float(meta.get("std_ratio", 1.0))
+    return _wrap(a, m + ratio * sd * out, "apt", method="apt", long_name="APT (network on the Approximant)",
+                 patch=list(arch["patch"]))
+
+
+def _step_apt(run: Run):
+    import warnings
+
+    from .apt_ptycho import PTYCHO_KIND
+
+    s = run.settings
+    model, arch, meta = _model(run)
+    kind = arch.get("approximant", "fbp")
+    a = run["approximant"]
+    source = "projections"
+    if _ptycho_path(run):
+        source = PTYCHO_KIND
+        if s.ptycho_network == "matched" and kind != PTYCHO_KIND:
+            a = steps.approximant(run["projections"], kind)
+            source = f"{kind} of the ptychographic phase projections"
+        elif kind != PTYCHO_KIND:
+            warnings.warn(f"the APT weights were trained on the {kind!r} Approximant, not the ptychographic one: "
+                          "on a held-out IC the shipped network does not improve the ptychographic Approximant "
+                          "(PCC 0.40 vs 0.43); use ptycho_network='matched' or weights trained on it",
+                          UserWarning, stacklevel=2)
+    run.report(0.1, "network")
+    t0 = time.perf_counter()
+    out = _network(model, arch, meta, a, overlap=s.overlap, batch=s.batch, cancel=run.cancel)
+    out.attrs.update(seconds_network=time.perf_counter() - t0, network_trained_on=kind, network_input=source)
+    return out
 
 
 def _step_baselines(run: Run):
@@ -536,14 +677,19 @@ def _step_metrics(run: Run):
         if isinstance(truth, xr.DataTree):
             truth = truth.to_dataset()
     q = truth["q"] if isinstance(truth, xr.Dataset) else truth
-    vols = {"approximant": run["network"]["approximant"], "apt": run["network"]["apt"]}
+    vols = {"approximant": run["approximant"], "apt": run["apt"]}
     if run.get("baselines") is not None:
         vols.update({k: run["baselines"][k] for k in ("fbp", "sirt", "sart")})
     return evaluate(q, vols)
 
 
 def _has_truth(run: Run) -> bool:
-    return not _has_projections(run) or run.inputs.get("truth") is not None
+    if run.get("truth") is not None or run.inputs.get("truth") is not None:
+        return True
+    m = run.inputs.get("measurement")
+    if isinstance(m, xr.Dataset) and "true_volume" in m and "sample_shape" in m.attrs:
+        return True  # a simulated measurement: its truth gives the metrics (never the reconstruction)
+    return not _has_projections(run) and not _has_measurement(run)
 
 
 def summarize(settings: Settings, results: dict) -> dict:
@@ -553,10 +699,15 @@ def summarize(settings: Settings, results: dict) -> dict:
     if p is not None:
         ang = np.asarray(p["angle"].values, float)
         out.update(n_angles=int(ang.size), angle_range=float(np.max(np.abs(ang))))
-    n = results.get("network")
-    if n is not None:
-        out.update(seconds_approximant=float(n.attrs["seconds_approximant"]),
-                   seconds_network=float(n.attrs["seconds_network"]))
+    a = results.get("approximant")
+    if a is not None and "seconds" in a.attrs:
+        out["seconds_approximant"] = float(a.attrs["seconds"])
+        if "seconds_per_angle" in a.attrs:
+            out["seconds_approximant_per_angle"] = float(a.attrs["seconds_per_angle"])
+        out["approximant_source"] = str(a.attrs.get("method", ""))
+    n = results.get("apt")
+    if n is not None and "seconds_network" in n.attrs:
+        out.update(seconds_network=float(n.attrs["seconds_network"]), network_input=str(n.attrs["network_input"]))
     b = results.get("baselines")
     if b is not None:
         out.update({k: float(v) for k, v in b.attrs.items() if k.startswith("seconds_")})
@@ -568,6 +719,12 @@ def summarize(settings: Settings, results: dict) -> dict:
     return out
 
 
+def _check_measurement(measurement):
+    from .apt_ptycho import check_measurement as _check
+
+    return _check(measurement)
+
+
 WORKFLOW = Workflow(
     name="apt",
     title="Attentional ptycho-tomography (APT)",
@@ -576,11 +733,13 @@ WORKFLOW = Workflow(
                 "FBP, SIRT and SART at the same angles (PCC, MS-SSIM, DSC, BER).",
     settings=Settings,
     steps=(
-        Step("truth", _step_truth, "simulating a held-out IC", weight=1, when=lambda r: not _has_projections(r)),
+        Step("truth", _step_truth, "simulating a held-out IC", weight=1,
+             when=lambda r: not _has_projections(r) and not _has_measurement(r)),
+        Step("ptychography", _step_ptychography, "ptychography per angle (Approximant)", weight=4, node=False,
+             when=_ptycho_path),
         Step("projections", _step_projections, "phase projections", weight=1),
-        Step("network", _step_network, "Approximant and APT network", weight=5, node=False),
-        Step("approximant", lambda r: r["network"]["approximant"], "Approximant", weight=0.01),
-        Step("apt", lambda r: r["network"]["apt"], "APT", weight=0.01),
+        Step("approximant", _step_approximant, "Approximant", weight=1),
+        Step("apt", _step_apt, "APT network", weight=4),
         Step("baselines", _step_baselines, "FBP, SIRT and SART baselines", weight=4, node=False,
              when=lambda r: bool(r.settings.baselines)),
         Step("fbp", lambda r: r["baselines"]["fbp"], "FBP", weight=0.01, when=lambda r: bool(r.settings.baselines)),
@@ -589,6 +748,7 @@ WORKFLOW = Workflow(
         Step("metrics", _step_metrics, "metrics against the truth", weight=1, when=_has_truth),
     ),
     summarize=summarize,
+    check_measurement=_check_measurement,
     views="ptynb.viz.apt:views",
     summary_keys=(("pcc_apt", "PCC APT", 1.0, ""), ("pcc_fbp", "PCC FBP", 1.0, ""),
                   ("pcc_sirt", "PCC SIRT", 1.0, ""), ("pcc_sart", "PCC SART", 1.0, ""),
@@ -610,9 +770,13 @@ def run(settings: Settings | None = None, measurement=None, *, projections: xr.D
     Parameters
     ----------
     settings : Settings, optional
-    measurement : None
-        Diffraction data (the ptychographic Approximant) are not supported yet; pass
-        ``projections``. A non-None value raises :class:`ValidationError`.
+    measurement : Dataset (angle, scan, qy, qx), optional
+        Ptycho-tomography diffraction data (counts; ``angle`` in degrees; the sample-grid attrs
+        of :func:`ptynb.workflows.apt_ptycho.sample_grid`, as
+        :func:`~ptynb.workflows.apt_ptycho.simulate_measurement` writes them): the
+        ptychographic Approximant (``ptycho_*`` settings); the baselines use the per-angle
+        summed slice phases as projections. A simulated measurement's ``true_volume`` gives
+        the metrics (never the reconstruction).
     projections : DataArray (angle, y, x), optional
         Phase projections (rad; angle in degrees; y/x in metres); the volume grid comes from
         their attrs as :func:`ptynb.tomo.fbp` reads it. Default: a simulated held-out IC.
@@ -628,14 +792,18 @@ def run(settings: Settings | None = None, measurement=None, *, projections: xr.D
     DataTree with nodes ``truth`` (simulated runs), ``projections``, ``approximant``, ``apt``,
     ``fbp``, ``sirt``, ``sart`` ((z, y, x) rad/m, metres coords) and ``metrics`` (when a truth
     is known); root attrs from :func:`summarize`.
+
+    Raises
+    ------
+    ValidationError
+        Bad projections or measurement (no ``angle`` dim, NaN counts, fewer angles than the
+        weights were trained on, angles that look like radians, missing sample-grid attrs),
+        both a measurement and projections, unknown weights.
     """
-    if measurement is not None:
-        raise ValidationError("measurement", "the APT workflow takes phase projections (projections=...); "
-                              "the ptychographic Approximant from diffraction data is not implemented")
     s = (settings or Settings())
     if weights is not None:
         s = s.copy(weights=str(weights))
     kw = {} if projections is None else {"projections": projections}
     if truth is not None:
         kw["truth"] = truth
-    return WORKFLOW.run(s, None, progress=progress, report=report, cancel=cancel, **kw)
+    return WORKFLOW.run(s, measurement, progress=progress, report=report, cancel=cancel, **kw)
