@@ -1,6 +1,7 @@
 """The ptychographic Approximant of APT against ground truth (tiny ICs, a few angles)."""
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -84,6 +85,13 @@ def test_average_over_angles_beats_one_angle(ic):
     # and close to the ideal (projection-path) backprojection Approximant of the same angles
     bp = steps.approximant(steps.phase_projections(ic, ang), "backprojection")
     assert pcc_all > 0.7 * metrics.pcc(ic.values, bp.values)
+    # cancelled: a partial result, marked, averaged over the angles started (blocks not run are
+    # NaN in the phases and left out)
+    ev = threading.Event()
+    ev.set()
+    c, cph = ap.ptycho_approximant(m, cancel=ev, return_phases=True)
+    assert c.attrs["status"] == "cancelled" and c.attrs["n_angles"] < 5
+    assert np.isnan(cph["phase"].values).any() and np.isfinite(c.values).all()
 
 
 def test_run_with_measurement_end_to_end(meas7, ic):

@@ -338,7 +338,9 @@ def ptycho_phases(measurement: xr.Dataset, *, iterations: int = 2, slices: int =
     cols = (x >= xs.min()) & (x <= xs.max())
     mask = rows[:, None] & cols[None, :]
     if mask.sum() >= 3:
-        ph = remove_phase_ramp(ph, mask)
+        done = np.isfinite(ph).all(axis=(1, 2, 3))  # angles not run (cancelled) stay NaN
+        if done.any():
+            ph[done] = remove_phase_ramp(ph[done], mask)
     zc = (np.arange(L) + 0.5) * T / L - T / 2
     da = xr.DataArray(ph.astype(np.float32), dims=("angle", "slice", "y", "x"),
                       coords={"angle": measurement["angle"].values, "slice": np.arange(L),
@@ -373,7 +375,8 @@ def slab_approximant(phases: xr.Dataset, *, target_nz: int | None = None, angles
     DataArray (z, y, x) float32 rad/m on the sample grid (centred metre coords): the mean over
     angles of ``-phase(R(theta) s) / slice_thickness``, trilinear in (slice, y, x) with the
     slices constant beyond the outer slab centres; attrs ``method="ptychography"``,
-    ``n_angles``.
+    ``n_angles`` (angles averaged: those not reconstructed, NaN after a cancel, are left out;
+    none: all NaN) and ``status`` (the ptychography's).
     """
     from scipy.ndimage import map_coordinates
 
@@ -404,11 +407,14 @@ def slab_approximant(phases: xr.Dataset, *, target_nz: int | None = None, angles
         yi = (r[1] - y[0]) / dy
         xi = (r[2] - x[0]) / dx
         vol = np.asarray(ph.sel(angle=a).values, np.float64)
+        if not np.isfinite(vol).all():  # an angle not reconstructed (cancelled): left out
+            continue
         acc += map_coordinates(vol, np.stack([li, yi, xi]), order=1, mode="nearest")
         n += 1
-    q = -(acc / max(n, 1)) / dzs
+    q = -(acc / n) / dzs if n else np.full(acc.shape, np.nan)
     return _volume(q.reshape(nz, shape[1], shape[2]), vs, "approximant", method=PTYCHO_KIND,
-                   long_name="Approximant (ptychography)", n_angles=n)
+                   long_name="Approximant (ptychography)", n_angles=n,
+                   status=str(phases.attrs.get("status", "complete")))
 
 
 def ptycho_projections(phases: xr.Dataset) -> xr.DataArray:
@@ -461,7 +467,8 @@ def ptycho_approximant(measurement: xr.Dataset, *, iterations: int = 2, slices: 
     Returns
     -------
     DataArray (z, y, x) float32 rad/m on the sample grid (attrs ``seconds``,
-    ``seconds_per_angle``), or ``(approximant, phases)``.
+    ``seconds_per_angle``, ``status``: "cancelled" when ``cancel`` was set, then averaged over
+    the angles done), or ``(approximant, phases)``.
     """
     ph = ptycho_phases(measurement, iterations=iterations, slices=slices, modes=modes, engine=engine,
                        step=step, progress=progress, cancel=cancel, **knobs)
