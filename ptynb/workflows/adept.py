@@ -9,9 +9,22 @@ suffice where filtered backprojection (FBP) on the same angles fails.
 Pipeline (each step takes and returns xarray objects; :func:`run` chains them)::
 
     simulation (IC volume -> dense laminographic projections, noise)  |  projections=P
-        -> projections (the sub-sampled angle set) -> reference (FBP of the dense set)
+        |  measurement=ds -> ptychography (LSQ-ML per angle) -> phase (ramp, unwrap, offset)
+        -> projections (the sub-sampled angle set | aligned, centre-cropped phases)
+        -> reference (FBP of the dense set, simulations)
         -> fbp, sirt (baselines on the same angles) -> adept (DIP training) -> training
         -> metrics (BER, PCC per depth region, with a truth) -> psd (k-space cuts)
+
+The ptychography-per-angle path (:mod:`ptynb.workflows.adept_ptycho`): a far-field X-ray
+measurement ``intensity`` (angle, scan, qy, qx) in laminography geometry (the tilt in attrs,
+angles in degrees) is reconstructed angle by angle with a few LSQ-ML iterations
+(:func:`ptynb.ptycho.reconstruct`, fanned out by :func:`ptynb.parallel.map_blocks`: serially,
+on a local dask cluster, or on a given ``client``); the phase of each object has its ramp
+removed over the well-illuminated region (unwrapped where it wraps) and the dielectric level
+set to zero; projection matching (:func:`ptynb.tomo.align`) removes each angle's sub-pixel
+offset; the centre crop to the common field of view gives the projections the rest of the
+pipeline reads unchanged. :func:`simulate_measurement` makes such a measurement of the
+simulated IC (6.2 keV, tilt 61.108 deg) with its truth kept apart.
 
 Loss of one iteration (``N`` angles of the subset, ``H_n`` ptynb's exact-adjoint Joseph
 projector through :func:`ptynb.tomo.torch_ops.project_torch`, ``y_n`` the projections, ``u``
@@ -35,8 +48,11 @@ Units and conventions
   z across the IC's layers, centred coordinates.
 * The simulated truth (volume, labels, the depth of the fine layers) sits in the ``truth``
   node and is read only by the ``metrics`` step; nothing in the reconstruction sees it.
-* The ptychography-per-angle path (LSQ-ML per angle, ramp removal, projection matching, centre
-  crop) is not part of this version: give phase projections (``projections=``).
+* The TV boundary ``fine_depth`` comes from :attr:`Settings.fine_depth` or, when None, from the
+  top ``fine_fraction`` of the reconstruction grid (a design assumption), never from a truth.
+* A measurement is reduced to what a user knows (energy, pixel size, scan positions, detector
+  geometry, nominal optics, tilt, angles; :func:`ptynb.workflows.adept_ptycho.check_measurement`)
+  before anything reads it.
 """
 from __future__ import annotations
 
@@ -65,7 +81,9 @@ __all__ = [
     "reconstruct",
     "run",
     "score",
+    "measured_angles",
     "simulate",
+    "simulate_measurement",
     "subsample",
     "summarize",
     "volume_grid",
@@ -96,6 +114,9 @@ class Settings(WorkflowSettings):
         "Training": ["iterations", "learning_rate", "lr_step_every", "lr_gamma", "angles_per_iteration",
                      "train_seed", "checkpoint", "resume", "device", "threads"],
         "Baselines": ["sirt_iterations", "reference"],
+        "Ptychography": ["ptycho_iterations", "ptycho_parallel", "ptycho_run_dir", "illumination_threshold",
+                         "align", "align_iterations", "detector_pixels", "scan_step", "counts_per_pattern",
+                         "probe_defocus"],
     }
     presets = {
         "default": {},
@@ -106,7 +127,8 @@ class Settings(WorkflowSettings):
                       width=1.0, learning_rate=2e-4, lr_step_every=1000, sirt_iterations=200),
     }
     units = {"voxel_size": "m", "coarse_pitch": "px", "fine_pitch": "px", "energy_eV": "eV", "tilt": "deg",
-             "fine_depth": "m", "output_scale": "rad/voxel"}
+             "fine_depth": "m", "output_scale": "rad/voxel", "detector_pixels": "px", "scan_step": "m",
+             "counts_per_pattern": "counts", "probe_defocus": "m"}
 
     # --- sample
     volume_shape = param.NumericTuple((24, 48, 48), length=3,
@@ -161,6 +183,26 @@ class Settings(WorkflowSettings):
     # --- baselines
     sirt_iterations = param.Integer(100, bounds=(1, 100000), doc="SIRT iterations (positivity) on the same angles")
     reference = param.Boolean(True, doc="FBP of the dense angle set as reference (simulations)")
+    # --- ptychography per angle (measurements; ptynb.workflows.adept_ptycho)
+    ptycho_iterations = param.Integer(30, bounds=(1, 100000), doc="LSQ-ML iterations per angle (measurements)")
+    ptycho_parallel = param.Integer(0, bounds=(0, None), doc=(
+        "Angles on a local dask cluster of this many worker processes (0: serially; a client= given to run() "
+        "wins)"))
+    ptycho_run_dir = param.String(None, allow_None=True, doc=(
+        "Folder of per-angle results (angle_<deg>.h5, fingerprinted): a stopped run resumes there"))
+    illumination_threshold = param.Number(0.3, bounds=(0.01, 0.99), doc=(
+        "Well-illuminated region: summed probe intensity above this fraction of its maximum (ramp fit, "
+        "field of view)"))
+    align = param.Boolean(True, doc=(
+        "Projection-matching alignment of the per-angle phases (each angle's object sits at an arbitrary "
+        "sub-pixel offset)"))
+    align_iterations = param.Integer(10, bounds=(1, 1000), doc="Projection-matching rounds")
+    detector_pixels = param.Integer(16, bounds=(8, 4096), doc="Simulated measurement: detector side (pixels)")
+    scan_step = param.Number(None, allow_None=True, bounds=(0.0, None), inclusive_bounds=(False, True), doc=(
+        "Simulated measurement: raster step (m); None: a fifth of the probe window"))
+    counts_per_pattern = param.Number(1e6, bounds=(1.0, None), doc="Simulated measurement: photons per pattern")
+    probe_defocus = param.Number(60e-6, bounds=(0.0, None), doc=(
+        "Simulated measurement: sample distance downstream of the zone plate's focus (m); sets the spot"))
 
     def _check(self):
         if min(int(n) for n in self.volume_shape) < 4:
@@ -230,6 +272,43 @@ def simulate(settings: Settings | None = None) -> xr.DataTree:
     P.attrs.update(units="rad", energy_eV=energy, noise=float(s.noise))
     return xr.DataTree(children={"projections": xr.DataTree(dataset=P.to_dataset()),
                                  "truth": xr.DataTree(dataset=truth)})
+
+
+def measured_angles(settings: Settings | None = None) -> np.ndarray:
+    """The angles (degrees) of the sub-sampled set: every ``subsample``-th of ``n_angles``."""
+    s = Settings() if settings is None else settings
+    return (np.arange(int(s.n_angles)) * (360.0 / int(s.n_angles)))[::int(s.subsample)]
+
+
+def simulate_measurement(settings: Settings | None = None, *, progress: bool = False) -> xr.DataTree:
+    """Simulate the IC of :func:`simulate` measured by far-field X-ray ptychography at every
+    angle of the sub-sampled set (laminography at ``tilt``, ``energy_eV``).
+
+    :func:`ptynb.workflows.adept_ptycho.simulate_measurement`: a zone-plate probe
+    (``detector_pixels`` window, ``probe_defocus``), a jittered raster (``scan_step``) over the
+    detector of :func:`ptynb.tomo.project` for ``volume_shape`` plus a margin,
+    ``counts_per_pattern`` photons with Poisson noise.
+
+    Returns
+    -------
+    DataTree
+        ``measurement``: Dataset ``intensity`` (angle, scan, qy, qx) counts, ``scan_y``/``scan_x``
+        (m), attrs only what a user knows (``energy_eV``, ``pixel_size``, nominal optics,
+        ``lamino_tilt``, ``geometry``): pass it to :func:`run` as ``measurement``.
+        ``truth``: as in :func:`simulate` (``volume`` rad/m, ``labels``, ``fine_depth``): pass
+        it as ``truth`` (read by the metrics only), with ``volume_shape=settings.volume_shape``.
+        ``truth_ptychography``: ``true_object`` (angle, y, x), ``true_probe``.
+    """
+    from . import adept_ptycho
+
+    s = Settings() if settings is None else settings
+    truth = simulate(s)["truth"].to_dataset()
+    meas, pt = adept_ptycho.simulate_measurement(
+        truth["volume"], measured_angles(s), tilt=float(s.tilt), energy_eV=float(s.energy_eV),
+        detector_pixels=int(s.detector_pixels), scan_step=s.scan_step, counts_per_pattern=float(s.counts_per_pattern),
+        probe_defocus=float(s.probe_defocus), seed=int(s.seed), progress=progress)
+    return xr.DataTree(children={"measurement": xr.DataTree(dataset=meas), "truth": xr.DataTree(dataset=truth),
+                                 "truth_ptychography": xr.DataTree(dataset=pt)})
 
 
 # ============================================================================ checks
@@ -622,11 +701,15 @@ def _has_projections(run: Run) -> bool:
     return run.inputs.get("projections") is not None
 
 
+def _has_measurement(run: Run) -> bool:
+    return run.inputs.get("measurement") is not None and not _has_projections(run)
+
+
+def _simulating(run: Run) -> bool:
+    return not _has_projections(run) and not _has_measurement(run)
+
+
 def _step_simulation(run: Run):
-    m = run.inputs.get("measurement")
-    if m is not None:
-        raise ValidationError("measurement", "the ptychography-per-angle path is not in this version of ADePt; "
-                              "reconstruct phase projections first and pass projections=")
     run.report(0.0, "simulating the IC and its projections")
     tree = simulate(run.settings)
     run.inputs["_truth"] = tree["truth"].to_dataset()
@@ -647,7 +730,31 @@ def _volume_shape(run: Run):
     return None if vs is None else tuple(int(n) for n in vs)
 
 
+def _step_ptychography(run: Run):
+    from .adept_ptycho import reconstruct_angles
+
+    s = run.settings
+    return reconstruct_angles(run.inputs["measurement"], iterations=int(s.ptycho_iterations), seed=int(s.train_seed),
+                              parallel=int(s.ptycho_parallel), client=run.inputs.get("client"),
+                              run_dir=s.ptycho_run_dir, progress=run.progress, report=run.report, cancel=run.cancel)
+
+
+def _step_phase(run: Run):
+    from .adept_ptycho import phase_images
+
+    return phase_images(run["ptychography"], threshold=float(run.settings.illumination_threshold))
+
+
 def _step_projections(run: Run):
+    if _has_measurement(run):
+        from .adept_ptycho import projections_from_phase
+
+        s = run.settings
+        P = projections_from_phase(run["phase"], volume_shape=_volume_shape(run), align=bool(s.align),
+                                   align_iterations=int(s.align_iterations), progress=run.progress,
+                                   cancel=run.cancel)
+        run.check_cancel()
+        return check_projections(P, _volume_shape(run)).rename("projections")
     p = run.inputs.get("projections")
     if p is not None:
         P = check_projections(p, _volume_shape(run))
@@ -671,12 +778,10 @@ def _step_baselines(run: Run):
 
 def _step_adept(run: Run):
     s = run.settings
-    truth = run.get("truth")
-    fd = None
-    if s.fine_depth is None and truth is not None and "fine_depth" in truth.attrs:
-        fd = float(truth.attrs["fine_depth"])  # the sample's design (layer depths), not its structure
+    # the TV boundary: Settings.fine_depth, else the settings' design assumption (_fine_depth);
+    # never the truth's
     vol, training, status = reconstruct(run["projections"], s, volume_shape=_volume_shape(run),
-                                        scale_volume=run["baselines"]["sirt"], fine_depth=fd, progress=run.progress,
+                                        scale_volume=run["baselines"]["sirt"], progress=run.progress,
                                         report=run.report, cancel=run.cancel,
                                         callback=run.inputs.get("callback"))
     run.results["training"] = training
@@ -704,12 +809,19 @@ def _step_psd(run: Run):
 
 
 def summarize(settings: Settings, results: dict) -> dict:
-    """Root attrs: angles used, training iterations and time, and (with a truth) BER/PCC per
+    """Root attrs: angles used, the alignment (measurements: rms shift in pixels, angles reconstructed),
+    training iterations and time, and (with a truth) BER/PCC per
     method and region as ``ber_<method>_<region>`` / ``pcc_<method>_<region>``."""
     out = {}
     p = results.get("projections")
     if p is not None:
         out["n_angles_used"] = int(p.sizes["angle"])
+        if "shift_x" in p.coords:
+            sh = np.stack([p["shift_y"].values, p["shift_x"].values], axis=1)
+            out["alignment_shift_rms"] = float(np.sqrt(np.mean(sh ** 2)))
+    pt = results.get("ptychography")
+    if pt is not None:
+        out["ptycho_angles_done"] = int(pt.attrs.get("angles_done", 0))
     t = results.get("training")
     if t is not None and t.sizes.get("iteration", 0):
         out["iterations_done"] = int(t["iteration"].values[-1])
@@ -722,6 +834,12 @@ def summarize(settings: Settings, results: dict) -> dict:
                 for q in ("ber", "pcc"):
                     out[f"{q}_{meth}_{reg}"] = float(m[q].sel({"method": meth, "region": reg}))
     return out
+
+
+def _check_measurement(measurement):
+    from .adept_ptycho import check_measurement
+
+    return check_measurement(measurement)
 
 
 def _node_fbp(run: Run):
@@ -742,22 +860,26 @@ WORKFLOW = Workflow(
     settings=Settings,
     steps=(
         Step("simulation", _step_simulation, "simulating the IC and its projections", weight=2, node=False,
-             when=lambda r: not _has_projections(r)),
+             when=_simulating),
         Step("truth", _step_truth, "ground truth", weight=0.01,
-             when=lambda r: r.inputs.get("truth") is not None or not _has_projections(r)),
+             when=lambda r: r.inputs.get("truth") is not None or _simulating(r)),
+        Step("ptychography", _step_ptychography, "LSQ-ML ptychography per angle", weight=10, when=_has_measurement),
+        Step("phase", _step_phase, "phase: ramp removal, unwrapping, dielectric level", weight=0.5,
+             when=_has_measurement),
         Step("projections", _step_projections, "projections", weight=0.1),
         Step("reference", _step_reference, "FBP of the dense angle set", weight=1,
-             when=lambda r: not _has_projections(r) and bool(r.settings.reference)),
+             when=lambda r: _simulating(r) and bool(r.settings.reference)),
         Step("baselines", _step_baselines, "FBP and SIRT on the same angles", weight=3, node=False),
         Step("fbp", _node_fbp, "FBP", weight=0.01),
         Step("sirt", _node_sirt, "SIRT", weight=0.01),
         Step("adept", _step_adept, "training the deep image prior", weight=40),
         Step("training", lambda r: r["training"], "training history", weight=0.01),
         Step("metrics", _step_metrics, "BER and PCC per depth region", weight=1,
-             when=lambda r: r.inputs.get("truth") is not None or not _has_projections(r)),
+             when=lambda r: r.inputs.get("truth") is not None or _simulating(r)),
         Step("psd", _step_psd, "power spectral densities", weight=0.5),
     ),
     summarize=summarize,
+    check_measurement=_check_measurement,
     views="ptynb.viz.adept:views",
     app="ptynb.apps.adept:app",
     summary_keys=(("n_angles_used", "angles used", 1.0, ""),
@@ -765,7 +887,7 @@ WORKFLOW = Workflow(
                   ("ber_adept_all", "BER of ADePt (all layers)", 1.0, ""),
                   ("pcc_fbp_all", "PCC of FBP (all layers)", 1.0, ""),
                   ("pcc_adept_all", "PCC of ADePt (all layers)", 1.0, "")),
-    inputs=("projections", "truth", "callback", "volume_shape"),
+    inputs=("projections", "truth", "callback", "volume_shape", "client"),
 )
 
 
@@ -778,7 +900,7 @@ def run(settings: Settings | None = None, measurement: xr.Dataset | None = None,
         projections: xr.DataArray | None = None, progress: bool = True,
         report: Callable[[float, str], None] | None = None, cancel: threading.Event | None = None,
         truth: xr.Dataset | None = None, callback: Callable | None = None,
-        volume_shape=None) -> xr.DataTree:
+        volume_shape=None, client=None) -> xr.DataTree:
     """Run ADePt end to end and return an :class:`xarray.DataTree`.
 
     Parameters
@@ -786,8 +908,15 @@ def run(settings: Settings | None = None, measurement: xr.Dataset | None = None,
     settings : Settings, optional
         Defaults: small-but-meaningful on a CPU; ``Settings().apply_preset("ci")`` for seconds.
     measurement : Dataset, optional
-        Far-field ptychography per angle: not supported in this version (a ValidationError
-        says so); leave it None to simulate, or pass ``projections``.
+        Far-field X-ray ptychography per angle: ``intensity`` (angle, scan, qy, qx) counts,
+        ``angle`` in degrees, ``scan_y``/``scan_x`` (m), attrs ``energy_eV``, ``pixel_size``
+        (or the detector geometry), the laminography tilt (``lamino_tilt`` or a scalar
+        ``tilt``, degrees) and optionally the nominal optics (e.g. from
+        :func:`simulate_measurement`). Reconstructed per angle (steps ``ptychography``,
+        ``phase``) into the ``projections``; only what a user knows is read
+        (:func:`ptynb.workflows.adept_ptycho.check_measurement`; bad input raises a
+        ValidationError naming it: no angle dim, no tilt, radians, NaN counts). Leave it and
+        ``projections`` None to simulate.
     projections : DataArray (angle, y, x), optional
         Laminographic phase projections (rad; angle in degrees; y/x in metres; attrs ``tilt``
         and, optionally, the volume grid as :func:`ptynb.tomo.project` records it). Used as
@@ -797,16 +926,26 @@ def run(settings: Settings | None = None, measurement: xr.Dataset | None = None,
         (training: after the current iteration, with its checkpoint written); the tree then has
         ``status == "cancelled"`` and every finished step (``adept`` holds the volume so far).
     truth : Dataset, optional
-        Ground truth for user projections (``volume`` rad/m, ``labels``, attrs ``fine_depth``):
-        only the ``metrics`` node reads it.
+        Ground truth for user projections or a measurement (``volume`` rad/m, ``labels``,
+        attrs ``fine_depth``): only the ``metrics`` node reads it (on the reconstruction grid:
+        pass ``volume_shape`` too).
     callback : callable(volume, history, iteration), optional
         Live view during training (see :func:`reconstruct`).
     volume_shape : (nz, ny, nx), optional
-        Reconstruction grid overriding the projections' attrs.
+        Reconstruction grid overriding the projections' attrs. With a measurement: the
+        centred grid of the pixel size whose detector (as :func:`ptynb.tomo.project` makes
+        it) the projections are cropped to; without one, the largest centred rectangle of the
+        common field of view (the grid then from :func:`volume_grid`).
+    client : distributed.Client or str, optional
+        Run the per-angle ptychography on this dask cluster (default: serially, or
+        ``settings.ptycho_parallel`` local workers).
 
     Returns
     -------
-    DataTree with nodes ``truth`` (simulations), ``projections`` (angle, y, x) rad, ``reference``
+    DataTree with nodes ``truth`` (simulations), ``ptychography`` (measurements: ``object``
+    (angle, y, x), ``probe``, ``cost`` per angle), ``phase`` (measurements: ``phase``, ``mask``
+    (angle, y, x) on the object grid, ``ramp``), ``projections`` (angle, y, x) rad (from a
+    measurement with coords ``shift_y``/``shift_x``, the alignment in pixels), ``reference``
     (FBP of the dense set, simulations), ``fbp``, ``sirt``, ``adept`` (z, y, x) rad/m,
     ``training`` (loss per iteration), ``metrics`` (``ber``, ``pcc`` over method x region, with a
     truth), ``psd`` (log10 PSD planes ky-kz and kx-ky per method); root attrs from
@@ -821,4 +960,6 @@ def run(settings: Settings | None = None, measurement: xr.Dataset | None = None,
         kw["callback"] = callback
     if volume_shape is not None:
         kw["volume_shape"] = volume_shape
+    if client is not None:
+        kw["client"] = client
     return WORKFLOW.run(settings, measurement, progress=progress, report=report, cancel=cancel, **kw)
