@@ -111,7 +111,8 @@ def test_run_with_measurement_end_to_end(meas7, ic):
     assert np.allclose(grid[2], ic["x"].values)
     assert tree["approximant"].to_dataset()["approximant"].attrs["method"] == "ptychography"
     assert tree["projections"].to_dataset()["projections"].dims == ("angle", "y", "x")
-    # metrics from the simulated measurement's truth; the network gets its own input kind
+    # metrics from the simulated measurement's truth (exactly the IC); the network gets its own input kind
+    assert np.allclose(ap.truth_from_measurement(meas7).values, ic.values, rtol=1e-4)
     assert "metrics" in tree.children and tree.attrs["pcc_approximant"] > 0.2
     assert tree.attrs["network_input"] == "fbp of the ptychographic phase projections"
     assert tree.attrs["seconds_approximant_per_angle"] > 0

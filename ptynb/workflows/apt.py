@@ -31,12 +31,24 @@ Approximant, two paths (the ``approximant`` step branches on the input):
 
 The shipped weights were trained on the ``fbp`` Approximant of ideal phase projections, not
 on ptychographic Approximants (their json's ``architecture.approximant`` says which; the
-``apt`` node records ``network_trained_on`` and ``network_input``). Measured on a held-out
-32^3 IC (N = 29, +-17 deg): the ptychographic Approximant has PCC 0.43 with the truth (the
-ideal backprojection Approximant 0.47); the shipped network on it gives 0.40 (no gain, BER
-0.26 vs 0.065), on the FBP of the ptychographic phase projections 0.50. So by default
-(``ptycho_network="matched"``) the network gets the input its weights were trained on.
-Training on ptychographic Approximants (``TrainSettings.approximant`` would need a
+``apt`` node records ``network_trained_on`` and ``network_input``). Measured on held-out ICs
+(N = 29, +-17 deg, M = 2, L = 5; PCC / BER against the truth; test seeds 200000, 200001 at
+32^3, 200002 at 32 x 64 x 64):
+
+================================  ===========  ===========  ===========
+input / output                    200000       200001       200002
+================================  ===========  ===========  ===========
+ptychographic Approximant         0.44 / .067  0.31 / .091  0.43 / .072
+network on it                     0.42 / .177  0.41 / .227  0.52 / .175
+network on FBP of ptycho phases   0.56 / .138  0.44 / .158  0.79 / .075
+network on FBP, ideal projections 0.82 / .068  0.76 / .093  0.84 / .060
+================================  ===========  ===========  ===========
+
+So the shipped network does not reliably improve the ptychographic Approximant (PCC -0.02 to
++0.10, BER 2-3x worse); on the FBP of the ptychographic phase projections (the input kind it
+was trained on) it does better on PCC everywhere. Hence the default
+``ptycho_network="matched"``; ``"approximant"`` runs it on the ptychographic Approximant with
+a warning. Training on ptychographic Approximants (``TrainSettings.approximant`` would need a
 "ptychography" kind: simulate_measurement + ptycho_approximant per training volume and angle
 draw) has not been done.
 
@@ -654,8 +666,8 @@ def _step_apt(run: Run):
             source = f"{kind} of the ptychographic phase projections"
         elif kind != PTYCHO_KIND:
             warnings.warn(f"the APT weights were trained on the {kind!r} Approximant, not the ptychographic one: "
-                          "on a held-out IC the shipped network does not improve the ptychographic Approximant "
-                          "(PCC 0.40 vs 0.43); use ptycho_network='matched' or weights trained on it",
+                          "on held-out ICs the shipped network does not reliably improve it (PCC -0.02..+0.10, "
+                          "BER 2-3x worse); use ptycho_network='matched' or weights trained on it",
                           UserWarning, stacklevel=2)
     run.report(0.1, "network")
     t0 = time.perf_counter()

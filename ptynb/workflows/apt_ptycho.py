@@ -153,6 +153,11 @@ def simulate_measurement(q_volume: xr.DataArray, angles, *, modes: int = 2, slic
     vs = tuple(float(np.median(np.diff(q_volume[d].values))) for d in ("z", "y", "x"))
     if not np.isclose(vs[1], vs[2], rtol=1e-6):
         raise ValidationError("q_volume", f"lateral voxels must be square, got dy={vs[1]:.4g}, dx={vs[2]:.4g} m")
+    for d, n, v in zip(("z", "y", "x"), shape, vs):
+        c = float(q_volume[d].values[n // 2])
+        if abs(c) > 1e-3 * v:
+            raise ValidationError(d, f"coordinate is {c:.4g} m at voxel {n // 2}: the volume must be centred "
+                                  "(coordinate 0 at voxel n // 2, the rotation axis), as apt_steps.simulate_ic makes it")
     L = int(slices)
     if L < 1:
         raise ValidationError("slices", f"must be >= 1, got {slices!r}")
