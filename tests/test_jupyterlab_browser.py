@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,7 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     for name in notebook_names():
         copy_notebook(name, root)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "binder", root / "binder")
     settings = root / ".settings"
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
@@ -246,3 +248,20 @@ def test_notebook_renders_offline_in_jupyterlab(lab, offline_page, name):
     else:
         check_slider_moves_plot(page, i, name)
     shutdown_kernel(page)
+
+
+#: Binder's way to an app: Panel's Jupyter server extension renders binder/app.py?app=<name>
+#: (what the README links); each must show its app's heading and live Bokeh views, offline
+PREVIEW = {"": "ptynb apps", "explorer": "Measurement explorer", "stereo": "Stereo"}
+
+
+@pytest.mark.parametrize("app", list(PREVIEW))
+def test_binder_preview_shows_the_app(lab, offline_page, app):
+    page = offline_page
+    page.goto(f"{lab['url']}/panel-preview/render/binder/app.py?app={app}&token={lab['token']}",
+              timeout=120000)
+    assert "Kernel Error" not in (page.title() or ""), page.locator("body").inner_text()[:500]
+    page.get_by_text(PREVIEW[app], exact=False).first.wait_for(timeout=60000)
+    page.locator(RENDERED).first.wait_for(state="attached", timeout=30000)
+    missing = [e for e in page.errors if MISSING.search(e)]
+    assert not missing and not page.external, (missing[:3], page.external[:3])
