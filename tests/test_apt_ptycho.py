@@ -146,3 +146,16 @@ def test_bad_measurements(meas7):
     p = steps.phase_projections(steps.simulate_ic(SEED, SHAPE, VOXEL)["q"], np.linspace(-17, 17, 7))
     with pytest.raises(ValidationError, match="not both"):
         apt.run(s, measurement=meas7, projections=p, progress=False)
+
+
+def test_simulated_ptycho_source_run():
+    pytest.importorskip("torch")
+    from ptynb.workflows import apt
+
+    s = apt.Settings(nz=SHAPE[0], n_lateral=SHAPE[1], n_angles=7, source="ptychography", baselines=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = apt.run(s, progress=False)
+    assert {"truth", "projections", "approximant", "apt", "metrics"} <= set(tree.children)
+    assert tree.attrs["approximant_source"] == "ptychography" and tree.attrs["pcc_approximant"] > 0.2
+    assert apt.Settings.from_attrs(tree.attrs).source == "ptychography"
