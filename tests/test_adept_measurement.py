@@ -126,6 +126,29 @@ def test_phase_projections_match_the_ideal_projections(sim, phase):
     assert abs(float(P.values.mean()) - mean) < 0.3 * mean
 
 
+def test_wrapped_phases_are_unwrapped():
+    """A 9-rad bump (it wraps) on a phase ramp: ramp removed, unwrapped, dielectric at zero."""
+    n, dx = 48, 1e-8
+    c = (np.arange(n) - n // 2) * dx
+    yy, xx = np.meshgrid(np.arange(n) - n // 2, np.arange(n) - n // 2, indexing="ij")
+    bump = 9.0 * np.exp(-(yy ** 2 + xx ** 2) / (2 * 3.0 ** 2))
+    objs = np.stack([np.exp(-1j * (bump + 0.2 * xx - 0.1 * yy + 1.0)), np.exp(-1j * (bump + 0.3 * yy))])
+    py = np.arange(8) - 4
+    probe = np.exp(-(py[:, None] ** 2 + py[None] ** 2) / 8.0)[None].astype(np.complex64)
+    g = np.arange(-12, 13, 3) * dx
+    sy, sx = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    rec = xr.Dataset({"object": (("angle", "y", "x"), objs.astype(np.complex64)),
+                      "probe": (("angle", "mode", "py", "px"), np.stack([probe, probe]))},
+                     coords={"angle": [0.0, 45.0], "y": c, "x": c, "scan_y": ("scan", sy), "scan_x": ("scan", sx)},
+                     attrs={"pixel_size": dx, "energy_eV": 6200.0, "lamino_tilt": TILT})
+    ph = ap.phase_images(rec)
+    assert ph.attrs["unwrapped"] == 2
+    m = ph["mask"].values
+    assert m[:, n // 2, n // 2].all() and m.sum(axis=(1, 2)).min() > 400
+    err = np.abs(ph["phase"].values - bump[None])[m]
+    assert float(err.max()) < 0.05, float(err.max())
+
+
 def test_alignment_recovers_injected_shifts(sim, phase):
     """Shifts of up to 1.5 px (rigid null space removed: not observable) injected into the
     phases are found by projection matching to 0.064 px rms (0.13 px max) in 10 rounds."""
@@ -207,9 +230,11 @@ def test_tv_boundary_never_comes_from_the_truth(sim):
 @pytest.mark.slow
 def test_run_from_a_measurement_matches_the_projections_path(sim):
     """The whole run from the diffraction data against the same run from the ideal
-    projections of the same 8 angles (no noise). Measured: SIRT PCC 0.94 (measurement) vs
-    0.97 (projections); FBP BER 0.086 vs 0.076; the 40-iteration ADePt volumes are of the
-    same (low, unconverged) quality. The assertions: same nodes and shapes, SIRT within 0.06."""
+    projections of the same 8 angles (no noise). Measured here (20 SIRT, 40 training
+    iterations): SIRT PCC 0.923 (measurement) vs 0.951 (projections); FBP BER 0.086 vs 0.076;
+    the 40-iteration ADePt volumes are unconverged on both paths (at 250 iterations: BER
+    0.037 vs 0.023, PCC 0.87 vs 0.86; too slow for a test). The assertions: same nodes and
+    shapes, SIRT PCC above 0.9 and within 0.06 of the projections path, FBP BER below 0.15."""
     s, m, truth, _ = sim
     tree = adept.run(s, measurement=m, truth=truth, volume_shape=s.volume_shape, progress=False)
     assert tree.attrs["status"] == "complete"
