@@ -57,7 +57,7 @@ def _pcc(a, b):
 
 # ------------------------------------------------------------------ what the reconstruction sees
 def test_measurement_holds_only_what_a_user_knows(sim):
-    s, m, truth, _ = sim
+    s, m, _, _ = sim
     assert m["intensity"].dims == ("angle", "scan", "qy", "qx")
     assert m.sizes["angle"] == 8 and m.sizes["qy"] == int(s.detector_pixels)
     np.testing.assert_allclose(m["angle"].values, np.arange(8) * 45.0)
@@ -165,7 +165,8 @@ def test_alignment_recovers_injected_shifts(sim, phase):
     err = est + inj
     assert float(np.sqrt(np.mean(err ** 2))) < 0.15, err
     assert float(np.abs(err).max()) < 0.3
-    assert _pcc(off.values, ideal.values) < 0.6 < 0.95 < _pcc(P.values, ideal.values)
+    assert _pcc(off.values, ideal.values) < 0.6  # measured 0.45 before the alignment
+    assert _pcc(P.values, ideal.values) > 0.95  # 0.970 after it (0.989 without the injected shifts)
 
 
 def test_common_field_of_view_limits_the_grid(phase):
@@ -216,7 +217,7 @@ def test_cancel_during_the_ptychography_keeps_the_finished_angles(sim):
 
 # ------------------------------------------------------------------ the TV boundary
 def test_tv_boundary_never_comes_from_the_truth(sim):
-    s, m, truth, ideal = sim
+    s, _, truth, _ = sim
     lie = truth.copy()
     lie.attrs = dict(truth.attrs, fine_depth=-1.0)
     P = adept.subsample(adept.simulate(s)["projections"]["projections"], int(s.subsample))

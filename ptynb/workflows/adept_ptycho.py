@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..control import Cancelled, is_cancelled
+from ..control import Cancelled
 from ..data import ValidationError
 
 __all__ = ["USER_ATTRS", "check_measurement", "detector_shape_for", "illuminated_region", "illumination",
@@ -179,10 +179,13 @@ def simulate_measurement(volume: xr.DataArray, angles, *, tilt: float, energy_eV
     The volume (the phase per unit length ``k delta`` relative to the dielectric, rad/m) is
     turned into ``delta``, centred in a box large enough for every rotation (air = the
     dielectric level outside it) and measured by :func:`ptynb.simulate.tomography`
-    (``geometry="laminography"``, one slice per voxel, Poisson noise) with a zone-plate probe
-    (:func:`ptynb.physics.zone_plate_probe`, central stop, ``probe_defocus`` downstream of the
-    focus) on a jittered raster covering the detector of :func:`ptynb.tomo.project` for that
-    volume plus the probe's radius.
+    (``geometry="laminography"``, Poisson noise) in one slice: the projection approximation,
+    as the box (about 1 um deep for the tests' 8 x 24 x 24 voxels of 27 nm) is much thinner
+    than the depth of field ``2 dx^2 / lambda`` (7 um at 6.2 keV). The probe is a zone
+    plate's (:func:`ptynb.physics.zone_plate_probe`, central stop of a third of its
+    diameter, ``probe_defocus`` downstream of the focus) on a raster (jitter 20 % of the step)
+    covering the detector of :func:`ptynb.tomo.project` for that volume plus 4 pixels on each
+    side (the alignment margin of :func:`projections_from_phase`).
 
     Parameters
     ----------
