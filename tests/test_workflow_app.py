@@ -319,3 +319,29 @@ def test_lengths_without_a_default_are_shown_like_the_others():
     assert display_unit(S, "thickness") == ("nm", 1e9)  # as step and radius, not as far
     assert display_unit(S, "far") == ("m", 1.0)
     assert display_unit(S, "far", {"far": "mm"}) == ("mm", 1e3)
+
+
+def test_settings_editor_for_notebooks_shows_small_numbers_exactly():
+    """The notebooks' settings cells: typed inputs in display units, never sliders that show a
+    bounded 480e-9 m or a 2e-4 learning rate as "0" (pn.Param's default)."""
+    from bokeh.models import Slider, Spinner
+
+    from ptynb.apps import settings_editor
+    from ptynb.workflows import adept, stereo
+
+    s = stereo.Settings()
+    ed = settings_editor(s, ["separation", "theta_s", "n_beams"])
+    model = pn.panel(ed).get_root()
+    assert not list(model.select({"type": Slider}))
+    spinners = {m.title: m for m in model.select({"type": Spinner})}
+    assert spinners["Separation (nm)"].value == pytest.approx(480.0)
+    assert spinners["Separation (nm)"].format is None  # shown as typed: "480", not "0"
+    ed.number_widgets["separation"][0].value = 300.0
+    assert s.separation == pytest.approx(300e-9)
+    a = adept.Settings()
+    a.apply_preset("paper")
+    ed = settings_editor(a, ["learning_rate", "voxel_size"])
+    assert ed.number_widgets["learning_rate"][0].value == pytest.approx(2e-4)
+    assert ed.number_widgets["voxel_size"][0].value == pytest.approx(27.2)
+    ed.number_widgets["learning_rate"][0].value = 2.0  # out of (0, 1]: refused, with the bound shown
+    assert a.learning_rate == pytest.approx(2e-4) and ed.error.visible and "(0, 1]" in ed.error.object

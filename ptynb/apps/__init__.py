@@ -13,7 +13,7 @@ import importlib
 from ._resources import notebook_extension, use_inline_resources, use_server_resources  # no CDN
 
 __all__ = ["EXTRA_APPS", "APPS", "app_entries", "index", "build", "routes", "as_panel",
-           "notebook_extension", "use_inline_resources", "use_server_resources"]
+           "settings_editor", "notebook_extension", "use_inline_resources", "use_server_resources"]
 
 #: apps that are not workflows: slug -> (title, description, "module:function")
 EXTRA_APPS: dict[str, tuple[str, str, str]] = {
@@ -102,3 +102,12 @@ def as_panel(items, **column_kwargs):
     return pn.Column(*[pn.pane.Markdown(o) if isinstance(o, str) else
                        (o if isinstance(o, pn.viewable.Viewable) else pn.panel(o, linked_axes=False))
                        for o in items], **column_kwargs)
+
+
+def settings_editor(settings, names=None, *, display_units: dict | None = None):
+    """Typed, unit-labelled widgets editing ``settings`` in place, as in the apps: for a
+    notebook's settings cell (see :class:`ptynb.apps._workflow.SettingsEditor`). ``names``: the
+    settings shown, in order (default all); ``display_units``: ``{name: "nm"}`` overrides."""
+    from ._workflow import settings_editor as _editor
+
+    return _editor(settings, names, display_units=display_units)

@@ -21,8 +21,8 @@ import xarray as xr
 from ._files import FILE_SUFFIXES, DataFilePicker, data_dir
 from ._task import TaskRunner
 
-__all__ = ["FROM_FILE", "SIMULATE", "WorkflowApp", "app_for", "bounds_text", "display_unit", "save_path",
-           "unit_of", "with_widgets"]
+__all__ = ["FROM_FILE", "SIMULATE", "SettingsEditor", "WorkflowApp", "app_for", "bounds_text", "display_unit", "save_path",
+           "settings_editor", "unit_of", "with_widgets"]
 
 SIMULATE = "simulated demo"
 FROM_FILE = "file from the data directory"
@@ -126,6 +126,135 @@ def _load_any(path):
     return load_any(path)
 
 
+class SettingsEditor(pn.viewable.Viewer):
+    """Widgets that edit a settings object in place, for the apps and the notebooks alike.
+
+    Numbers get a typed input labelled with the unit they are shown in (SI lengths in nm/um
+    where sensible, with the conversion in the tooltip) and no browser-side clamping or
+    rounding (a slider would show 480 nm as "0" and round 2e-4 to 0): a value outside the
+    bounds is refused with a message that shows the bounds (:attr:`error`), never silently
+    reverted. Other settings use ``pn.Param``.
+
+    Parameters
+    ----------
+    settings : param.Parameterized (e.g. a workflow's ``Settings``)
+        Edited in place; changes made in code show in the widgets.
+    names : list of str, optional
+        The settings shown by ``__panel__`` (default: all but ``name``); their widgets are
+        made at once (:attr:`number_widgets`). :meth:`widgets` makes more (the apps' cards).
+    display_units : dict, optional
+        ``{setting: shown unit}`` for SI lengths ("nm", "um", "mm", "m"; :func:`display_unit`).
+    """
+
+    def __init__(self, settings, names=None, *, display_units: dict | None = None, **params):
+        super().__init__(**params)
+        self.settings = settings
+        self.names = list(names) if names is not None else [k for k in settings.param if k != "name"]
+        self.display_units = dict(display_units or {})
+        self.error = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-setting-error"])
+        self.number_widgets: dict[str, tuple] = {}
+        self._syncing = False
+        self._layout = pn.Column(self.widgets(self.names), self.error, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return self._layout
+
+    def widgets(self, names: list[str]):
+        """The widgets of some settings, in order, as one ``pn.Column``.
+
+        Numbers get a typed input labelled with the unit they are shown in (SI lengths in
+        nm/um where sensible, with the conversion in the tooltip) and without browser-side
+        clamping: a value outside the bounds is refused with a message that shows the bounds
+        (:attr:`error`), never silently reverted. Other settings use ``pn.Param``.
+        """
+        cls = type(self.settings)
+        items, others = [], []
+
+        def flush():
+            if others:
+                items.append(pn.Param(self.settings.param, parameters=list(others), show_name=False,
+                                      sizing_mode="stretch_width"))
+                others.clear()
+
+        for n in names:
+            if isinstance(cls.param[n], param.Number):
+                flush()
+                items.append(self._number_widget(n))
+            else:
+                others.append(n)
+        flush()
+        return pn.Column(*items, sizing_mode="stretch_width", margin=0)
+
+    def _number_widget(self, name: str):
+        cls = type(self.settings)
+        p = cls.param[name]
+        unit, factor = display_unit(cls, name, self.display_units)
+        stored = unit_of(cls, name)
+        is_int = isinstance(p, param.Integer)
+        label = p.label
+        if unit and label.lower().endswith(" " + unit.lower()):  # "Energy eV" -> "Energy (eV)"
+            label = label[: -len(unit) - 1]
+        label = f"{label} ({unit})" if unit else label
+        tip = [p.doc or ""]
+        b = bounds_text(p, factor, unit)
+        if b:
+            tip.append(f"Allowed: {b}.")
+        if factor != 1.0:
+            tip.append(f"Shown in {unit}, stored in {stored} (1 {unit} = {1 / factor:g} {stored}).")
+        value = getattr(self.settings, name)
+        shown = None if value is None else (int(value) if is_int else _num(value * factor))
+        kind = pn.widgets.IntInput if is_int else pn.widgets.FloatInput
+        w = kind(label=label, value=shown, description=" ".join(t for t in tip if t),
+                 css_classes=["ptynb-setting", f"ptynb-setting-{name}"], sizing_mode="stretch_width")
+        self.number_widgets[name] = (w, factor, unit, is_int)
+        w.param.watch(lambda e, n=name: self._number_typed(n, e.new), "value")
+        self.settings.param.watch(self._setting_changed, [name])
+        return w
+
+    def _number_typed(self, name: str, shown) -> None:
+        from ..data import ValidationError
+
+        if self._syncing:
+            return
+        _w, factor, unit, is_int = self.number_widgets[name]
+        p = type(self.settings).param[name]
+        value = None if shown is None else (int(shown) if is_int else float(shown) / factor)
+        try:
+            if value is None and not p.allow_None:
+                raise ValidationError(name, "needs a value")
+            self.settings.set(name, value)
+        except ValidationError:
+            b = bounds_text(p, factor, unit)
+            current = getattr(self.settings, name)
+            kept = "none" if current is None else f"{_num(current * factor):g}" + (f" {unit}" if unit else "")
+            what = "no value" if shown is None else f"{shown:g}" + (f" {unit}" if unit else "")
+            self.error.object = (f"**{p.label}**: {what} is not allowed"
+                                         + (f"; it must be in {b}" if b else "") + f". Kept {kept}.")
+            self.error.visible = True
+            self._show_number(name, current)
+            return
+        self.error.visible = False
+
+    def _show_number(self, name: str, value) -> None:
+        w, factor, _unit, is_int = self.number_widgets[name]
+        self._syncing = True
+        try:
+            w.value = None if value is None else (int(value) if is_int else _num(value * factor))
+        finally:
+            self._syncing = False
+
+    def _setting_changed(self, *events) -> None:
+        for e in events:
+            if e.name in self.number_widgets:
+                self._show_number(e.name, e.new)
+
+
+def settings_editor(settings, names=None, *, display_units: dict | None = None) -> SettingsEditor:
+    """Typed, unit-labelled widgets for ``settings`` (see :class:`SettingsEditor`); display it
+    in a notebook cell. ``names``: which settings, in order (default all)."""
+    return SettingsEditor(settings, names, display_units=display_units)
+
+
 class WorkflowApp(pn.viewable.Viewer):
     """A registered workflow as a web app (one instance per browser session).
 
@@ -204,11 +333,10 @@ class WorkflowApp(pn.viewable.Viewer):
                                                        width=120, css_classes=["ptynb-save-format"])
         self.error = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["ptynb-error"])
         self._busy_alert = False  # the error alert shows "a run is already in progress"
-        self.setting_error = pn.pane.Alert("", alert_type="warning", visible=False,
-                                           css_classes=["ptynb-setting-error"])
+        self.editor = SettingsEditor(self.settings, (), display_units=self.display_units)  # cards: below
+        self.setting_error = self.editor.error
         self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-warning"])
-        self._number_widgets: dict[str, tuple] = {}
-        self._syncing = False
+        self._number_widgets = self.editor.number_widgets
         self.partial = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-partial"])
         self.message = pn.pane.Markdown("", css_classes=["ptynb-message"])
         self.tabs = pn.Tabs(("Result", pn.pane.Markdown("Choose the settings and press **Run**.")),
@@ -265,93 +393,8 @@ class WorkflowApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ settings
     def setting_widgets(self, names: list[str]):
-        """The widgets of some settings, in order, as one ``pn.Column``.
-
-        Numbers get a typed input labelled with the unit they are shown in (SI lengths in
-        nm/um where sensible, with the conversion in the tooltip) and without browser-side
-        clamping: a value outside the bounds is refused with a message that shows the bounds
-        (:attr:`setting_error`), never silently reverted. Other settings use ``pn.Param``.
-        """
-        cls = type(self.settings)
-        items, others = [], []
-
-        def flush():
-            if others:
-                items.append(pn.Param(self.settings.param, parameters=list(others), show_name=False,
-                                      sizing_mode="stretch_width"))
-                others.clear()
-
-        for n in names:
-            if isinstance(cls.param[n], param.Number):
-                flush()
-                items.append(self._number_widget(n))
-            else:
-                others.append(n)
-        flush()
-        return pn.Column(*items, sizing_mode="stretch_width", margin=0)
-
-    def _number_widget(self, name: str):
-        cls = type(self.settings)
-        p = cls.param[name]
-        unit, factor = display_unit(cls, name, self.display_units)
-        stored = unit_of(cls, name)
-        is_int = isinstance(p, param.Integer)
-        label = p.label
-        if unit and label.lower().endswith(" " + unit.lower()):  # "Energy eV" -> "Energy (eV)"
-            label = label[: -len(unit) - 1]
-        label = f"{label} ({unit})" if unit else label
-        tip = [p.doc or ""]
-        b = bounds_text(p, factor, unit)
-        if b:
-            tip.append(f"Allowed: {b}.")
-        if factor != 1.0:
-            tip.append(f"Shown in {unit}, stored in {stored} (1 {unit} = {1 / factor:g} {stored}).")
-        value = getattr(self.settings, name)
-        shown = None if value is None else (int(value) if is_int else _num(value * factor))
-        kind = pn.widgets.IntInput if is_int else pn.widgets.FloatInput
-        w = kind(label=label, value=shown, description=" ".join(t for t in tip if t),
-                 css_classes=["ptynb-setting", f"ptynb-setting-{name}"], sizing_mode="stretch_width")
-        self._number_widgets[name] = (w, factor, unit, is_int)
-        w.param.watch(lambda e, n=name: self._number_typed(n, e.new), "value")
-        self.settings.param.watch(self._setting_changed, [name])
-        return w
-
-    def _number_typed(self, name: str, shown) -> None:
-        from ..data import ValidationError
-
-        if self._syncing:
-            return
-        _w, factor, unit, is_int = self._number_widgets[name]
-        p = type(self.settings).param[name]
-        value = None if shown is None else (int(shown) if is_int else float(shown) / factor)
-        try:
-            if value is None and not p.allow_None:
-                raise ValidationError(name, "needs a value")
-            self.settings.set(name, value)
-        except ValidationError:
-            b = bounds_text(p, factor, unit)
-            current = getattr(self.settings, name)
-            kept = "none" if current is None else f"{_num(current * factor):g}" + (f" {unit}" if unit else "")
-            what = "no value" if shown is None else f"{shown:g}" + (f" {unit}" if unit else "")
-            self.setting_error.object = (f"**{p.label}**: {what} is not allowed"
-                                         + (f"; it must be in {b}" if b else "") + f". Kept {kept}.")
-            self.setting_error.visible = True
-            self._show_number(name, current)
-            return
-        self.setting_error.visible = False
-
-    def _show_number(self, name: str, value) -> None:
-        w, factor, _unit, is_int = self._number_widgets[name]
-        self._syncing = True
-        try:
-            w.value = None if value is None else (int(value) if is_int else _num(value * factor))
-        finally:
-            self._syncing = False
-
-    def _setting_changed(self, *events) -> None:
-        for e in events:
-            if e.name in self._number_widgets:
-                self._show_number(e.name, e.new)
+        """The widgets of some settings, in order, as one ``pn.Column`` (see :class:`SettingsEditor`)."""
+        return self.editor.widgets(names)
 
     def setting_cards(self) -> list:
         groups = (type(self.settings).grouped() if hasattr(type(self.settings), "grouped")
