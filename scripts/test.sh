@@ -13,5 +13,14 @@ fi
 # torch==2.13.0 satisfies the project's torch pin and is the local CPU build on these machines.
 python -m pip install -q "torch==2.13.0" -e ".[test]"
 
-python -m pytest tests notebooks --nbval-lax -p no:cacheprovider \
+# All cores through pytest-xdist (tests/conftest.py keeps each notebook and each test module on one
+# worker); one BLAS/FFT thread per worker so that the workers do not fight over the cores.
+# PTYNB_TEST_WORKERS=0 runs everything in this one process.
+WORKERS="${PTYNB_TEST_WORKERS:-$(python -c 'import os; print(max(1, len(os.sched_getaffinity(0))))')}"
+XDIST=()
+if [ "$WORKERS" -gt 0 ]; then
+  XDIST=(-n "$WORKERS" --dist loadgroup)
+  export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 PTYNB_FFT_WORKERS=1
+fi
+python -m pytest tests notebooks --nbval-lax -p no:cacheprovider "${XDIST[@]}" \
   --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 "$@"

@@ -11,8 +11,33 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PTYNB_FFTW_WISDOM", "off")
 
 
+#: modules whose tests are independent runs of one notebook each: spread over the xdist workers
+#: one test at a time (each worker starts its own server); every other module runs whole on one
+#: worker, so its module-scoped fixtures (a full workflow run, a server) are built once
+_SPREAD = {"test_jupyterlab_browser.py", "test_notebook_apps_browser.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    """Skip GPU tests without a GPU; group tests for ``pytest -n N --dist loadgroup``.
+
+    scripts/test.sh runs the suite on all cores with pytest-xdist. nbval runs a notebook's cells
+    in order in one kernel, so each notebook (and each test module, see ``_SPREAD``) is one
+    ``xdist_group``; browser and slow tests are scheduled first so that the long ones do not
+    start last. tryfirst: the marks must exist before xdist reads them. Without ``-n`` the
+    groups do nothing.
+    """
     from ptynb.backend import gpu_available
+
+    for item in items:  # notebooks/conftest.py groups the notebooks' cells
+        path = getattr(item, "path", None)
+        if path is not None and path.suffix == ".py" and path.name not in _SPREAD:
+            item.add_marker(pytest.mark.xdist_group(path.name))
+    rank: dict = {}
+    for it in items:  # a module's rank: its "longest" kind of test; modules stay whole, in order
+        r = 0 if "browser" in it.keywords else 1 if ("slow" in it.keywords or it.path.suffix == ".ipynb") else 2
+        rank[it.path] = min(r, rank.get(it.path, 2))
+    items.sort(key=lambda it: rank[it.path])  # stable sort: the order inside a module is kept
 
     if not gpu_available():
         skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU with cupy (none here)")
