@@ -19,7 +19,7 @@ python -m pip install -q "torch==2.13.0" -e ".[test]"
 WORKERS="${PTYNB_TEST_WORKERS:-$(python -c 'import os; print(max(1, len(os.sched_getaffinity(0))))')}"
 XDIST=()
 if [ "$WORKERS" -gt 0 ]; then
-  XDIST=(-n "$WORKERS" --dist loadgroup)
+  XDIST=(-n "$WORKERS" --dist loadgroup --no-loadscope-reorder)  # in conftest order: long ones first
   export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 PTYNB_FFT_WORKERS=1
 fi
 python -m pytest tests notebooks --nbval-lax -p no:cacheprovider "${XDIST[@]}" \

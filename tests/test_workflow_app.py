@@ -345,3 +345,18 @@ def test_settings_editor_for_notebooks_shows_small_numbers_exactly():
     assert ed.number_widgets["voxel_size"][0].value == pytest.approx(27.2)
     ed.number_widgets["learning_rate"][0].value = 2.0  # out of (0, 1]: refused, with the bound shown
     assert a.learning_rate == pytest.approx(2e-4) and ed.error.visible and "(0, 1]" in ed.error.object
+
+
+@pytest.mark.parametrize("name", ["stereo", "mspt", "adept", "apt"])
+def test_settings_editor_of_every_workflow_serialises(name):
+    """Every setting of every workflow gets a widget whose Bokeh model can be sent to a browser
+    (a slider over a None-default number cannot: served notebook 04 hung on that)."""
+    from bokeh.document import Document
+
+    from ptynb.apps import settings_editor
+    from ptynb.workflows import get
+
+    s = get(name).settings()
+    doc = Document()
+    doc.add_root(pn.panel(settings_editor(s)).get_root(doc))
+    doc.to_json()  # raises UnsetValueError for a model with a property left unset
