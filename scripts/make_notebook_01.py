@@ -72,8 +72,8 @@ ptynb.apps.notebook_extension()
 
 settings = stereo.Settings(n_beams=N_BEAMS, theta_s=THETA_S, separation=SEPARATION, scan_grid=SCAN_GRID,
                            detector=DETECTOR, epie_iterations=EPIE, lsqml_iterations=LSQML, seed=SEED)
-pn.Column(ptynb.apps.settings_editor(settings, ["sample", "n_beams", "theta_s", "separation",
-                                                 "astigmatism", "epie_iterations", "lsqml_iterations", "upsample"]), width=350)"""),
+ptynb.apps.settings_editor(settings, ["sample", "n_beams", "theta_s", "separation",
+                                     "astigmatism", "epie_iterations", "lsqml_iterations", "upsample"])"""),
     md("""## 1. The simulated experiment
 
 The sample is a two-slice multislice object. Each beam is a zone-plate probe (D = 74.9 µm,

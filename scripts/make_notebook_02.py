@@ -46,8 +46,8 @@ settings = mspt.Settings()
 settings.apply_preset(PRESET)
 settings.seed = SEED
 settings.run_dir = RUN_DIR
-pn.Column(ptynb.apps.settings_editor(settings, ["cube_cells", "n_tilts", "tilt_range", "shift_rms", "euler_rms", "semiangle",
-                                                 "defocus", "dose", "n_slices", "iterations", "denoise"]), width=350)"""),
+ptynb.apps.settings_editor(settings, ["cube_cells", "n_tilts", "tilt_range", "shift_rms", "euler_rms", "semiangle",
+                                     "defocus", "dose", "n_slices", "iterations", "denoise"])"""),
     md("""## 1. The simulated tilt series
 
 A spinel Co₃O₄ cube (a = 8.08 Å; Co on the tetrahedral 8a and octahedral 16d sites, O on 32e) is tilted

@@ -50,8 +50,8 @@ settings.apply_preset(PRESET)
 settings.checkpoint = CHECKPOINT
 if os.path.exists(CHECKPOINT):
     os.remove(CHECKPOINT)  # a fresh start for this notebook
-pn.Column(ptynb.apps.settings_editor(settings, ["volume_shape", "n_angles", "subsample", "width",
-                                                 "iterations", "learning_rate", "hpf_boost", "tv_weight"]), width=350)"""),
+ptynb.apps.settings_editor(settings, ["volume_shape", "n_angles", "subsample", "width",
+                                     "iterations", "learning_rate", "hpf_boost", "tv_weight"])"""),
     md("""## 1. The simulated IC and its projections
 
 Two `ic_volume` phantoms stacked along z: Cu wiring on a pitch of 8 voxels below, 4 voxels in the top 35 %

@@ -40,8 +40,8 @@ ptynb.apps.notebook_extension()
 settings = apt.Settings()
 settings.apply_preset(PRESET)
 settings.seed = SEED
-pn.Column(ptynb.apps.settings_editor(settings, ["nz", "n_lateral", "voxel_size", "n_angles", "angle_range",
-                                                 "source", "approximant", "sirt_iterations"]), width=350)"""),
+ptynb.apps.settings_editor(settings, ["nz", "n_lateral", "voxel_size", "n_angles", "angle_range",
+                                     "source", "approximant", "sirt_iterations"])"""),
     md("""## One held-out IC at N = 29, ±17°
 
 `apt.run` simulates the IC and its phase projections, computes the Approximant, runs the network and the

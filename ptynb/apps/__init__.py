@@ -104,10 +104,11 @@ def as_panel(items, **column_kwargs):
                        for o in items], **column_kwargs)
 
 
-def settings_editor(settings, names=None, *, display_units: dict | None = None):
+def settings_editor(settings, names=None, *, display_units: dict | None = None, width: int | None = 350):
     """Typed, unit-labelled widgets editing ``settings`` in place, as in the apps: for a
     notebook's settings cell (see :class:`ptynb.apps._workflow.SettingsEditor`). ``names``: the
-    settings shown, in order (default all); ``display_units``: ``{name: "nm"}`` overrides."""
+    settings shown, in order (default all); ``display_units``: ``{name: "nm"}`` overrides;
+    ``width``: of the widgets in px (None: fill the cell)."""
     from ._workflow import settings_editor as _editor
 
-    return _editor(settings, names, display_units=display_units)
+    return _editor(settings, names, display_units=display_units, width=width)

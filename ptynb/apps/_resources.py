@@ -157,6 +157,10 @@ def notebook_extension(*extensions, logo: bool = False, **kwargs) -> None:
         # the notebook served as an app (``panel serve``, panel-preview): the server's resources
         use_server_resources()
         _no_web_fonts()
+        # every cell output is a figure of its own, as in JupyterLab: on one served page Panel
+        # would link the x/y ranges of all plots sharing a dimension name (the probe image of
+        # notebook 00 took the 4 um range of the scan plot and shrank to a corner)
+        pn.pane.HoloViews.param.linked_axes.default = False
         hv.extension("bokeh", logo=logo)
         pn.extension(*extensions, **kwargs)
         _relayout_when_loaded()

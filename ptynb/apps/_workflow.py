@@ -144,17 +144,26 @@ class SettingsEditor(pn.viewable.Viewer):
         made at once (:attr:`number_widgets`). :meth:`widgets` makes more (the apps' cards).
     display_units : dict, optional
         ``{setting: shown unit}`` for SI lengths ("nm", "um", "mm", "m"; :func:`display_unit`).
+    width : int, optional
+        Widget width in px (a notebook cell); None: fill the container (the apps' cards).
     """
 
-    def __init__(self, settings, names=None, *, display_units: dict | None = None, **params):
+    def __init__(self, settings, names=None, *, display_units: dict | None = None, width: int | None = None,
+                 **params):
         super().__init__(**params)
         self.settings = settings
+        #: fixed widget width (px), or None: as wide as the container (the apps' cards)
+        self.width = width
         self.names = list(names) if names is not None else [k for k in settings.param if k != "name"]
         self.display_units = dict(display_units or {})
         self.error = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["ptynb-setting-error"])
         self.number_widgets: dict[str, tuple] = {}
         self._syncing = False
-        self._layout = pn.Column(self.widgets(self.names), self.error, sizing_mode="stretch_width")
+        self._layout = pn.Column(self.widgets(self.names), self.error,
+                                 **(self._size() if width else {"sizing_mode": "stretch_width"}))
+
+    def _size(self) -> dict:
+        return {"width": int(self.width)} if self.width else {"sizing_mode": "stretch_width"}
 
     def __panel__(self):
         return self._layout
@@ -173,7 +182,7 @@ class SettingsEditor(pn.viewable.Viewer):
         def flush():
             if others:
                 items.append(pn.Param(self.settings.param, parameters=list(others), show_name=False,
-                                      sizing_mode="stretch_width"))
+                                      **self._size()))
                 others.clear()
 
         for n in names:
@@ -183,7 +192,7 @@ class SettingsEditor(pn.viewable.Viewer):
             else:
                 others.append(n)
         flush()
-        return pn.Column(*items, sizing_mode="stretch_width", margin=0)
+        return pn.Column(*items, margin=0, **self._size())
 
     def _number_widget(self, name: str):
         cls = type(self.settings)
@@ -205,7 +214,7 @@ class SettingsEditor(pn.viewable.Viewer):
         shown = None if value is None else (int(value) if is_int else _num(value * factor))
         kind = pn.widgets.IntInput if is_int else pn.widgets.FloatInput
         w = kind(label=label, value=shown, description=" ".join(t for t in tip if t),
-                 css_classes=["ptynb-setting", f"ptynb-setting-{name}"], sizing_mode="stretch_width")
+                 css_classes=["ptynb-setting", f"ptynb-setting-{name}"], **self._size())
         self.number_widgets[name] = (w, factor, unit, is_int)
         w.param.watch(lambda e, n=name: self._number_typed(n, e.new), "value")
         self.settings.param.watch(self._setting_changed, [name])
@@ -249,10 +258,12 @@ class SettingsEditor(pn.viewable.Viewer):
                 self._show_number(e.name, e.new)
 
 
-def settings_editor(settings, names=None, *, display_units: dict | None = None) -> SettingsEditor:
+def settings_editor(settings, names=None, *, display_units: dict | None = None,
+                    width: int | None = 350) -> SettingsEditor:
     """Typed, unit-labelled widgets for ``settings`` (see :class:`SettingsEditor`); display it
-    in a notebook cell. ``names``: which settings, in order (default all)."""
-    return SettingsEditor(settings, names, display_units=display_units)
+    in a notebook cell. ``names``: which settings, in order (default all); ``width`` (px) of
+    the widgets, None to fill the container."""
+    return SettingsEditor(settings, names, display_units=display_units, width=width)
 
 
 class WorkflowApp(pn.viewable.Viewer):

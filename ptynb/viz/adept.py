@@ -49,21 +49,31 @@ def _img(a, x, y, title, xlabel="x (nm)", ylabel="y (nm)", cmap="gray", width=17
     dy = float(y[1] - y[0]) / _NM if len(y) > 1 else 1.0
     b = (x[0] / _NM - dx / 2, y[0] / _NM - dy / 2, x[-1] / _NM + dx / 2, y[-1] / _NM + dy / 2)
     lo, hi = (float(np.nanpercentile(a, 1)), float(np.nanpercentile(a, 99.5))) if a.size else (0, 1)
+    if hi <= lo and a.size:  # sparse metal (a via in a dielectric slice): the full range, not black
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     if hi <= lo:
         hi = lo + 1e-12
     return hv.Image(a[::-1], bounds=b, kdims=[xlabel, ylabel], vdims=["value"]).opts(
-        cmap=cmap, aspect="equal", frame_width=width, title=title, clim=(lo, hi), xaxis=None, yaxis=None)
+        cmap=cmap, aspect="equal", frame_width=width, title=title, clim=(lo, hi), xaxis=None, yaxis=None,
+        fontsize={"title": "9pt"})  # "SIRT (positivity), z=-190 nm" fits over a 170 px frame
 
 
 def slices(tree, depths: int = 4) -> object:
-    """(y, x) slices at ``depths`` depths (rows) for truth, reference, FBP, SIRT, ADePt (columns)."""
+    """(y, x) slices at ``depths`` depths (rows) for truth, reference, FBP, SIRT, ADePt (columns).
+
+    The depths: one per equal band of z, the slice of the truth (else of the first volume) with
+    the largest spread of values in that band."""
     hv = _hv()
     vols = _volumes(tree)
     if not vols:
         return "no volumes yet"
-    ref = next(iter(vols.values()))
+    ref = vols.get("truth", next(iter(vols.values())))
     nz = ref.sizes["z"]
-    ks = np.unique(np.linspace(1, nz - 2, min(depths, nz)).round().astype(int))
+    # one depth per equal band of z: the slice with the most structure in the band (an IC's wiring
+    # sits in layers; evenly spaced depths can all fall in the dielectric between them)
+    std = np.nanstd(np.asarray(ref.values, np.float64).reshape(nz, -1), axis=1)
+    edges = np.linspace(0, nz, min(depths, nz) + 1).round().astype(int)
+    ks = [lo + int(np.argmax(std[lo:hi])) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
     panels = []
     for k in ks:
         for name, v in vols.items():
@@ -182,11 +192,13 @@ def live(volume, history, iteration, *, coords=None) -> object:
     nz = v.shape[0]
     c = coords or {d: np.arange(n) * _NM for d, n in zip("zyx", v.shape)}
     ks = np.unique(np.linspace(1, nz - 2, 3).round().astype(int))
-    imgs = [_img(v[k], c["x"], c["y"], f"iteration {iteration}, z={float(c['z'][k]) / _NM:.0f} nm") for k in ks]
+    imgs = [_img(v[k], c["x"], c["y"], f"z = {float(c['z'][k]) / _NM:.0f} nm", width=150) for k in ks]
     curve = loss_curve(history)
     if isinstance(curve, str):
-        curve = hv.Curve([], "iteration", "loss").opts(frame_width=420, frame_height=220, title="training loss")
-    return hv.Layout([curve] + imgs).cols(4)
+        curve = hv.Curve([], "iteration", "loss")
+    curve = curve.opts(frame_width=300, frame_height=200, title=f"training loss (iteration {iteration})")
+    # 2 x 2 (loss and a slice, two slices): about 600 px wide, inside a JupyterLab column
+    return hv.Layout([curve] + imgs).cols(2)
 
 
 def views(tree, settings=None) -> list:
