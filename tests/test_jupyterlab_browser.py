@@ -251,15 +251,17 @@ def test_notebook_renders_offline_in_jupyterlab(lab, offline_page, name):
 
 
 #: Binder's way to an app: Panel's Jupyter server extension renders binder/app.py?app=<name>
-#: (what the README links); each must show its app's heading and live Bokeh views, offline
-PREVIEW = {"": "ptynb apps", "explorer": "Measurement explorer", "stereo": "Stereo"}
+#: and notebook 00 (what the README links); each must show its heading and live Bokeh views, offline
+PREVIEW = {"": "ptynb apps", "explorer": "Measurement explorer", "stereo": "Stereo",
+           "00_getting_started.ipynb": "Getting started with ptynb"}  # a notebook as an app, as the README says
 
 
 @pytest.mark.parametrize("app", list(PREVIEW))
 def test_binder_preview_shows_the_app(lab, offline_page, app):
     page = offline_page
-    page.goto(f"{lab['url']}/panel-preview/render/binder/app.py?app={app}&token={lab['token']}",
-              timeout=120000)
+    path = app if app.endswith(".ipynb") else f"binder/app.py?app={app}"  # notebooks: copied to the root
+    sep = "&" if "?" in path else "?"
+    page.goto(f"{lab['url']}/panel-preview/render/{path}{sep}token={lab['token']}", timeout=120000)
     assert "Kernel Error" not in (page.title() or ""), page.locator("body").inner_text()[:500]
     page.get_by_text(PREVIEW[app], exact=False).first.wait_for(timeout=60000)
     page.locator(RENDERED).first.wait_for(state="attached", timeout=30000)
