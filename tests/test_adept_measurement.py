@@ -255,3 +255,48 @@ def test_run_from_a_measurement_matches_the_projections_path(sim):
     assert np.isfinite(tree.attrs["ber_adept_all"]) and tree.attrs["ber_fbp_all"] < 0.15
     for k in ("ber_fbp_all", "ber_sirt_all", "ber_adept_all", "pcc_fbp_all", "pcc_sirt_all", "pcc_adept_all"):
         print(k, f"measurement {tree.attrs[k]:.3f}  projections {ref.attrs[k]:.3f}")
+
+
+@pytest.mark.slow
+def test_app_runs_on_a_measurement_file(sim, tmp_path, monkeypatch):
+    """The ADePt app on a user's diffraction file from the data directory: checked,
+    reconstructed per angle, trained, drawn; the file has no truth, so there is no metrics node."""
+    from bokeh.document import Document
+
+    from ptynb import io
+    from ptynb.apps._workflow import FROM_FILE
+    from ptynb.apps.adept import AdeptApp
+
+    _, m, _, _ = sim
+    assert not [v for v in m.data_vars if v.startswith("true_")]
+    monkeypatch.setenv("PTYNB_DATA_DIR", str(tmp_path))
+    io.save(m, tmp_path / "ic.h5")
+    app = AdeptApp(settings=_settings(iterations=10, ptycho_iterations=5, align_iterations=2))
+    app.source = FROM_FILE
+    app.files.refresh()
+    app.files.select.value = "ic.h5"
+    assert app.run(), app.error.object
+    assert not app.error.visible, app.error.object
+    assert app.result.attrs["status"] == "complete"
+    assert {"ptychography", "phase", "projections", "adept"} <= set(app.result.children)
+    assert "metrics" not in app.result.children
+    assert app.result["adept"].to_dataset().sizes == app.result["fbp"].to_dataset().sizes
+    app.__panel__().get_root(Document())
+
+
+def test_live_view_draws_a_volume_on_another_grid():
+    """The app's live view gets the settings' grid; a measurement's automatic grid differs."""
+    import holoviews as hv
+
+    from ptynb.viz import adept as views
+
+    hv.extension("bokeh")
+    coords = {d: (np.arange(n) - n // 2) * 27.2e-9 for d, n in zip("zyx", (8, 24, 24))}
+    vol = np.random.default_rng(0).normal(size=(11, 20, 22)).astype(np.float32)
+    lay = views.live(vol, {"iteration": np.arange(3), "loss": np.array([1.0, 0.5, 0.2])}, 2, coords=coords)
+    imgs = [e for e in lay if isinstance(e, hv.Image)]
+    assert [i.data.shape if hasattr(i.data, "shape") else None for i in imgs] and len(imgs) == 3
+    assert imgs[-1].label == "" and "z = " in imgs[-1].opts.get().kwargs["title"]
+    zs = [float(i.opts.get().kwargs["title"].split("=")[1].split()[0]) for i in imgs]
+    assert max(zs) <= 5 * 27.2 + 1e-6 and min(zs) >= -5 * 27.2 - 1e-6  # centred 11-slice grid, 27 nm steps
+    hv.render(lay, backend="bokeh")

@@ -185,12 +185,16 @@ def live(volume, history, iteration, *, coords=None) -> object:
         ``iteration``, ``loss``, ... so far.
     iteration : int
     coords : dict, optional
-        ``z``, ``y``, ``x`` coordinates (m); default voxel indices times 1 nm.
+        ``z``, ``y``, ``x`` coordinates (m); default voxel indices times 1 nm. Coordinates of
+        another length than the volume's axes give their spacing only (centred grid).
     """
     hv = _hv()
     v = np.asarray(volume)
     nz = v.shape[0]
     c = coords or {d: np.arange(n) * _NM for d, n in zip("zyx", v.shape)}
+    if any(len(c[d]) != n for d, n in zip("zyx", v.shape)):  # another grid (e.g. from a measurement)
+        step = {d: float(c[d][1] - c[d][0]) if len(c[d]) > 1 else _NM for d in "zyx"}
+        c = {d: (np.arange(n) - n // 2) * step[d] for d, n in zip("zyx", v.shape)}
     ks = np.unique(np.linspace(1, nz - 2, 3).round().astype(int))
     imgs = [_img(v[k], c["x"], c["y"], f"z = {float(c['z'][k]) / _NM:.0f} nm", width=150) for k in ks]
     curve = loss_curve(history)
