@@ -9,6 +9,8 @@ markdown string; nothing here imports panel. Lengths are shown in nm.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 __all__ = [
@@ -73,7 +75,7 @@ def slices(tree, depths: int = 4) -> object:
     # sits in layers; evenly spaced depths can all fall in the dielectric between them)
     std = np.nanstd(np.asarray(ref.values, np.float64).reshape(nz, -1), axis=1)
     edges = np.linspace(0, nz, min(depths, nz) + 1).round().astype(int)
-    ks = [lo + int(np.argmax(std[lo:hi])) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    ks = [lo + int(np.argmax(std[lo:hi])) for lo, hi in itertools.pairwise(edges) if hi > lo]
     panels = []
     for k in ks:
         for name, v in vols.items():
