@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Cancelled", "check_event", "is_cancelled", "raise_if_cancelled", "Reporter",
-           "progress_bar", "STATUS_COMPLETE", "STATUS_CANCELLED", "STATUS_ERROR"]
+           "progress_bar", "tqdm_class", "STATUS_COMPLETE", "STATUS_CANCELLED", "STATUS_ERROR"]
 
 STATUS_COMPLETE = "complete"
 STATUS_CANCELLED = "cancelled"
@@ -107,10 +107,31 @@ class Reporter:
         return (self._root or self)._last
 
 
-def progress_bar(total: int | None, enabled: bool = True, desc: str = "", **kwargs):
-    """A tqdm bar (notebook widget or terminal) or None when ``enabled`` is False."""
-    if not enabled:
-        return None
+def tqdm_class():
+    """The tqdm bar class for where the code runs: the notebook widget in a notebook, the text bar
+    in a terminal, and the text bar in a notebook served as an app (``panel serve``, Panel's
+    Jupyter preview), where a widget bar closed at its end (``leave=False``) is rendered after it
+    lost its comm and the page fails ("'NoneType' object has no attribute 'comm_id'")."""
+    import sys
+
+    pn = sys.modules.get("panel")
+    if pn is not None:
+        try:
+            doc = pn.state.curdoc
+            served = doc is not None and doc.session_context is not None
+        except Exception:  # noqa: BLE001 - no Panel state: not served
+            served = False
+        if served:
+            from tqdm.std import tqdm
+
+            return tqdm
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, **kwargs)
+    return tqdm
+
+
+def progress_bar(total: int | None, enabled: bool = True, desc: str = "", **kwargs):
+    """A tqdm bar (:func:`tqdm_class`) or None when ``enabled`` is False."""
+    if not enabled:
+        return None
+    return tqdm_class()(total=total, desc=desc, **kwargs)

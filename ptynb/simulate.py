@@ -300,7 +300,8 @@ def _expected_intensity(obj_d, probe_d, iy, ix, sub_y, sub_x, *, xp, pixel_size,
     Positions are processed in batches of a fixed size (the last batch is padded by repeating
     its last position) so that FFT plans are reused.
     """
-    from tqdm.auto import tqdm
+    from .control import tqdm_class
+    tqdm = tqdm_class()
 
     n_s = obj_d.shape[0]
     m, npy, npx = probe_d.shape

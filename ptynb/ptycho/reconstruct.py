@@ -548,7 +548,8 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     # ---------------------------------------------------------------- loop
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..control import tqdm_class
+        tqdm = tqdm_class()
 
         bar = tqdm(total=total, initial=state.iteration, desc="ptycho", leave=False)
     status = "complete"

@@ -131,7 +131,8 @@ def _progress(iterable, progress, desc):
     if not progress:
         return iterable
     try:
-        from tqdm.auto import tqdm
+        from ..control import tqdm_class
+        tqdm = tqdm_class()
     except Exception:  # pragma: no cover
         return iterable
     return tqdm(iterable, desc=desc, leave=False)

@@ -29,7 +29,8 @@ def _progress(iterable, progress, desc):
     if not progress:
         return iterable
     try:
-        from tqdm.auto import tqdm
+        from ..control import tqdm_class
+        tqdm = tqdm_class()
 
         return tqdm(iterable, desc=desc, leave=False)
     except ImportError:  # pragma: no cover - tqdm missing

@@ -182,7 +182,8 @@ def estimate_layer_shift(views, *, max_shift: float = 8.0, axis: str = "x", sign
     grid = grid[np.abs(grid) >= 0.5]  # a zero shift cannot separate layers
     it = grid
     if progress:
-        from tqdm.auto import tqdm
+        from ..control import tqdm_class
+        tqdm = tqdm_class()
 
         it = tqdm(grid, desc="layer shift (cross-validation)", leave=False)
     vals = np.asarray([score(g_) for g_ in it])
@@ -624,7 +625,8 @@ def recover_layers(views, shifts, *, sign: str | None = "negative", smoothness: 
     Wt = W * t
     it_range = range(iterations)
     if progress:
-        from tqdm.auto import tqdm
+        from ..control import tqdm_class
+        tqdm = tqdm_class()
 
         it_range = tqdm(it_range, desc="layer recovery", leave=False)
     for it in it_range:
@@ -737,7 +739,8 @@ def beam_caustic(probe, distances, *, wavelength: float | None = None, pixel_siz
     fy = np.empty(z.size)
     it = range(z.size)
     if progress:
-        from tqdm.auto import tqdm
+        from ..control import tqdm_class
+        tqdm = tqdm_class()
 
         it = tqdm(it, desc="caustic", leave=False)
 
