@@ -154,7 +154,7 @@ def _train(args) -> int:
     if args.model != "apt":  # pragma: no cover - argparse restricts the choices
         raise UsageError(f"unknown model {args.model!r}")
     from .workflows.apt import TrainSettings, train_model
-    from .workflows.apt_steps import SHIPPED_WEIGHTS
+    from .workflows.apt_steps import PTYCHO_WEIGHTS, SHIPPED_WEIGHTS
 
     settings = TrainSettings()
     for item in args.set or []:
@@ -171,10 +171,13 @@ def _train(args) -> int:
         except ValueError:
             v = value
         setattr(settings, key, tuple(v) if isinstance(v, list) else v)
-    out = Path(args.out) if args.out else SHIPPED_WEIGHTS
+    default = PTYCHO_WEIGHTS if settings.approximant == "ptychography" else SHIPPED_WEIGHTS
+    out = Path(args.out) if args.out else default
     if not out.parent.is_dir():
         raise UsageError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    r = train_model(settings, out=out, checkpoint=args.checkpoint, progress=not args.quiet)
+    command = " ".join(["ptynb train", args.model, *(f"--set {item}" for item in args.set or []),
+                        *([f"--out {args.out}"] if args.out else [])])
+    r = train_model(settings, out=out, checkpoint=args.checkpoint, progress=not args.quiet, command=command)
     m = r["meta"]
     print(f"train {args.model}: {m['status']}; wrote {r['path']} ({out.stat().st_size / 1e6:.2f} MB)")
     print(f"  loss (NPCC) first 10 iterations {m['loss_first10']:.4f}, last 10 {m['loss_last10']:.4f}; "
@@ -242,7 +245,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
     t = sub.add_parser("train", help="train a network from simulated data (ptynb train apt --out apt.pt)")
     t.add_argument("model", choices=["apt"], help="which network (apt: the APT 3D U-Net)")
-    t.add_argument("--out", default=None, help="weights file (default: the shipped ptynb/learn/weights/apt_small.pt)")
+    t.add_argument("--out", default=None, help=(
+        "weights file (default: the shipped ptynb/learn/weights/apt_small.pt, or apt_ptycho_small.pt "
+        "with --set approximant=ptychography)"))
     t.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="a training setting (repeatable), e.g. --set iterations=200 --set width=0.25")
     t.add_argument("--checkpoint", default=None, help="checkpoint file (resumed when it exists)")

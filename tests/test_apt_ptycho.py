@@ -99,7 +99,8 @@ def test_run_with_measurement_end_to_end(meas7, ic):
     from ptynb.workflows import apt
 
     s = apt.Settings(nz=SHAPE[0], n_lateral=SHAPE[1], sirt_iterations=5, sart_iterations=2)
-    tree = apt.run(s, measurement=meas7, progress=False)
+    # the fbp-trained weights (apt_small.pt): 'matched' feeds them the FBP of the ptycho projections
+    tree = apt.run(s, measurement=meas7, weights=steps.SHIPPED_WEIGHTS, progress=False)
     assert tree.attrs["status"] == "complete"
     grid = None
     for k in ("approximant", "apt", "fbp", "sirt", "sart"):
@@ -119,8 +120,79 @@ def test_run_with_measurement_end_to_end(meas7, ic):
     assert apt.Settings.from_attrs(tree.attrs).ptycho_iterations == 2
     # the network on the ptychographic Approximant itself: the weights were not trained on it
     with pytest.warns(UserWarning, match="trained on the 'fbp' Approximant"):
-        t2 = apt.run(s.copy(ptycho_network="approximant", baselines=False), measurement=meas7, progress=False)
+        t2 = apt.run(s.copy(ptycho_network="approximant", baselines=False, weights=str(steps.SHIPPED_WEIGHTS)),
+                     measurement=meas7, progress=False)
     assert t2["apt"].to_dataset()["apt"].attrs["network_input"] == "ptychography"
+
+
+def test_default_weights_for_diffraction_data_are_the_ptycho_ones(meas7):
+    """Without weights=, diffraction data get apt_ptycho_small.pt (trained on the ptychographic
+    Approximant), fed that Approximant directly and without a warning; projections keep apt_small.pt."""
+    pytest.importorskip("torch")
+    from ptynb.workflows import apt
+
+    assert steps.PTYCHO_WEIGHTS.is_file() and steps.PTYCHO_WEIGHTS.with_suffix(".json").is_file()
+    assert apt.default_weights(True) == steps.PTYCHO_WEIGHTS and apt.default_weights(False) is None
+    model, arch, meta = steps.load_model(steps.PTYCHO_WEIGHTS)
+    assert arch["approximant"] == ap.PTYCHO_KIND and meta["approximant"] == ap.PTYCHO_KIND
+    import json
+
+    side = json.loads(steps.PTYCHO_WEIGHTS.with_suffix(".json").read_text())
+    assert side["architecture"] == arch and side["meta"]["command"].startswith("ptynb train apt")
+    assert "--set approximant=ptychography" in side["meta"]["command"]
+    s = apt.Settings(nz=SHAPE[0], n_lateral=SHAPE[1], baselines=False)  # ptycho_network="matched"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # weights trained on this Approximant: no warning
+        tree = apt.run(s, measurement=meas7, progress=False)
+    n = tree["apt"].to_dataset()["apt"]
+    assert n.attrs["network_trained_on"] == "ptychography" and n.attrs["network_input"] == "ptychography"
+    assert tree.attrs["network_trained_on"] == "ptychography"
+    # the network on the (tiny) ptychographic Approximant itself: a finite volume on its grid
+    a = tree["approximant"].to_dataset()["approximant"]
+    assert a.attrs["method"] == ap.PTYCHO_KIND
+    out = apt._network(model, arch, meta, a, overlap=0.5, batch=4, cancel=None)
+    assert out.dims == ("z", "y", "x") and out.shape == SHAPE and np.isfinite(out.values).all()
+    assert all(np.allclose(out[d], a[d]) for d in ("z", "y", "x")) and out.attrs["units"] == "rad/m"
+    assert np.allclose(n.values, out.values, atol=1e-4 * float(np.abs(out.values).max()))
+    # these weights on phase projections: refused with a pointer to diffraction data
+    p = steps.phase_projections(steps.simulate_ic(SEED, SHAPE, VOXEL)["q"], np.linspace(-17, 17, 7))
+    with pytest.raises(ValidationError, match="trained on 'ptychography'.*diffraction data"):
+        apt.run(s, projections=p, weights=steps.PTYCHO_WEIGHTS, progress=False)
+
+
+def test_tiny_training_on_ptychographic_approximants(tmp_path, monkeypatch):
+    """approximant="ptychography": simulated diffraction data per training volume and draw; the
+    loss falls and the weights (and their json) say which Approximant they were trained on."""
+    pytest.importorskip("torch")
+    import json
+
+    from ptynb.cli import main
+    from ptynb.workflows import apt
+
+    ts = apt.TrainSettings(n_train=2, n_val=1, draws=1, nz=16, n_lateral=16, patch_lateral=16, width=0.0625,
+                           blocks=(1, 1, 1), iterations=20, learning_rate=3e-3, n_min=3, n_max=3,
+                           theta_min=15.0, theta_max=20.0, approximant="ptychography")
+    out = tmp_path / "tiny_ptycho.pt"
+    calls = []
+    pair = steps._ptycho_pair
+
+    def counted(q, angles, **kw):  # every pair's input is a ptychographic Approximant of simulated data
+        a = pair(q, angles, **kw)
+        calls.append((len(angles), a.shape))
+        return a
+
+    monkeypatch.setattr(steps, "_ptycho_pair", counted)
+    r = apt.train_model(ts, out=out, progress=False)
+    assert calls == [(3, (16, 16, 16))] * 3  # 2 training volumes + 1 validation volume, 3 angles each
+    h = r["result"].history["loss"]
+    assert np.mean(h[-5:]) < np.mean(h[:5]) - 0.05, h
+    _, arch, meta = steps.load_model(out)
+    assert arch["approximant"] == "ptychography" and meta["approximant"] == "ptychography"
+    assert meta["data"]["ptycho_iterations"] == 2 and meta["data"]["pairs_train"] == 2
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["architecture"]["approximant"] == "ptychography" and side["meta"]["recipe"]["iterations"] == 20
+    # the CLI accepts the setting (a bad value is refused before any simulation)
+    assert main(["train", "apt", "--set", "approximant=nope", "--out", str(tmp_path / "x.pt")]) == 2
 
 
 def test_bad_measurements(meas7):

@@ -21,6 +21,7 @@ from ..data import ValidationError
 
 __all__ = [
     "MATERIALS",
+    "PTYCHO_WEIGHTS",
     "SHIPPED_WEIGHTS",
     "WEIGHTS_DIR",
     "apply_model",
@@ -39,6 +40,9 @@ __all__ = [
 MATERIALS = (("Cu", "SiO2"), ("W", "SiO2"), ("Al", "SiO2"), ("Cu", "Si"), ("Au", "SiO2"))
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "learn" / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "apt_small.pt"
+#: shipped weights trained on the ptychographic Approximant (``approximant="ptychography"``),
+#: the default of ``apt.run(measurement=...)`` when present
+PTYCHO_WEIGHTS = WEIGHTS_DIR / "apt_ptycho_small.pt"
 
 # disjoint seed ranges: training volumes, validation volumes, held-out test volumes
 _SEED_BASE = {"train": 0, "val": 100_000, "test": 200_000}
@@ -155,22 +159,38 @@ def standardize(a: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def training_set(seeds, *, shape, voxel_size, energy_eV, n_range, theta_range, draws: int = 2,
-                 noise: float = 0.0, kind: str = "fbp", rng=None, progress: bool = False, cancel=None):
+                 noise: float = 0.0, kind: str = "fbp", ptycho: dict | None = None, rng=None,
+                 progress: bool = False, cancel=None):
     """Standardised (Approximant, truth) volume pairs for training or validation.
 
     Every volume of ``seeds`` is imaged ``draws`` times with N drawn uniformly from
-    ``n_range`` (angles) and the half range from ``theta_range`` (degrees).
+    ``n_range`` (angles) and the half range from ``theta_range`` (degrees), the N angles
+    uniform over -theta..+theta.
+
+    ``kind``: "fbp" or "backprojection" (:func:`approximant` of phase projections with white
+    phase noise ``noise`` rad), or "ptychography": per volume and draw a simulated
+    ptycho-tomography (:func:`ptynb.workflows.apt_ptycho.simulate_measurement`, Poisson noise)
+    and its ptychographic Approximant (:func:`~ptynb.workflows.apt_ptycho.ptycho_approximant`);
+    ``ptycho`` holds their knobs: ``iterations`` (2), ``slices`` (5), ``modes`` (2),
+    ``counts`` (incident counts per pattern, 1e6); ``noise`` is not used then.
 
     Returns
     -------
     x, y : float32 arrays (n, Z, Y, X) (standardised Approximant and truth)
-    info : dict with ``std_ratio`` (median std(truth) / std(Approximant)) and ``conditions``
+    info : dict with ``std_ratio`` (median std(truth) / std(Approximant)), ``conditions``
+        ((N, theta) per pair) and ``seconds_per_pair``
     """
+    import time
+
     from ..control import Cancelled, is_cancelled, progress_bar
 
+    if kind not in ("fbp", "backprojection", "ptychography"):
+        raise ValidationError("approximant", f"must be 'fbp', 'backprojection' or 'ptychography', got {kind!r}")
+    pk = {"iterations": 2, "slices": 5, "modes": 2, "counts": 1e6, **(ptycho or {})}
     rng = np.random.default_rng(0) if rng is None else rng
     xs, ys, ratios, cond = [], [], [], []
     bar = progress_bar(len(seeds), desc="simulating ICs") if progress else None
+    t0 = time.perf_counter()
     for s in seeds:
         if is_cancelled(cancel):
             raise Cancelled("cancelled while simulating the training set")
@@ -178,8 +198,12 @@ def training_set(seeds, *, shape, voxel_size, energy_eV, n_range, theta_range, d
         for _ in range(draws):
             n = int(rng.integers(n_range[0], n_range[1] + 1))
             th = float(rng.uniform(*theta_range))
-            p = phase_projections(q, np.linspace(-th, th, n), noise=noise, seed=int(rng.integers(2**31)))
-            a = approximant(p, kind).values
+            seed = int(rng.integers(2**31))
+            ang = np.linspace(-th, th, n)
+            if kind == "ptychography":
+                a = _ptycho_pair(q, ang, energy_eV=energy_eV, seed=seed, cancel=cancel, **pk)
+            else:
+                a = approximant(phase_projections(q, ang, noise=noise, seed=seed), kind).values
             xa, _, sa = standardize(a)
             ya, _, sq = standardize(q.values)
             xs.append(xa)
@@ -190,7 +214,25 @@ def training_set(seeds, *, shape, voxel_size, energy_eV, n_range, theta_range, d
             bar.update(1)
     if bar is not None:
         bar.close()
-    return np.stack(xs), np.stack(ys), {"std_ratio": float(np.median(ratios)), "conditions": cond}
+    return np.stack(xs), np.stack(ys), {"std_ratio": float(np.median(ratios)), "conditions": cond,
+                                        "seconds_per_pair": (time.perf_counter() - t0) / max(1, len(xs))}
+
+
+def _ptycho_pair(q, angles, *, energy_eV, seed, iterations, slices, modes, counts, cancel=None) -> np.ndarray:
+    """The ptychographic Approximant (z, y, x) rad/m of ``q`` seen at ``angles`` (simulated data)."""
+    from ..control import Cancelled
+    from . import apt_ptycho
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = apt_ptycho.simulate_measurement(q, angles, modes=int(modes), slices=int(slices),
+                                            energy_eV=float(energy_eV), counts_per_pattern=float(counts),
+                                            seed=int(seed))
+        a = apt_ptycho.ptycho_approximant(m, iterations=int(iterations), slices=int(slices), modes=int(modes),
+                                          cancel=cancel)
+    if a.attrs.get("status") == "cancelled":
+        raise Cancelled("cancelled while simulating the training set")
+    return a.values
 
 
 def ms_ssim_auto(a, b) -> float:
