@@ -424,19 +424,9 @@ def check_projections(projections, volume_shape=None) -> xr.DataArray:
     tilt = float(a["tilt"])
     if not (0.0 < tilt <= 90.0) or not np.isfinite(tilt):
         raise ValidationError("tilt", f"{tilt!r} deg: must be in (0, 90]")
-    if "angle" not in projections.coords:
-        raise ValidationError("angle", "coordinate missing (degrees)")
-    ang = np.asarray(projections["angle"].values, dtype=np.float64)
-    if ang.size < 2:
-        raise ValidationError("angle", f"only {ang.size} angle; need at least 2")
-    if np.unique(np.round(ang, 9)).size != ang.size:
-        raise ValidationError("angle", "has repeated values")
-    unit = str(projections["angle"].attrs.get("units", "degree")).lower()
-    if unit.startswith("rad"):
-        raise ValidationError("angle", "is in radians; convert to degrees (np.rad2deg) and set units='degree'")
-    if ang.size >= 3 and np.abs(ang).max() < 2 * math.pi:
-        raise ValidationError("angle", f"all |values| < 2 pi ({np.abs(ang).max():.3f}) with unit {unit!r}: these look "
-                              "like radians; laminography scans 360 degrees. Convert with np.rad2deg")
+    from .adept_ptycho import check_angles
+
+    check_angles(projections)
     for d in ("y", "x"):
         if d not in projections.coords:
             raise ValidationError(d, "coordinate missing (metres)")

@@ -34,7 +34,7 @@ import xarray as xr
 from ..control import Cancelled
 from ..data import ValidationError
 
-__all__ = ["USER_ATTRS", "check_measurement", "detector_shape_for", "illuminated_region", "illumination",
+__all__ = ["USER_ATTRS", "check_angles", "check_measurement", "detector_shape_for", "illuminated_region", "illumination",
            "phase_images", "projections_from_phase", "reconstruct_angles", "simulate_measurement"]
 
 HC = 12.398419843320026e-7  # h c in eV m
@@ -63,6 +63,33 @@ def _lamino_tilt(attrs) -> float:
     raise ValidationError("tilt", "missing from the measurement's attrs: give the laminography angle between the "
                           "rotation axis and the beam in degrees (attrs['lamino_tilt'] or a scalar "
                           "attrs['tilt'], e.g. 61.108 for LamNI)")
+
+
+def check_angles(obj) -> np.ndarray:
+    """The ``angle`` coordinate of laminography data (measurement or projections) in degrees,
+    checked: present, at least 2, finite, distinct, and not radians by mistake (a ``units``
+    attr of radians, or every |value| < 2 pi where laminography scans 360 degrees).
+
+    Returns
+    -------
+    ndarray (angle,) float64, degrees.
+    """
+    if "angle" not in obj.coords:
+        raise ValidationError("angle", "coordinate missing (degrees)")
+    ang = np.asarray(obj["angle"].values, dtype=np.float64)
+    if ang.size < 2:
+        raise ValidationError("angle", f"only {ang.size} angle; need at least 2")
+    if not np.all(np.isfinite(ang)):
+        raise ValidationError("angle", "contains NaN or inf")
+    if np.unique(np.round(ang, 9)).size != ang.size:
+        raise ValidationError("angle", "has repeated values")
+    unit = str(obj["angle"].attrs.get("units", "degree")).lower()
+    if unit.startswith("rad"):
+        raise ValidationError("angle", "is in radians; convert to degrees (np.rad2deg) and set units='degree'")
+    if ang.size >= 3 and np.abs(ang).max() < 2 * math.pi:
+        raise ValidationError("angle", f"all |values| < 2 pi ({np.abs(ang).max():.3f}) with unit {unit!r}: these look "
+                              "like radians; laminography scans 360 degrees. Convert with np.rad2deg")
+    return ang
 
 
 def check_measurement(measurement) -> xr.Dataset:
@@ -117,21 +144,7 @@ def check_measurement(measurement) -> xr.Dataset:
         raise ValidationError("geometry", f"{geom!r}: ADePt needs a laminography measurement (geometry="
                               "'laminography' and the tilt in the attrs)")
     tilt = _lamino_tilt(a)
-    if "angle" not in measurement.coords:
-        raise ValidationError("angle", "coordinate missing (degrees)")
-    ang = np.asarray(measurement["angle"].values, dtype=np.float64)
-    if ang.size < 2:
-        raise ValidationError("angle", f"only {ang.size} angle; need at least 2")
-    if not np.all(np.isfinite(ang)):
-        raise ValidationError("angle", "contains NaN or inf")
-    if np.unique(np.round(ang, 9)).size != ang.size:
-        raise ValidationError("angle", "has repeated values")
-    unit = str(measurement["angle"].attrs.get("units", "degree")).lower()
-    if unit.startswith("rad"):
-        raise ValidationError("angle", "is in radians; convert to degrees (np.rad2deg) and set units='degree'")
-    if ang.size >= 3 and np.abs(ang).max() < 2 * math.pi:
-        raise ValidationError("angle", f"all |values| < 2 pi ({np.abs(ang).max():.3f}) with unit {unit!r}: these look "
-                              "like radians; laminography scans 360 degrees. Convert with np.rad2deg")
+    ang = check_angles(measurement)
     values = np.asarray(inten.values)
     finite = np.isfinite(values)
     if not finite.all():
