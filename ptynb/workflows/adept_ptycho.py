@@ -22,11 +22,8 @@ relative to the dielectric (or air) level.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import threading
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -269,36 +266,19 @@ def simulate_measurement(volume: xr.DataArray, angles, *, tilt: float, energy_eV
 
 
 # ============================================================================ 1. per-angle LSQ-ML
-def _angle_key(angle: float) -> str:
-    return f"angle_{float(angle):+09.3f}".replace("+", "p").replace("-", "m").replace(".", "_")
-
-
-def _fingerprint(block: xr.Dataset, opts: dict) -> str:
-    """Settings + a digest of the data: a per-angle file is reused only for the same inputs."""
-    h = hashlib.sha256(np.ascontiguousarray(np.asarray(block["intensity"].values, np.float32)).tobytes())
-    h.update(np.asarray(block["scan_y"].values, np.float64).tobytes())
-    h.update(np.asarray(block["scan_x"].values, np.float64).tobytes())
-    h.update(json.dumps(opts, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]
-
-
 def _reconstruct_one(block: xr.Dataset, *, opts: dict, run_dir: str | None = None, report=None,
                      block_cancel=None, n_blocks: int = 1, angles=None) -> xr.Dataset:
     """One angle (map_blocks worker, module level for dask): LSQ-ML, read from / written to
     ``run_dir`` (complete angles only)."""
-    from .. import io
     from ..ptycho import reconstruct
+    from ._checkpoints import block_path, fingerprint, load_block
 
     angle = float(block["angle"].values) if "angle" in block.coords else 0.0
-    fp = _fingerprint(block, opts)
-    path = Path(run_dir) / f"{_angle_key(angle)}.h5" if run_dir else None
-    if path is not None and path.exists():
-        try:
-            old = io.load(path)
-            if isinstance(old, xr.Dataset) and old.attrs.get("fingerprint") == fp:
-                return old
-        except Exception:  # noqa: BLE001 - an unreadable file is redone
-            pass
+    fp = fingerprint(block, opts)
+    path = block_path(run_dir, "angle", angle)
+    old = load_block(path, fp)
+    if old is not None:
+        return old
     data = block.drop_vars("angle", errors="ignore")
     index = 0 if angles is None else int(np.argmin(np.abs(np.asarray(angles) - angle)))
     cb = None
@@ -314,9 +294,10 @@ def _reconstruct_one(block: xr.Dataset, *, opts: dict, run_dir: str | None = Non
                      coords={"scan_y": rec["scan_y"], "scan_x": rec["scan_x"]})
     out.attrs = {"fingerprint": fp, "status": rec.attrs.get("status", "complete"),
                  "pixel_size": float(rec.attrs["pixel_size"])}
-    if path is not None and out.attrs["status"] == "complete":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.save(out, path)
+    if out.attrs["status"] == "complete":
+        from ._checkpoints import save_block
+
+        save_block(out, path)
     return out
 
 

@@ -203,13 +203,14 @@ class TrainSettings(Options):
         "Network input: the fbp or backprojection Approximant of phase projections, or the "
         "ptychographic Approximant of simulated diffraction data (ptycho-tomography per volume and "
         "angle draw; minutes of CPU per ten volumes)"))
-    ptycho_iterations = param.Integer(default=2, bounds=(1, 10_000),
+    # the Approximant's settings: defaults stated once, in Settings (the workflow's)
+    ptycho_iterations = param.Integer(default=Settings.param["ptycho_iterations"].default, bounds=(1, 10_000),
                                       doc="approximant=ptychography: ePIE iterations per angle")
-    ptycho_slices = param.Integer(default=5, bounds=(1, 256),
+    ptycho_slices = param.Integer(default=Settings.param["ptycho_slices"].default, bounds=(1, 256),
                                   doc="approximant=ptychography: multislice slices L (simulation and inversion)")
-    ptycho_modes = param.Integer(default=2, bounds=(1, 32),
+    ptycho_modes = param.Integer(default=Settings.param["ptycho_modes"].default, bounds=(1, 32),
                                  doc="approximant=ptychography: probe modes M (simulation and inversion)")
-    ptycho_counts = param.Number(default=1e6, bounds=(1.0, None),
+    ptycho_counts = param.Number(default=Settings.param["ptycho_counts"].default, bounds=(1.0, None),
                                  doc="approximant=ptychography: incident counts per diffraction pattern (Poisson)")
     width = param.Number(default=0.125, bounds=(0.01, 4.0), doc="Channel factor (1: the paper's 32..512)")
     blocks = param.NumericTuple(default=(3, 4, 6), length=3, doc="Bottleneck blocks per encoder stage")

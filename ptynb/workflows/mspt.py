@@ -40,8 +40,6 @@ in :func:`summarize` (keys ending ``_vs_truth``).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import threading
@@ -614,34 +612,18 @@ def load_tilt_series(path, **calibration) -> xr.Dataset:
 
 
 # ============================================================================ 3. ptychography
-def _tilt_key(angle: float) -> str:
-    return f"tilt_{float(angle):+09.3f}".replace("+", "p").replace("-", "m").replace(".", "_")
-
-
-def _fingerprint(block: xr.Dataset, opts: dict) -> str:
-    """Settings + a digest of the data: a per-tilt file is reused only for the same inputs."""
-    inten = np.asarray(block["intensity"].values)
-    h = hashlib.sha256(np.ascontiguousarray(inten[:: max(1, inten.shape[0] // 16)]).tobytes())
-    h.update(json.dumps(opts, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]
-
-
 def _reconstruct_one(block: xr.Dataset, *, opts: dict, crop_n: int, run_dir: str | None = None) -> xr.Dataset:
     """One tilt (map_blocks worker, module level for dask): multislice reconstruction, the
     summed-slice phase on the projection grid, the probe; read from / written to ``run_dir``."""
-    from .. import io
     from ..ptycho import reconstruct
+    from ._checkpoints import block_path, fingerprint, load_block, save_block
 
     angle = float(block["angle"].values) if "angle" in block.coords else 0.0
-    fp = _fingerprint(block, opts)
-    path = Path(run_dir) / f"{_tilt_key(angle)}.h5" if run_dir else None
-    if path is not None and path.exists():
-        try:
-            old = io.load(path)
-            if isinstance(old, xr.Dataset) and old.attrs.get("fingerprint") == fp:
-                return old.drop_vars("angle", errors="ignore")
-        except Exception:  # noqa: BLE001 - an unreadable file is redone
-            pass
+    fp = fingerprint(block, opts)
+    path = block_path(run_dir, "tilt", angle)
+    old = load_block(path, fp)
+    if old is not None:
+        return old.drop_vars("angle", errors="ignore")
     data = block[[v for v in ("intensity", "mask") if v in block]]
     data = data.drop_vars("angle", errors="ignore")
     rec = reconstruct(data, engine=opts["engine"], iterations=int(opts["iterations"]),
@@ -649,9 +631,7 @@ def _reconstruct_one(block: xr.Dataset, *, opts: dict, crop_n: int, run_dir: str
                       seed=int(opts["seed"]), progress=False)
     out = phase_projections(rec, crop_n)
     out.attrs.update(fingerprint=fp, status=rec.attrs.get("status", "complete"))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.save(out, path)
+    save_block(out, path)
     return out
 
 
