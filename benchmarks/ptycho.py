@@ -1,11 +1,15 @@
-"""Ptychography benchmark: ptynb throughput vs the machine's FFT bound, and vs peers.
+"""Ptychography benchmark: ptynb throughput vs the machine's FFT bound, and vs four peers.
 
-Run from the repository root::
+Run from the repository root (one command runs everything; the first run creates the peer
+venvs, several GB and minutes)::
 
-    python benchmarks/ptycho.py            # full run (tens of minutes on 2 cores)
-    python benchmarks/ptycho.py --quick    # small sizes, smoke test (a few minutes)
-    python benchmarks/ptycho.py --no-peers # ptynb and FFT only
-    python benchmarks/ptycho.py --gpu      # also time ptynb on the GPU (cupy)
+    python benchmarks/ptycho.py              # full run (about an hour on 2 shared cores)
+    python benchmarks/ptycho.py --quick      # small sizes, smoke test (minutes)
+    python benchmarks/ptycho.py --only xray --only electron --peers ptychi,ptyrad
+    python benchmarks/ptycho.py --no-peers   # ptynb and FFT only
+    python benchmarks/ptycho.py --gpu        # also time ptynb on the GPU (cupy)
+
+Parts (``--only``, repeatable): ``fft``, ``throughput``, ``xray``, ``electron``, ``abtem``.
 
 What it measures
 ----------------
@@ -16,12 +20,31 @@ What it measures
    iterations, the first iteration excluded) for engines ePIE and LSQ-ML at 64/128/256 px
    detectors, 1 and 5 slices, 1 and 3 probe modes, next to the FFT-bound rate
    ``best FFTs/s / (2 * slices * modes)`` measured in the same run, and their ratio.
-3. Peers, on the same simulated data (``ptynb.simulate.ptychography``) and the same number of
-   iterations, each in its own virtual environment under ``benchmarks/.venvs/`` created by
-   this script (``python -m venv`` + pip): PtyLab 0.3.x (numpy 2) and py4DSTEM 0.14.18
-   (numpy < 2). The data go to ``benchmarks/.cache/``; a peer script in
-   ``benchmarks/peers/`` reconstructs and writes its object to ``.npz``; this script computes
-   every error the same way:
+3. Time to quality, three cases, the same data, initial probe (ptynb's
+   :func:`~ptynb.ptycho.initial_probe`) and iteration count for every package:
+
+   * ``xray``: far field, 400 patterns of 128^2 (``xray_data``), 30 iterations: ptynb LSQ-ML,
+     ePIE and ePIE with PtyLab's algorithm (whole-pixel shifts, amplitude constraint);
+     PtyLab 0.3 ePIE and mPIE; pty-chi 2.2 LSQ-ML; PtyRAD 1.0 (Adam) at its default learning
+     rates and at :data:`PTYRAD_XRAY_LR_SCALE` times them.
+   * ``electron``: 4D-STEM of SrTiO3 simulated by ptynb (``electron_data``: 1024 patterns of
+     96^2, 7.8 nm thick), reconstructed with 4 slices, 10 iterations: ptynb LSQ-ML, py4DSTEM
+     0.14.18 (gradient descent), pty-chi LSQ-ML, PtyRAD.
+   * ``abtem``: 4D-STEM of SrTiO3 simulated by abTEM 1.0.11 (``peers/abtem_sim.py``: 1024
+     patterns of 96^2, 4.7 nm thick, 300 keV, Poisson dose 1e5 e/A^2), reconstructed the same
+     way; the truth is abTEM's projected potential (phase ``sigma V``).
+
+   Every package runs in its own process (ptynb too, ``peers/ptynb_run.py``, so its peak
+   memory is measured the same way), the peers in virtual environments under
+   ``benchmarks/.venvs/`` that this script creates (``python -m venv`` + pip): ``ptylab``,
+   ``py4dstem`` (numpy < 2), ``abtem``, and one ``torchpeers`` venv shared by pty-chi and PtyRAD
+   (their requirements agree: torch >= 2.4 and torchvision; torch 2.14.1 and torchvision
+   0.29.1 are installed first and pinned by a constraints file, so the peers cannot change
+   them). PtyRAD 1.0.0 needs Python >= 3.12 for one f-string in ``plotting/basic.py``; the venv
+   is Python 3.11, so this script rewrites that line in the installed copy (printed when it
+   does; :data:`PTYRAD_PATCH`). Runners (``benchmarks/peers/*_run.py``) record the object at up
+   to 60 iterations with wall-clock times (start-up and the copies excluded, see
+   ``peers/_common.py``); this script scores every snapshot in this process the same way:
 
    * X-ray: NRMSE of the complex object over the well-illuminated area (illumination
      ``sum_j |P(r - r_j)|^2`` above 25 % of its maximum), after removing a global complex
@@ -30,6 +53,14 @@ What it measures
    * Electron: Pearson correlation of the summed phase of the slices with the true total
      phase (proportional to the projected potential) over the scanned area, after removing
      a fitted plane from the reconstructed phase, best over integer shifts of up to 3 px.
+
+   and prints per case, as Markdown: start-up time, s/iteration (median), final quality, time
+   to reach the target (the best peer's final quality; "not reached"), quality at equal wall
+   time (budget: the slowest package's time for the common iterations, or ``--budget``;
+   packages that finished before 80 % of it are run again with enough iterations to fill it,
+   at most ``--max-extend`` times the common count), and peak memory (ru_maxrss of each
+   package's process). All packages get ``--threads`` threads (default 1: OpenMP, BLAS, torch,
+   ptynb's FFT workers); ``--repeats`` rounds alternate the order.
 
    A peer that cannot be installed or run prints its reason in the table; no number is
    made up. These machines are noisy and shared: compare the ratios measured side by side.
@@ -55,9 +86,25 @@ if str(ROOT) not in sys.path:
 VENVS = HERE / ".venvs"
 CACHE = HERE / ".cache"
 PEERS = {
-    "ptylab": {"spec": "ptylab>=0.3.7,<0.4", "module": "PtyLab", "script": "ptylab_run.py"},
-    "py4dstem": {"spec": "py4dstem==0.14.18", "module": "py4DSTEM", "script": "py4dstem_run.py"},
+    "ptylab": {"spec": ["ptylab>=0.3.7,<0.4"], "module": "PtyLab", "label": "PtyLab",
+               "venv": "ptylab"},
+    "py4dstem": {"spec": ["py4dstem==0.14.18"], "module": "py4DSTEM", "label": "py4DSTEM",
+                 "venv": "py4dstem"},
+    # pty-chi and PtyRAD both want torch >= 2.4 and torchvision: one venv, torch pinned first
+    "ptychi": {"spec": ["ptychi==2.2.0"], "module": "ptychi", "label": "pty-chi",
+               "venv": "torchpeers", "pin": ["torch==2.14.1", "torchvision==0.29.1"]},
+    "ptyrad": {"spec": ["ptyrad==1.0.0"], "module": "ptyrad", "label": "PtyRAD",
+               "venv": "torchpeers", "pin": ["torch==2.14.1", "torchvision==0.29.1"]},
+    # the simulator of the third case (not a reconstruction peer)
+    "abtem": {"spec": ["abtem==1.0.11"], "module": "abtem", "label": "abTEM", "venv": "abtem"},
 }
+#: PtyRAD's learning rates are tuned for electrons (phases of ~0.1 rad per slice); on the X-ray
+#: case it also runs with them scaled by this factor (chosen on the --quick X-ray case: x10
+#: reached NRMSE 0.089 and x40 0.029 after 20 iterations, default 0.148)
+PTYRAD_XRAY_LR_SCALE = 40.0
+#: PtyRAD 1.0.0 has one f-string that nests the same quotes (valid from Python 3.12 only); the
+#: venv is Python 3.11 (like ptynb), so that line is rewritten in the installed copy
+PTYRAD_PATCH = ("ptyrad/plotting/basic.py", "{lr_iters['niter'][-1]}", '{lr_iters["niter"][-1]}')
 
 
 def log(*a):
@@ -375,31 +422,62 @@ def time_ptynb(ds, engine, iterations, *, slices=1, modes=1, slice_thickness=Non
 
 
 # ============================================================================ peers
+def _patch_ptyrad(venv: Path) -> str:
+    """Apply :data:`PTYRAD_PATCH` to the installed PtyRAD (idempotent); return what was done."""
+    rel, old, new = PTYRAD_PATCH
+    hits = list(venv.glob(f"lib/python*/site-packages/{rel}"))
+    if not hits:
+        return "PtyRAD not installed"
+    text = hits[0].read_text()
+    if old not in text:
+        return "patch not needed" if new in text else "patch target not found"
+    hits[0].write_text(text.replace(old, new))
+    log(f"[peers] patched {hits[0]}: {old} -> {new} (Python 3.11 f-string)")
+    return "patched"
+
+
 def peer_python(name: str, install: bool = True) -> tuple[Path | None, str]:
     """The venv python of peer ``name``, creating the venv and pip-installing if needed.
 
     Returns (python path or None, message).
     """
     info = PEERS[name]
-    venv = VENVS / name
+    venv = VENVS / info["venv"]
     py = venv / "bin" / "python"
     check = [str(py), "-c", f"import {info['module']}, numpy; print({info['module']}.__name__)"]
+    if name == "ptyrad" and py.exists():
+        _patch_ptyrad(venv)
+    CACHE.mkdir(parents=True, exist_ok=True)  # the checks run there (not next to the venvs)
     if py.exists():
-        r = subprocess.run(check, capture_output=True, text=True)
+        r = subprocess.run(check, capture_output=True, text=True, cwd=str(CACHE))
         if r.returncode == 0:
             return py, "ok"
     if not install:
         return None, "venv missing"
-    log(f"[peers] creating {venv} and installing {info['spec']} (minutes)...")
     VENVS.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-    if r.returncode:
-        return None, f"venv failed: {r.stderr.strip()[-200:]}"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", info["spec"]],
-                       capture_output=True, text=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not py.exists():
+        log(f"[peers] creating {venv} (minutes)...")
+        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
+                           text=True)
+        if r.returncode:
+            return None, f"venv failed: {r.stderr.strip()[-200:]}"
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    if info.get("pin"):
+        log(f"[peers] installing {info['pin']} into {venv} (minutes)...")
+        r = subprocess.run(pip + info["pin"], capture_output=True, text=True)
+        if r.returncode:
+            return None, f"pip install {info['pin']} failed: {r.stderr.strip().splitlines()[-1:]}"
+        pins = venv / "pins.txt"
+        pins.write_text("\n".join(info["pin"]) + "\n")
+        pip += ["-c", str(pins)]  # the peer must not up- or downgrade torch
+    log(f"[peers] installing {info['spec']} into {venv} (minutes)...")
+    r = subprocess.run(pip + info["spec"], capture_output=True, text=True)
     if r.returncode:
         return None, f"pip install {info['spec']} failed: {r.stderr.strip().splitlines()[-1:]}"
-    r = subprocess.run(check, capture_output=True, text=True)
+    if name == "ptyrad":
+        _patch_ptyrad(venv)
+    r = subprocess.run(check, capture_output=True, text=True, cwd=str(CACHE))
     if r.returncode:
         return None, f"import failed: {r.stderr.strip().splitlines()[-1:]}"
     return py, "ok"
@@ -460,20 +538,40 @@ def ptylab_offset(centre_px, No):
     return (centre_px[0] - No // 2, centre_px[1] - No // 2)
 
 
-def write_py4dstem_input(ds, path, grid, n_slices):
+def write_py4dstem_input(ds, path, grid, n_slices, slice_thickness):
+    """py4DSTEM runner input (format in ``benchmarks/peers/py4dstem_run.py``). The defocus is
+    the *nominal* one (``nominal_defocus``), what ptynb's initial probe, and so pty-chi's and
+    PtyRAD's, is built from."""
     dx = float(ds.attrs["pixel_size"])
     lam = float(ds.attrs["wavelength"])
     n = ds.sizes["qy"]
     inten = np.asarray(ds["intensity"].values, np.float32).reshape(grid, grid, n, n)
     pos = np.stack([ds["scan_y"].values, ds["scan_x"].values], 1) * 1e10
-    thick = float(ds["true_object"]["z"].values[-1] - ds["true_object"]["z"].values[0]) + \
-        float(np.diff(ds["true_object"]["z"].values)[0])
+    df = float(ds.attrs.get("nominal_defocus", ds.attrs["defocus"]))
     np.savez(path, intensity=inten, positions_A=pos, energy_eV=float(ds.attrs["energy_eV"]),
              angular_sampling_mrad=lam / (n * dx) * 1e3,
              semiangle_mrad=float(ds.attrs["convergence_semiangle"]) * 1e3,
-             defocus_A=float(ds.attrs["defocus"]) * 1e10, num_slices=n_slices,
-             slice_thickness_A=thick / n_slices * 1e10)
-    return thick
+             defocus_A=df * 1e10, num_slices=n_slices,
+             slice_thickness_A=float(slice_thickness) * 1e10)
+
+
+def write_peer_input(ds, path, probe0, n_slices=1, slice_thickness=None, grid=None):
+    """The common peer input ``.npz`` (format: ``benchmarks/peers/_common.py``)."""
+    truth, y0, x0 = _truth(ds)
+    dx = float(ds.attrs["pixel_size"])
+    pos = np.stack([(ds["scan_y"].values - y0) / dx, (ds["scan_x"].values - x0) / dx], 1)
+    n = ds.sizes["qy"]
+    probe0 = np.asarray(probe0, np.complex64).reshape(-1, n, n)
+    elec = ds.attrs.get("radiation") == "electron"
+    g = grid or int(round(np.sqrt(ds.sizes["scan"])))
+    np.savez(path, intensity=np.asarray(ds["intensity"].values, np.float32), pos_px=pos,
+             object_shape=np.asarray(truth.shape[-2:]), truth_origin_m=np.asarray([y0, x0]),
+             probe=probe0, pixel_size_m=dx,
+             wavelength_m=float(ds.attrs["wavelength"]), energy_eV=float(ds.attrs["energy_eV"]),
+             n_slices=int(n_slices), slice_thickness_m=float(slice_thickness or 0.0),
+             radiation=str(ds.attrs.get("radiation", "xray")), grid=np.asarray([g, g]),
+             semiangle_rad=float(ds.attrs["convergence_semiangle"]) if elec else np.nan,
+             defocus_m=float(ds.attrs["defocus"]) if elec else np.nan)
 
 
 # ============================================================================ main parts
@@ -513,59 +611,296 @@ def throughput_table(args, rates_by_n):
     return rows
 
 
-def xray_peer_case(args):
+def _runner_env(threads: int) -> dict:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
+    env.pop("PYTHONPATH", None)
+    if threads:
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                  "NUMEXPR_NUM_THREADS", "PTYNB_FFT_WORKERS"):
+            env[k] = str(threads)
+    return env
+
+
+def run_runner(entry: dict, args) -> dict:
+    """Run one package's runner in its own process; return its output record or a note.
+
+    ``entry``: ``label`` (package), ``engine``, ``python`` (interpreter), ``script`` (in
+    ``benchmarks/peers/``), ``argv``, ``out`` (.npz it writes) and ``offset`` (a function of the
+    loaded output giving the truth-grid pixel of reconstruction pixel (0, 0)).
+    """
+    out = Path(entry["out"])
+    if out.exists():
+        out.unlink()
+    cmd = [str(entry["python"]), str(HERE / "peers" / entry["script"]), *map(str, entry["argv"])]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout,
+                           env=_runner_env(args.threads), cwd=str(CACHE))
+    except subprocess.TimeoutExpired:
+        return dict(note=f"timed out after {args.peer_timeout} s")
+    wall = time.perf_counter() - t0
+    if r.returncode or not out.exists():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+        return dict(note="failed: " + " | ".join(tail)[-300:])
+    d = dict(np.load(out))
+    d["offset"] = entry["offset"](d)
+    d["wall"] = wall
+    log(f"[{entry['case']}] {entry['label']} {entry['engine']}: {wall:.1f} s wall, "
+        f"{r.stdout.strip().splitlines()[-1:]}")
+    return d
+
+
+def score_series(ds, kind, snapshots, offset):
+    """Quality of every snapshot (K, S, H, W): X-ray NRMSE (slice 0) or electron phase PCC.
+
+    The registration (integer shift, up to 3 px) is searched on the last snapshot; the others
+    are scored within 1 px of it.
+    """
+    truth, _, _ = _truth(ds)
+    if kind == "xray":
+        t = truth[0] if truth.ndim == 3 else truth
+        mask = illumination_mask(ds)
+
+        def fn(o, off):
+            return complex_nrmse(_place(o[0], off, t.shape), t, mask)
+        maximize = False
+    else:
+        tphase = np.angle(truth).sum(0) if truth.ndim == 3 else np.angle(truth)
+        mask = scanned_mask(ds)
+
+        def fn(o, off):
+            return phase_pcc(_place(np.angle(o).sum(0), off, tphase.shape), tphase, mask)
+        maximize = True
+
+    def best(o, centre, radius):
+        vals = {}
+        for dy in range(-radius, radius + 1):
+            for dx_ in range(-radius, radius + 1):
+                off = (centre[0] + dy, centre[1] + dx_)
+                vals[off] = fn(o, off)
+        k = (max if maximize else min)(vals, key=vals.get)
+        return k, vals[k]
+
+    off, last = best(snapshots[-1], tuple(offset), 3)
+    return [best(o, off, 1)[1] for o in snapshots[:-1]] + [last]
+
+
+def _better(a, b, kind):
+    return a <= b if kind == "xray" else a >= b
+
+
+def _series(ds, kind, recs):
+    out = []
+    for r in recs:
+        q = score_series(ds, kind, r["snapshots"], r["offset"])
+        out.append((np.asarray(r["snap_times"], float), np.asarray(r["snap_iters"]),
+                    np.asarray(q, float)))
+    return out
+
+
+def summarise(ds, kind, results, budget):
+    """Per-package row: set-up, s/it, final quality, time to the target, quality at the budget.
+
+    ``results``: list of (entry, [record per round], [extended records]). The final quality,
+    s/iteration and start-up come from the rounds of the common iteration count; time to the
+    target and quality at the budget from the extended runs where there are any (packages
+    that finished early, run on until the budget), else from the rounds. Target = best final
+    quality of the packages other than ptynb (all packages when there is no peer).
+    """
+    rows = []
+    for entry, recs, ext in results:
+        ok = [r for r in recs if "snapshots" in r]
+        row = dict(package=entry["label"], engine=entry["engine"])
+        if not ok:
+            row["note"] = recs[0].get("note", "no result") if recs else "not run"
+            rows.append(row)
+            continue
+        series = _series(ds, kind, ok)
+        ext_ok = [r for r in ext if "snapshots" in r]
+        its = [np.asarray(r["iteration_times"], float) for r in ok]
+        row.update(series=series, ext_series=_series(ds, kind, ext_ok) if ext_ok else None,
+                   per_iter=float(np.median(np.concatenate([t[1:] if t.size > 1 else t for t in its]))),
+                   setup=float(np.median([float(r["setup_time"]) for r in ok])),
+                   final=float(series[0][2][-1]),
+                   finish=float(np.median([s_[0][-1] for s_ in series])),
+                   iterations=int(series[0][1][-1]),
+                   peak_mb=float(max(float(r["maxrss_mb"]) for r in ok + ext_ok)),
+                   version=str(ok[0].get("version", "")), note=str(ok[0].get("note", "")))
+        if ext and not ext_ok:
+            row["note"] += f"; extended run: {ext[0].get('note', 'failed')}"
+        rows.append(row)
+    done = [r for r in rows if "final" in r]
+    if not done:
+        return rows, None
+    peers = [r for r in done if r["package"] != "ptynb"] or done
+    target = (min if kind == "xray" else max)(r["final"] for r in peers)
+    for r in done:
+        hits, at_budget, n_at = [], [], []
+        for t, it, q in (r["ext_series"] or r["series"]):
+            reach = [tt for tt, qq in zip(t, q) if _better(qq, target, kind)]
+            hits.append(reach[0] if reach else np.inf)
+            sel = t <= budget * (1 + 1e-9)
+            at_budget.append(q[sel][-1] if sel.any() else np.nan)
+            n_at.append(int(it[sel][-1]) if sel.any() else 0)
+        r["to_target"] = float(np.median(hits))
+        r["at_budget"] = float(np.median(at_budget))
+        r["iters_at_budget"] = int(np.median(n_at))
+        r.pop("series")
+        r.pop("ext_series")
+    return rows, target
+
+
+def _offset_fixed(d):
+    return tuple(int(v) for v in d["offset"])
+
+
+def case_entries(args, case, ds, inp, meas_pkl, iters, kind, peers, n_slices, slice_thickness,
+                 probe0, grid):
+    """The runs of one case: ptynb variants first, then the peers (those installed)."""
+    entries = []
+    sysy = sys.executable
+    ptynb_variants = [("lsqml", "LSQ-ML", [])]
+    if kind == "xray":
+        ptynb_variants += [("epie", "ePIE", []),
+                           ("epie", "ePIE whole-pixel, gaussian (PtyLab's algorithm)",
+                            ["--kw", "subpixel=round", "--kw", "noise=gaussian"])]
+    for engine, label, extra in ptynb_variants:
+        out = CACHE / f"{case}_ptynb_{len(entries)}.npz"
+        entries.append(dict(case=case, label="ptynb", engine=label + (" multislice" if n_slices > 1 else ""),
+                            python=sysy, script="ptynb_run.py", out=out, offset=_offset_fixed,
+                            argv=[inp, meas_pkl, out, "--engine", engine, "--iterations", iters,
+                                  "--threads", args.threads, *extra]))
+    notes = []
+    for name in peers:
+        if name == "ptylab" and kind != "xray":
+            continue
+        if name == "py4dstem" and kind == "xray":
+            continue
+        py, msg = peer_python(name, install=not args.no_install)
+        if py is None:
+            notes.append(dict(package=PEERS[name]["label"], engine="", note=msg))
+            continue
+        if name == "ptylab":
+            h5 = CACHE / f"{case}_ptylab.h5"
+            centre = write_ptylab_input(ds, h5, probe0)
+
+            def off_ptylab(d, centre=centre):
+                if not np.isclose(float(d["dxo"]), float(ds.attrs["pixel_size"]), rtol=1e-6):
+                    raise ValueError(f"PtyLab object pixel {float(d['dxo'])} != {ds.attrs['pixel_size']}")
+                return ptylab_offset(centre, int(d["No"]))
+            for eng in ("ePIE", "mPIE"):
+                out = CACHE / f"{case}_ptylab_{eng}.npz"
+                entries.append(dict(case=case, label="PtyLab", engine=eng, python=py,
+                                    script="ptylab_run.py", out=out, offset=off_ptylab,
+                                    argv=[h5, out, "--engine", eng, "--iterations", iters]))
+        elif name == "py4dstem":
+            data = CACHE / f"{case}_py4dstem_in.npz"
+            write_py4dstem_input(ds, data, grid, n_slices, slice_thickness)
+
+            def off_py4(d):
+                dx = float(ds.attrs["pixel_size"])
+                samp = np.asarray(d["sampling_A"]) * 1e-10
+                if not np.allclose(samp, dx, rtol=1e-4):
+                    raise ValueError(f"py4DSTEM sampling {samp} m != pixel_size {dx}")
+                _, y0, x0 = _truth(ds)
+                tp = np.stack([(ds["scan_y"].values - y0) / dx, (ds["scan_x"].values - x0) / dx], 1)
+                off = np.rint(np.median(tp - np.asarray(d["positions_px"]), axis=0)).astype(int)
+                return (int(off[0]), int(off[1]))
+            out = CACHE / f"{case}_py4dstem.npz"
+            entries.append(dict(case=case, label="py4DSTEM",
+                                engine="multislice gradient descent" if n_slices > 1 else "gradient descent",
+                                python=py, script="py4dstem_run.py", out=out, offset=off_py4,
+                                argv=[data, out, "--iterations", iters]))
+        elif name == "ptychi":
+            out = CACHE / f"{case}_ptychi.npz"
+            entries.append(dict(case=case, label="pty-chi", engine="LSQ-ML" + (" multislice" if n_slices > 1 else ""),
+                                python=py, script="ptychi_run.py", out=out, offset=_offset_fixed,
+                                argv=[inp, out, "--iterations", iters, "--threads", args.threads]))
+        elif name == "ptyrad":
+            scales = [1.0] + ([PTYRAD_XRAY_LR_SCALE] if kind == "xray" else [])
+            for sc in scales:
+                out = CACHE / f"{case}_ptyrad_{sc:g}.npz"
+                entries.append(dict(case=case, label="PtyRAD",
+                                    engine=f"AD/Adam{' multislice' if n_slices > 1 else ''}, lr "
+                                           f"{'default' if sc == 1 else f'default x{sc:g}'}",
+                                    python=py, script="ptyrad_run.py", out=out, offset=_offset_fixed,
+                                    argv=[inp, out, "--iterations", iters, "--threads", args.threads,
+                                          "--lr-scale", sc]))
+    return entries, notes
+
+
+def run_case(args, case, ds, kind, iters, n_slices=1, slice_thickness=None, grid=None):
+    """Simulated (or loaded) data -> every package, alternating order over ``--repeats`` rounds.
+
+    Returns dict(case=..., iterations=..., rows=[...], target=..., budget=...).
+    """
+    import pickle
+
     from ptynb.ptycho import initial_probe
 
+    CACHE.mkdir(parents=True, exist_ok=True)
+    n = ds.sizes["qy"]
+    grid = grid or int(round(np.sqrt(ds.sizes["scan"])))
+    meas = ds.drop_vars([v for v in ("true_object", "true_probe") if v in ds])
+    probe0 = initial_probe(meas, n, 1)
+    inp = CACHE / f"{case}_in.npz"
+    write_peer_input(ds, inp, probe0, n_slices, slice_thickness, grid)
+    meas_pkl = CACHE / f"{case}_meas.pkl"
+    with open(meas_pkl, "wb") as f:
+        pickle.dump(meas, f)
+    peers = [] if args.no_peers else [p for p in args.peers if p in ALL_PEERS]
+    entries, notes = case_entries(args, case, ds, inp, meas_pkl, iters, kind, peers, n_slices,
+                                  slice_thickness, probe0, grid)
+    recs = {i: [] for i in range(len(entries))}
+    for rnd in range(max(1, args.repeats)):
+        order = list(range(len(entries)))
+        if rnd % 2 == 1:
+            order = order[::-1]
+        for i in order:
+            recs[i].append(_run_safe(entries[i], args))
+    # equal wall time: the budget is the slowest package's time for the common iterations
+    # (or --budget); packages that finished well before it run again with more iterations
+    finish, per = {}, {}
+    for i, rr in recs.items():
+        ok = [r for r in rr if "snap_times" in r]
+        if ok:
+            finish[i] = float(np.median([r["snap_times"][-1] for r in ok]))
+            its = np.concatenate([np.asarray(r["iteration_times"])[1:] for r in ok])
+            per[i] = float(np.median(its)) if its.size else finish[i] / iters
+    budget = args.budget or (max(finish.values()) if finish else None)
+    ext = {i: [] for i in recs}
+    if budget and not args.no_equal_time:
+        for i in finish:
+            if finish[i] < 0.8 * budget and per[i] > 0:
+                n_ext = min(int(np.ceil(1.05 * budget / per[i])) + 1, args.max_extend * iters)
+                if n_ext > iters:
+                    e = dict(entries[i])
+                    e["out"] = Path(str(e["out"]).replace(".npz", "_ext.npz"))
+                    argv = [str(v) for v in e["argv"]]
+                    argv[argv.index("--iterations") + 1] = str(n_ext)
+                    argv = [e["out"] if v == str(entries[i]["out"]) else v for v in argv]
+                    e["argv"], e["engine"] = argv, e["engine"] + f" ({n_ext} it)"
+                    ext[i].append(_run_safe(e, args))
+    rows, target = summarise(ds, kind, [(entries[i], recs[i], ext[i]) for i in recs],
+                             budget=budget or np.inf)
+    return dict(case=ds.attrs.get("benchmark_case", case), kind=kind, iterations=iters,
+                slices=n_slices, rows=rows + notes, target=target, budget=budget,
+                repeats=max(1, args.repeats), equal_time=not args.no_equal_time)
+
+
+def _run_safe(entry, args):
+    try:
+        return run_runner(entry, args)
+    except Exception as e:  # a runner's output that cannot be read: say why
+        return dict(note=f"{type(e).__name__}: {e}"[:200])
+
+
+def xray_peer_case(args):
     n_det = 64 if args.quick else 128
     grid = 8 if args.quick else 20
-    iters = args.iterations or (10 if args.quick else 50)
+    iters = args.iterations or (10 if args.quick else 30)
     ds = xray_data(n_det=n_det, grid=grid, seed=0)
-    meas = ds.drop_vars(["true_object", "true_probe"])
-    probe0 = initial_probe(meas, n_det, 1)
-    res = {"case": ds.attrs["benchmark_case"], "iterations": iters, "rows": []}
-
-    # ptynb's defaults (exact sub-pixel positions by Fourier shifts, Poisson likelihood), and the
-    # algorithm PtyLab's ePIE runs (positions rounded to whole pixels, amplitude constraint)
-    variants = (("epie", "epie", {}), ("lsqml", "lsqml", {}),
-                ("epie (whole-pixel, gaussian: PtyLab's algorithm)", "epie",
-                 dict(subpixel="round", noise="gaussian")))
-    for label, engine, kw in variants:
-        rec, per, total = time_ptynb(ds, engine, iters, probe=probe0, **kw)
-        o = np.asarray(rec["object"].values)[0]
-        err = xray_error(ds, o, ptynb_offset(ds, rec))
-        res["rows"].append(dict(package="ptynb", engine=label, per_iter=per, error=err))
-        log(f"[xray] ptynb {label}: {per:.3f} s/iter, NRMSE {err:.3f}")
-
-    if args.no_peers:
-        return res
-    py, msg = peer_python("ptylab", install=not args.no_install)
-    if py is None:
-        res["rows"].append(dict(package="PtyLab", engine="ePIE/mPIE", note=msg))
-        return res
-    res["ptylab_version"] = peer_version(py, "ptylab")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    h5 = CACHE / f"xray_{n_det}_{grid * grid}.h5"
-    centre = write_ptylab_input(ds, h5, probe0)
-    for engine in ("ePIE", "mPIE"):
-        out = CACHE / f"ptylab_{engine}_{n_det}.npz"
-        if out.exists():
-            out.unlink()
-        ok, msg = run_peer(py, "ptylab_run.py", [h5, out, "--engine", engine,
-                                                  "--iterations", iters], args.peer_timeout)
-        if not ok:
-            res["rows"].append(dict(package="PtyLab", engine=engine, note=msg))
-            continue
-        r = np.load(out)
-        if not np.isclose(float(r["dxo"]), float(ds.attrs["pixel_size"]), rtol=1e-6):
-            res["rows"].append(dict(package="PtyLab", engine=engine,
-                                    note=f"object pixel {float(r['dxo'])} != {ds.attrs['pixel_size']}"))
-            continue
-        times = np.asarray(r["iteration_times"])
-        per = float(np.median(times)) if times.size else float(r["total_time"]) / iters
-        err = xray_error(ds, np.asarray(r["object"]), ptylab_offset(centre, int(r["No"])))
-        res["rows"].append(dict(package="PtyLab", engine=engine, per_iter=per, error=err))
-        log(f"[xray] PtyLab {engine}: {per:.3f} s/iter, NRMSE {err:.3f}")
-    return res
+    return run_case(args, "xray", ds, "xray", iters, grid=grid)
 
 
 def electron_peer_case(args):
@@ -575,50 +910,74 @@ def electron_peer_case(args):
     iters = args.electron_iterations or (3 if args.quick else 10)
     ds = electron_data(n_det=n_det, grid=grid, cells_thick=8 if args.quick else 20,
                        n_sim_slices=8 if args.quick else 20)
-    thick = float(ds["true_object"]["z"].values[-1] - ds["true_object"]["z"].values[0]) + \
-        float(np.diff(ds["true_object"]["z"].values)[0])
-    dz = thick / n_slices
-    res = {"case": ds.attrs["benchmark_case"], "iterations": iters, "rows": []}
-    for engine in ("lsqml",):
-        rec, per, total = time_ptynb(ds, engine, iters, slices=n_slices, slice_thickness=dz)
-        o = np.asarray(rec["object"].values)
-        pcc = electron_pcc(ds, o, ptynb_offset(ds, rec))
-        res["rows"].append(dict(package="ptynb", engine=f"{engine} multislice", per_iter=per,
-                                pcc=pcc))
-        log(f"[electron] ptynb {engine}: {per:.3f} s/iter, phase PCC {pcc:.3f}")
-    if args.no_peers:
-        return res
-    py, msg = peer_python("py4dstem", install=not args.no_install)
-    if py is None:
-        res["rows"].append(dict(package="py4DSTEM", engine="multislice", note=msg))
-        return res
-    res["py4dstem_version"] = peer_version(py, "py4DSTEM")
+    z = ds["true_object"]["z"].values
+    thick = float(z[-1] - z[0]) + float(np.diff(z)[0])
+    return run_case(args, "electron", ds, "electron", iters, n_slices=n_slices,
+                    slice_thickness=thick / n_slices, grid=grid)
+
+
+def abtem_data(args):
+    """The abTEM case: run ``benchmarks/peers/abtem_sim.py`` in the abTEM venv (cached by its
+    settings) and wrap the result as a ptynb measurement with a ground truth.
+
+    The truth is the phase ``sigma V_projected`` of the whole crystal from abTEM, stored as
+    ``true_object`` = ``exp(i phase / 4)`` in 4 equal slices (so that no slice's phase wraps;
+    the electron score sums the slice phases). ``nominal_defocus`` = the simulated defocus.
+    """
+    import xarray as xr
+
+    from ptynb.data import measurement
+
+    sim = dict(n_det=48, grid=10, cells=6) if args.quick else dict(n_det=96, grid=32, cells=12)
     CACHE.mkdir(parents=True, exist_ok=True)
-    data = CACHE / f"electron_{n_det}_{grid * grid}.npz"
-    write_py4dstem_input(ds, data, grid, n_slices)
-    out = CACHE / f"py4dstem_{n_det}.npz"
-    if out.exists():
-        out.unlink()
-    ok, msg = run_peer(py, "py4dstem_run.py", [data, out, "--iterations", iters],
-                       args.peer_timeout)
-    if not ok:
-        res["rows"].append(dict(package="py4DSTEM", engine="multislice", note=msg))
-        return res
-    r = np.load(out)
-    dx = float(ds.attrs["pixel_size"])
-    samp = np.asarray(r["sampling_A"]) * 1e-10
-    if not np.allclose(samp, dx, rtol=1e-4):
-        res["rows"].append(dict(package="py4DSTEM", engine="multislice",
-                                note=f"sampling {samp} m != pixel_size {dx}"))
-        return res
-    _, y0, x0 = _truth(ds)
-    tp = np.stack([(ds["scan_y"].values - y0) / dx, (ds["scan_x"].values - x0) / dx], 1)
-    off = np.rint(np.median(tp - np.asarray(r["positions_px"]), axis=0)).astype(int)
-    pcc = electron_pcc(ds, np.asarray(r["object"]), (int(off[0]), int(off[1])))
-    res["rows"].append(dict(package="py4DSTEM", engine="multislice (gradient descent)",
-                            per_iter=float(r["iteration_time"]), pcc=pcc))
-    log(f"[electron] py4DSTEM: {float(r['iteration_time']):.3f} s/iter, phase PCC {pcc:.3f}")
-    return res
+    out = CACHE / f"abtem_{sim['n_det']}_{sim['grid']}_{sim['cells']}.npz"
+    if not out.exists():
+        py, msg = peer_python("abtem", install=not args.no_install)
+        if py is None:
+            raise RuntimeError(f"abTEM: {msg}")
+        cmd = [str(py), str(HERE / "peers" / "abtem_sim.py"), str(out), "--n-det",
+               str(sim["n_det"]), "--grid", str(sim["grid"]), "--cells", str(sim["cells"])]
+        log(f"[abtem] simulating {sim} (minutes)...")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout,
+                           env=_runner_env(args.threads), cwd=str(CACHE))
+        if r.returncode or not out.exists():
+            raise RuntimeError("abTEM simulation failed: " + " | ".join(
+                (r.stderr or r.stdout).strip().splitlines()[-3:])[-300:])
+        log(f"[abtem] {r.stdout.strip().splitlines()[-1]}")
+    d = np.load(out)
+    dx = float(d["pixel_size_m"])
+    n = d["intensity"].shape[-1]
+    pos = np.asarray(d["positions_m"])
+    ds = measurement(np.asarray(d["intensity"]), pos[:, 0], pos[:, 1], radiation="electron",
+                     energy_eV=float(d["energy_eV"]), pixel_size=dx,
+                     reciprocal_pixel_size=1.0 / (n * dx),
+                     convergence_semiangle=float(d["semiangle_rad"]),
+                     defocus=float(d["defocus_m"]), nominal_defocus=float(d["defocus_m"]))
+    phase = np.asarray(d["true_phase"], np.float64)
+    H, W = phase.shape
+    k = 4
+    ds["true_object"] = xr.DataArray(
+        np.repeat(np.exp(1j * phase / k)[None], k, 0).astype(np.complex64),
+        dims=("slice", "y", "x"),
+        coords=dict(z=("slice", np.arange(k) * float(d["thickness_m"]) / k),
+                    y=np.arange(H) * dx, x=np.arange(W) * dx))
+    ds.attrs["benchmark_case"] = (
+        f"abTEM {abtem_version(d)} SrTiO3 [001], {len(pos)} patterns {n}x{n}, "
+        f"{float(d['thickness_m']) * 1e9:.1f} nm thick, {float(d['energy_eV']) / 1e3:.0f} keV, "
+        f"{float(d['semiangle_rad']) * 1e3:.1f} mrad, {float(d['dose_e_per_A2']):.0e} e/A^2")
+    return ds, float(d["thickness_m"]), int(d["grid"])
+
+
+def abtem_version(d):
+    return str(d["version"]) if "version" in d else "?"
+
+
+def abtem_peer_case(args):
+    ds, thick, grid = abtem_data(args)
+    n_slices = 4
+    iters = args.electron_iterations or (3 if args.quick else 10)
+    return run_case(args, "abtem", ds, "electron", iters, n_slices=n_slices,
+                    slice_thickness=thick / n_slices, grid=grid)
 
 
 # ============================================================================ printing
@@ -628,7 +987,49 @@ def fmt(v, spec=".3g"):
     return format(v, spec)
 
 
-def print_report(args, rates_by_n, rows, xray, electron, started):
+def print_case(res):
+    """Markdown table of one time-to-quality case (see :func:`summarise`)."""
+    kind = res["kind"]
+    q = "NRMSE (illuminated area, lower is better)" if kind == "xray" else \
+        "phase PCC (scanned area, higher is better)"
+    fq = ".4f" if kind == "xray" else ".3f"
+    print()
+    print(f"## {res['title']}: {res['case']}, {res['slices']} slice(s), {res['iterations']} "
+          f"iterations, same data and initial probe")
+    tgt = fmt(res["target"], fq)
+    b = fmt(res["budget"], ".1f")
+    how = ("--budget" if res.get("budget_given") else
+           "the slowest package's time for the common iterations")
+    ext = (" Packages that finished well before it ran again with more iterations (the count "
+           "in brackets) for the time to target and the quality at the budget."
+           if res.get("equal_time") else "")
+    print(f"Quality: {q}. Target = best peer's final quality = {tgt}; equal-time budget = "
+          f"{b} s ({how}).{ext} Times count iterations only (start-up, i.e. imports, data "
+          f"loading, model building and the first iteration's excess over the median, is "
+          f"apart); {res['repeats']} round(s), packages one after another (order alternating "
+          "between rounds), each in its own process; peak memory = ru_maxrss of that process.")
+    name = q.split(" (")[0]
+    print(f"| package | engine | start-up s | s/iteration (median) | final {name} | "
+          f"time to target s | {name} at {b} s (iterations) | peak memory MB | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        tt = r.get("to_target")
+        tts = "-" if tt is None else ("not reached" if not np.isfinite(tt) else f"{tt:.1f}")
+        ab = fmt(r.get("at_budget"), fq)
+        if "iters_at_budget" in r:
+            ab += f" ({r['iters_at_budget']})"
+        print(f"| {r['package']} {r.get('version', '')} | {r['engine']} | "
+              f"{fmt(r.get('setup'), '.1f')} | {fmt(r.get('per_iter'))} | "
+              f"{fmt(r.get('final'), fq)} | {tts} | {ab} | {fmt(r.get('peak_mb'), '.0f')} | "
+              f"{r.get('note', '')} |")
+    me = [r for r in res["rows"] if r["package"] == "ptynb" and "per_iter" in r]
+    for r in res["rows"]:
+        if r["package"] != "ptynb" and "per_iter" in r and me:
+            print(f"- {r['package']} {r['engine']} s/iteration / ptynb {me[0]['engine']}: "
+                  f"{r['per_iter'] / me[0]['per_iter']:.2f}x")
+
+
+def print_report(args, rates_by_n, rows, cases, started):
     from ptynb import __version__
     from ptynb.backend import cpu_workers, fft_backend
 
@@ -636,21 +1037,22 @@ def print_report(args, rates_by_n, rows, xray, electron, started):
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {cpu_workers()} cores, "
           f"python {platform.python_version()}, numpy {np.__version__}; ptynb CPU FFT: {fft_backend()}"
           f"{' (quick mode)' if args.quick else ''}")
-    print()
-    print("## FFT rate: batched complex64 2D transforms (batch 32), FFTs/s")
-    w = cpu_workers()
-    print(f"| n | numpy.fft | scipy.fft (workers={w}) | pyfftw measure, 1 thread | "
-          f"pyfftw measure, {w} threads | pyfftw patient, 1 thread | pyfftw patient, one at a "
-          "time | fastest |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, r in rates_by_n.items():
-        if str(n).startswith("gpu"):
-            continue
-        best = max(r, key=r.get)
-        print(f"| {n} | {fmt(r.get('numpy'), '.0f')} | {fmt(r.get('scipy'), '.0f')} | "
-              f"{fmt(r.get('pyfftw1'), '.0f')} | {fmt(r.get(f'pyfftw{w}'), '.0f')} | "
-              f"{fmt(r.get('pyfftw1-patient'), '.0f')} | {fmt(r.get('single-patient'), '.0f')} | "
-              f"{best} |")
+    if rates_by_n:
+        print()
+        print("## FFT rate: batched complex64 2D transforms (batch 32), FFTs/s")
+        w = cpu_workers()
+        print(f"| n | numpy.fft | scipy.fft (workers={w}) | pyfftw measure, 1 thread | "
+              f"pyfftw measure, {w} threads | pyfftw patient, 1 thread | pyfftw patient, one at a "
+              "time | fastest |")
+        print("|---|---|---|---|---|---|---|---|")
+        for n, r in rates_by_n.items():
+            if str(n).startswith("gpu"):
+                continue
+            best = max(r, key=r.get)
+            print(f"| {n} | {fmt(r.get('numpy'), '.0f')} | {fmt(r.get('scipy'), '.0f')} | "
+                  f"{fmt(r.get('pyfftw1'), '.0f')} | {fmt(r.get(f'pyfftw{w}'), '.0f')} | "
+                  f"{fmt(r.get('pyfftw1-patient'), '.0f')} | {fmt(r.get('single-patient'), '.0f')} | "
+                  f"{best} |")
     gpu = {k: v for k, v in rates_by_n.items() if str(k).startswith("gpu")}
     if gpu:
         print()
@@ -666,72 +1068,50 @@ def print_report(args, rates_by_n, rows, xray, electron, started):
             print(f"| {r['device']} | {r['n']} | {r['slices']} | {r['modes']} | {r['engine']} | "
                   f"{fmt(r['rate'], '.1f')}{(' (' + r['err'] + ')') if r['err'] else ''} | "
                   f"{fmt(r['bound'], '.0f')} | {fmt(r['ratio'], '.2f')} |")
-    if xray:
-        print()
-        print(f"## X-ray vs PtyLab {xray.get('ptylab_version', '')}: {xray['case']}, "
-              f"{xray['iterations']} iterations, same data and initial probe")
-        print("| package | engine | s/iteration (median) | NRMSE (illuminated area) | note |")
-        print("|---|---|---|---|---|")
-        for r in xray["rows"]:
-            print(f"| {r['package']} | {r['engine']} | {fmt(r.get('per_iter'))} | "
-                  f"{fmt(r.get('error'))} | {r.get('note', '')} |")
-        d = {(r["package"], r["engine"]): r for r in xray["rows"]}
-        pe, pl = d.get(("PtyLab", "ePIE")), d.get(("PtyLab", "mPIE"))
-        for eng in ("epie", "lsqml", "epie (whole-pixel, gaussian: PtyLab's algorithm)"):
-            me = d.get(("ptynb", eng))
-            if me and pe and "per_iter" in pe:
-                print(f"- ptynb {eng} speed-up vs PtyLab ePIE per iteration: "
-                      f"{pe['per_iter'] / me['per_iter']:.2f}x (target >= 4x)")
-            if me and pl and "error" in pl:
-                print(f"- ptynb {eng} NRMSE / PtyLab mPIE NRMSE: {me['error'] / pl['error']:.2f} "
-                      f"(target < 1)")
-        if rows and xray["rows"]:
-            n_det = 64 if args.quick else 128
-            rn = rates_by_n.get(n_det, {"none": float("nan")})
-            rate = max(rn.values())
-            single = rn.get("single-patient", float("nan"))
-            for r in xray["rows"]:
-                if r["package"] == "ptynb" and "per_iter" in r:
-                    n_pat = int(xray["case"].split()[1])
-                    got = n_pat / r["per_iter"]
-                    print(f"- ptynb {r['engine']}: {got:.0f} patterns/s vs FFT bound "
-                          f"{rate / 2:.0f} (fastest batched) -> {rate / 2 / got:.2f}x from the "
-                          f"bound (target <= 2.5x); vs one-at-a-time FFTs {single / 2:.0f} -> "
-                          f"{single / 2 / got:.2f}x")
-    if electron:
-        print()
-        print(f"## Electron vs py4DSTEM {electron.get('py4dstem_version', '')}: {electron['case']}, "
-              f"4 slices, {electron['iterations']} iterations")
-        print("| package | engine | s/iteration | phase PCC (scanned area) | note |")
-        print("|---|---|---|---|---|")
-        for r in electron["rows"]:
-            print(f"| {r['package']} | {r['engine']} | {fmt(r.get('per_iter'))} | "
-                  f"{fmt(r.get('pcc'))} | {r.get('note', '')} |")
-        me = [r for r in electron["rows"] if r["package"] == "ptynb"]
-        pe = [r for r in electron["rows"] if r["package"] == "py4DSTEM" and "per_iter" in r]
-        if me and pe:
-            print(f"- ptynb speed-up vs py4DSTEM per iteration: "
-                  f"{pe[0]['per_iter'] / me[0]['per_iter']:.2f}x (target >= 3x); "
-                  f"PCC ptynb {me[0]['pcc']:.3f} vs py4DSTEM {pe[0]['pcc']:.3f}")
+    for res in cases:
+        if res:
+            print_case(res)
     print()
     print(f"total benchmark time {time.time() - started:.0f} s. Shared, noisy machine: compare "
           "ratios measured side by side in one run.")
 
 
+ALL_PEERS = ["ptylab", "py4dstem", "ptychi", "ptyrad"]
+PARTS = ["fft", "throughput", "xray", "electron", "abtem"]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    ap.add_argument("--no-peers", action="store_true", help="skip PtyLab and py4DSTEM")
+    ap.add_argument("--no-peers", action="store_true", help="ptynb only in the peer cases")
+    ap.add_argument("--peers", default=",".join(ALL_PEERS),
+                    help=f"comma-separated peers to run (default all: {','.join(ALL_PEERS)})")
     ap.add_argument("--no-install", action="store_true", help="do not create peer venvs")
     ap.add_argument("--gpu", action="store_true", help="also time ptynb on the GPU")
-    ap.add_argument("--only", choices=["fft", "throughput", "xray", "electron"], action="append",
-                    help="run only these parts (repeatable)")
+    ap.add_argument("--only", choices=PARTS, action="append",
+                    help="run only these parts (repeatable; default all)")
     ap.add_argument("--iterations", type=int, default=None, help="X-ray peer-case iterations")
-    ap.add_argument("--electron-iterations", type=int, default=None)
+    ap.add_argument("--electron-iterations", type=int, default=None,
+                    help="iterations of the two electron cases")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads of every package in the peer cases (OpenMP/BLAS/torch/FFT)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of every peer case (order alternates between rounds)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="equal-time budget in s (default: the slowest package's time for the "
+                         "common iterations)")
+    ap.add_argument("--no-equal-time", action="store_true",
+                    help="do not re-run the faster packages up to the budget")
+    ap.add_argument("--max-extend", type=int, default=20,
+                    help="at most this many times the common iterations in a re-run")
     ap.add_argument("--peer-timeout", type=int, default=3600)
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
-    parts = set(args.only or ["fft", "throughput", "xray", "electron"])
+    args.peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    bad = [p for p in args.peers if p not in ALL_PEERS]
+    if bad:
+        ap.error(f"unknown peers {bad}; choose from {ALL_PEERS}")
+    parts = set(args.only or PARTS)
     started = time.time()
     if args.gpu:
         from ptynb.backend import gpu_available
@@ -739,23 +1119,31 @@ def main(argv=None):
         if not gpu_available():
             log("--gpu: no usable GPU/cupy here; timing the CPU only")
             args.gpu = False
-    sizes = (64, 128) if args.quick else (64, 128, 256)
-    rates = {n: fft_rates(n) for n in sizes}
-    for n, r in rates.items():
-        log(f"[fft] {n}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in r.items()))
-    if args.gpu:
-        for n in sizes:
-            rates[f"gpu{n}"] = {"cupy": fft_rate_gpu(n)}
-            log(f"[fft] gpu {n}: cupy {rates[f'gpu{n}']['cupy']:.0f}/s")
+    rates = {}
+    if parts & {"fft", "throughput"}:
+        sizes = (64, 128) if args.quick else (64, 128, 256)
+        rates = {n: fft_rates(n) for n in sizes}
+        for n, r in rates.items():
+            log(f"[fft] {n}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in r.items()))
+        if args.gpu:
+            for n in sizes:
+                rates[f"gpu{n}"] = {"cupy": fft_rate_gpu(n)}
+                log(f"[fft] gpu {n}: cupy {rates[f'gpu{n}']['cupy']:.0f}/s")
     rows = throughput_table(args, rates) if "throughput" in parts else []
-    xray = xray_peer_case(args) if "xray" in parts else None
-    if xray is not None and 128 not in rates and not args.quick:
-        rates[128] = fft_rates(128)
-    electron = electron_peer_case(args) if "electron" in parts else None
-    print_report(args, rates, rows, xray, electron, started)
+    cases = []
+    for part, fn, title in (("xray", xray_peer_case, "X-ray, simulated by ptynb"),
+                            ("electron", electron_peer_case,
+                             "Electron multislice, simulated by ptynb"),
+                            ("abtem", abtem_peer_case, "Electron multislice, simulated by abTEM")):
+        if part in parts:
+            res = fn(args)
+            res["title"] = title
+            res["budget_given"] = args.budget is not None
+            cases.append(res)
+    print_report(args, rates, rows, cases, started)
     if args.json:
-        args.json.write_text(json.dumps(dict(fft=rates, throughput=rows, xray=xray,
-                                             electron=electron), default=float, indent=1))
+        args.json.write_text(json.dumps(dict(fft=rates, throughput=rows, cases=cases),
+                                        default=float, indent=1))
 
 
 if __name__ == "__main__":

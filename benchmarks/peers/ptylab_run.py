@@ -10,18 +10,24 @@ DATA.h5 is PtyLab's CPM input format (written by ``benchmarks/ptycho.py``): ``pt
 ``initial_probe`` (Nd, Nd) complex64, the initial guess every package gets.
 
 OUT.npz gets ``object`` (No, No) complex64 (PtyLab's object grid: pixel p sits at encoder
-coordinate ``(p - No // 2) * dxo``), ``probe``, ``dxo``, ``No``, ``iteration_times`` (s, one per
-iteration, from the end of one iteration to the end of the next) and ``total_time``.
+coordinate ``(p - No // 2) * dxo``), ``probe``, ``dxo``, ``No``, ``total_time`` and the snapshot
+record of ``_common.py``: ``snapshots`` (K, 1, No, No) after ``snap_iters``, ``snap_times``,
+``iteration_times`` (s, one per iteration, the first with the set-up inside ``reconstruct``
+split off as described there), ``setup_time``, ``maxrss_mb``.
 """
 import argparse
 import os
+import sys
 import time
+
+T_START = time.perf_counter()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Recorder, snapshot_iterations, snapshot_record
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import h5py
 import numpy as np
-
 import PtyLab
 from PtyLab import Engines, ExperimentalData, Params, Reconstruction
 from PtyLab.Monitor.Monitor import DummyMonitor
@@ -34,6 +40,7 @@ def main():
     ap.add_argument("--engine", default="ePIE", choices=["ePIE", "mPIE"])
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snapshots", type=int, default=60, help="at most this many object snapshots")
     a = ap.parse_args()
     np.random.seed(a.seed)  # PtyLab's random position order uses numpy's global RNG
 
@@ -63,25 +70,27 @@ def main():
     engine = engine_cls(rec, data, params, DummyMonitor())
     engine.numIterations = a.iterations
 
-    stamps = []
     orig = engine.showReconstruction
+    snap = Recorder(a.iterations, snapshot_iterations(a.iterations, a.snapshots))
 
     def stamped(*args, **kw):
         out = orig(*args, **kw)
-        stamps.append(time.perf_counter())
+        snap.tick(lambda: np.asarray(rec.object).reshape(-1, rec.No, rec.No)[:1])
         return out
 
     engine.showReconstruction = stamped
+    setup = time.perf_counter() - T_START
     t0 = time.perf_counter()
+    snap.start()
     engine.reconstruct()
     total = time.perf_counter() - t0
     obj = np.asarray(rec.object).reshape(-1, rec.No, rec.No)[0]
     probe = np.asarray(rec.probe).reshape(-1, rec.Np, rec.Np)[0]
     np.savez(a.out, object=obj.astype(np.complex64), probe=probe.astype(np.complex64),
              dxo=float(rec.dxo), No=int(rec.No), Np=int(rec.Np),
-             iteration_times=np.diff(np.asarray(stamps)), total_time=total,
-             version=getattr(PtyLab, "__version__", "0.3"))
-    print(f"PtyLab {a.engine}: {len(stamps)} iterations in {total:.2f} s")
+             total_time=total, version=getattr(PtyLab, "__version__", "0.3"),
+             **snapshot_record(snap, setup))
+    print(f"PtyLab {a.engine}: {len(snap.iteration_times)} iterations in {total:.2f} s")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,18 @@ DATA.npz (written by ``benchmarks/ptycho.py``): ``intensity`` (Ny, Nx, Qy, Qx) f
 
 OUT.npz gets ``object`` (T, Px, Py) complex64, ``positions_px`` (N, 2) probe centres in object
 pixels, ``sampling_A``, ``iteration_time`` (s, total reconstruct time / iterations),
-``total_time``.
+``total_time``, and the snapshot record of ``_common.py`` (``snapshots`` (K, T, Px, Py) after
+``snap_iters``, ``snap_times``, ``iteration_times``, ``setup_time``, ``maxrss_mb``), taken at
+the end of each iteration's constraints step (wrapped ``_constraints``; its result is copied).
 """
 import argparse
 import os
+import sys
 import time
+
+T_START = time.perf_counter()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Recorder, snapshot_iterations, snapshot_record
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -30,6 +37,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--batch", type=int, default=0, help="max_batch_size (0 = all patterns)")
     ap.add_argument("--step-size", type=float, default=0.5)
+    ap.add_argument("--snapshots", type=int, default=60, help="at most this many object snapshots")
     a = ap.parse_args()
     d = np.load(a.data)
     dc = py4DSTEM.DataCube(data=d["intensity"].astype(np.float32))
@@ -58,7 +66,18 @@ def main():
         center_positions_in_fov=False,
     )
     t_pre = time.perf_counter() - t_pre
+    snap = Recorder(a.iterations, snapshot_iterations(a.iterations, a.snapshots))
+    orig_constraints = ptycho._constraints
+
+    def constraints(*args, **kw):
+        out = orig_constraints(*args, **kw)
+        snap.tick(lambda: np.asarray(out[0]))
+        return out
+
+    ptycho._constraints = constraints
+    setup = time.perf_counter() - T_START
     t0 = time.perf_counter()
+    snap.start()
     ptycho.reconstruct(
         num_iter=a.iterations,
         max_batch_size=a.batch or None,
@@ -73,7 +92,7 @@ def main():
              positions_px=np.asarray(ptycho._positions_px, dtype=np.float64),
              sampling_A=np.asarray(ptycho.sampling, dtype=np.float64),
              iteration_time=total / a.iterations, total_time=total, preprocess_time=t_pre,
-             version=py4DSTEM.__version__)
+             version=py4DSTEM.__version__, **snapshot_record(snap, setup))
     print(f"py4DSTEM multislice: {a.iterations} iterations in {total:.2f} s "
           f"(preprocess {t_pre:.2f} s)")
 
