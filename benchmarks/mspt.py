@@ -8,10 +8,11 @@ Run from the repository root::
     python benchmarks/mspt.py --no-peers # no py4DSTEM
     python benchmarks/mspt.py --tilts 36 --views-px 40 --rounds 5
 
-Every part runs in its own fresh process (``OMP_NUM_THREADS=1``, ``PTYNB_FFT_WORKERS=1``: one
-thread each), so that each gets its own peak resident set size (``ru_maxrss``, MiB, printed
-with the same value after the imports as the process's baseline). The script prints two
-Markdown tables, measured in this run on this machine:
+Every run is a fresh process of its own (``OMP_NUM_THREADS=1``, ``PTYNB_FFT_WORKERS=1``: one
+thread each), so that each has its own peak resident set size: ``ru_maxrss`` (MiB) at its end,
+in brackets the same measure before the work (after the imports for ptychography, after the
+simulation for alignment). The script prints two Markdown tables, measured in this run on
+this machine (``--quick`` sets 1 round, 12 tilts of 24 px, a 60 s Adam limit):
 
 1. **Per-tilt multislice ptychography** on one simulated tilt (``--tilt-index`` of the
    3-tilt series -70, 0, +70 deg) of the MSPT workflow's default settings
@@ -34,7 +35,8 @@ Markdown tables, measured in this run on this machine:
    ``reconstruct``. Seconds per iteration: ptynb, the mean time between its iteration
    callbacks after the first; py4DSTEM, ``reconstruct`` time / iterations. The runs alternate
    in ``--rounds`` rounds (the order flipped every round); the table has medians, the time
-   ratio is the median over rounds of py4DSTEM / ptynb seconds per tilt. Quality: Pearson
+   ratios are the medians over rounds of py4DSTEM / ptynb seconds per tilt and per
+   iteration. Quality: Pearson
    correlation of the summed-slice phase with the tilt's true projected phase
    (``truth.true_projection``, the scanned field of view) after removing a least-squares
    plane from the reconstruction, best over integer shifts up to 3 px
@@ -51,7 +53,8 @@ Markdown tables, measured in this run on this machine:
    :func:`~ptynb.workflows.mspt.tomography`), and a minimal re-implementation of the paper
    code's method for the timing only - the volume rotated per view by
    ``torch.nn.functional.grid_sample``, summed along the beam, mean squared error to the data,
-   torch Adam on the volume and on the poses in turn - run until both its gauge-free shift
+   torch Adam on the volume and on the poses in turn, coarse to fine (4 x 4 pixel means for
+   the first 40 rounds) - run until both its gauge-free shift
    and angle errors are at most joint refinement's (or ``--adam-time`` runs out; the table
    says which), in ``--rounds`` alternating rounds (medians; Adam's target is the first
    round's joint-refinement errors). Errors are rms against the truth after removing the
@@ -550,9 +553,10 @@ def main(argv=None):
     ap.add_argument("--no-peers", action="store_true", help="skip py4DSTEM")
     ap.add_argument("--no-install", action="store_true", help="do not create the py4DSTEM venv")
     ap.add_argument("--only", choices=["tilt", "align"], default=None, help="run one part")
-    ap.add_argument("--tilts", type=int, default=None, help="tilts of the alignment part (24)")
-    ap.add_argument("--views-px", type=int, default=None, help="projection side, pixels of 0.8 A (32)")
-    ap.add_argument("--adam-time", type=float, default=None, help="time limit of the paper-style method, s (600)")
+    ap.add_argument("--tilts", type=int, default=None, help="tilts of the alignment part (24; --quick 12)")
+    ap.add_argument("--views-px", type=int, default=None, help="projection side, pixels of 0.8 A (32; --quick 24)")
+    ap.add_argument("--adam-time", type=float, default=None,
+                    help="time limit of the paper-style method, s (600; --quick 60)")
     ap.add_argument("--peer-timeout", type=int, default=1800, help="time limit of one worker, s")
     # workers (this script run by itself in a fresh process)
     ap.add_argument("--ptynb-worker", type=Path, default=None, help=argparse.SUPPRESS)

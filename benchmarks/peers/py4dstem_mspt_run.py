@@ -21,6 +21,8 @@ The diffraction patterns are moved to the corner by exactly ``Q // 2`` pixels
 rotation or transpose between scan and detector (``force_com_rotation=0``,
 ``force_com_transpose=False``): the simulation has none.
 
+An untimed 1-iteration run of the same setup comes first (``--no-warmup`` skips it).
+
 OUT.npz gets ``object`` (T, Px, Py) complex64, ``positions_px`` (N, 2) probe centres in object
 pixels, ``sampling_A`` (2,), ``setup_time`` (s: constructor + preprocess),
 ``reconstruct_time`` (s: the ``reconstruct`` call), ``iteration_time`` (s: reconstruct time
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--step-size", type=float, default=0.5, help="gradient-descent step (py4DSTEM default 0.5)")
     ap.add_argument("--no-probe", action="store_true",
                     help="let py4DSTEM build its own probe (semi-angle, defocus_A) instead of the given one")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the untimed 1-iteration run (same setup) before the timed one")
     a = ap.parse_args()
     d = np.load(a.data)
     inten = np.asarray(d["intensity"], dtype=np.float32)
@@ -59,12 +63,6 @@ def main():
         raise SystemExit(f"square detector expected, got {q} x {q2}")
     iters = int(d["iterations"])
 
-    t0 = time.perf_counter()
-    dc = py4DSTEM.DataCube(data=inten)
-    dc.calibration.set_Q_pixel_size(float(d["angular_sampling_mrad"]))
-    dc.calibration.set_Q_pixel_units("mrad")
-    dc.calibration.set_R_pixel_size(1.0)  # unused: the positions are given in Å
-    dc.calibration.set_R_pixel_units("A")
     mean_sum = float(inten.sum(axis=(2, 3)).mean())
     kw = {}
     if not a.no_probe:
@@ -74,35 +72,44 @@ def main():
     else:
         kw["defocus"] = float(d["defocus_A"])
     centre = np.full((ny, nx), float(q // 2), dtype=np.float32)
-    ptycho = py4DSTEM.process.phase.MultislicePtychography(
-        datacube=dc,
-        energy=float(d["energy_eV"]),
-        num_slices=int(d["num_slices"]),
-        slice_thicknesses=float(d["slice_thickness_A"]),
-        semiangle_cutoff=float(d["semiangle_mrad"]),
-        initial_scan_positions=np.asarray(d["positions_A"], dtype=np.float64),
-        device="cpu",
-        verbose=False,
-        **kw,
-    ).preprocess(
-        plot_center_of_mass=False,
-        plot_rotation=False,
-        plot_probe_overlaps=False,
-        force_com_rotation=0.0,
-        force_com_transpose=False,
-        force_com_shifts=(centre, centre),
-        center_positions_in_fov=False,
-    )
+
+    def build():
+        dc = py4DSTEM.DataCube(data=inten.copy())
+        dc.calibration.set_Q_pixel_size(float(d["angular_sampling_mrad"]))
+        dc.calibration.set_Q_pixel_units("mrad")
+        dc.calibration.set_R_pixel_size(1.0)  # unused: the positions are given in Å
+        dc.calibration.set_R_pixel_units("A")
+        return py4DSTEM.process.phase.MultislicePtychography(
+            datacube=dc,
+            energy=float(d["energy_eV"]),
+            num_slices=int(d["num_slices"]),
+            slice_thicknesses=float(d["slice_thickness_A"]),
+            semiangle_cutoff=float(d["semiangle_mrad"]),
+            initial_scan_positions=np.asarray(d["positions_A"], dtype=np.float64),
+            device="cpu",
+            verbose=False,
+            **kw,
+        ).preprocess(
+            plot_center_of_mass=False,
+            plot_rotation=False,
+            plot_probe_overlaps=False,
+            force_com_rotation=0.0,
+            force_com_transpose=False,
+            force_com_shifts=(centre, centre),
+            center_positions_in_fov=False,
+        )
+
+    def run(ptycho, n):
+        ptycho.reconstruct(num_iter=n, max_batch_size=a.batch or None, step_size=a.step_size, reset=True,
+                           progress_bar=False, seed_random=0)
+
+    if not a.no_warmup:
+        run(build(), 1)
+    t0 = time.perf_counter()
+    ptycho = build()
     t_setup = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ptycho.reconstruct(
-        num_iter=iters,
-        max_batch_size=a.batch or None,
-        step_size=a.step_size,
-        reset=True,
-        progress_bar=False,
-        seed_random=0,
-    )
+    run(ptycho, iters)
     t_rec = time.perf_counter() - t0
     obj = np.asarray(ptycho._object)
     np.savez(a.out, object=obj.astype(np.complex64),
