@@ -9,7 +9,8 @@ venvs, several GB and minutes)::
     python benchmarks/ptycho.py --no-peers   # ptynb and FFT only
     python benchmarks/ptycho.py --gpu        # also time ptynb on the GPU (cupy)
 
-Parts (``--only``, repeatable): ``fft``, ``throughput``, ``xray``, ``electron``, ``abtem``.
+Parts (``--only``, repeatable): ``fft``, ``throughput``, ``xray``, ``electron``, ``abtem``,
+``siemens``.
 
 What it measures
 ----------------
@@ -30,9 +31,10 @@ What it measures
    * ``electron``: 4D-STEM of SrTiO3 simulated by ptynb (``electron_data``: 1024 patterns of
      96^2, 7.8 nm thick), reconstructed with 4 slices, 10 iterations: ptynb LSQ-ML, py4DSTEM
      0.14.18 (gradient descent), pty-chi LSQ-ML, PtyRAD.
-   * ``abtem``: 4D-STEM of SrTiO3 simulated by abTEM 1.0.11 (``peers/abtem_sim.py``: 1024
-     patterns of 96^2, 4.7 nm thick, 300 keV, Poisson dose 1e5 e/A^2), reconstructed the same
-     way; the truth is abTEM's projected potential (phase ``sigma V``).
+   * ``abtem``: 4D-STEM of SrTiO3 simulated by abTEM 1.0.11 (``peers/abtem_sim.py``: 400
+     patterns of 96^2 (20 x 20 scan, 1.9 A steps), 4.7 nm thick, 300 keV, 21.4 mrad, 100 A
+     underfocus, Poisson dose 1e5 e/A^2; cached in ``benchmarks/.cache/``), reconstructed the
+     same way; the truth is abTEM's projected potential (phase ``sigma V``).
 
    Every package runs in its own process (ptynb too, ``peers/ptynb_run.py``, so its peak
    memory is measured the same way), the peers in virtual environments under
@@ -61,6 +63,11 @@ What it measures
    at most ``--max-extend`` times the common count), and peak memory (ru_maxrss of each
    package's process). All packages get ``--threads`` threads (default 1: OpenMP, BLAS, torch,
    ptynb's FFT workers); ``--repeats`` rounds alternate the order.
+
+4. Measured data (``siemens``): Tike's siemens-star-small (516 patterns of 128^2, read by
+   ``benchmarks/siemens_star.py`` from ``benchmarks/.cache/``), ptynb and pty-chi LSQ-ML from
+   the same initial probe, 30 iterations, scored by that module's misfit measures (R-factor,
+   Poisson cost, squared and absolute amplitude misfit) of each final object and probe.
 
    A peer that cannot be installed or run prints its reason in the table; no number is
    made up. These machines are noisy and shared: compare the ratios measured side by side.
@@ -928,7 +935,7 @@ def abtem_data(args):
 
     from ptynb.data import measurement
 
-    sim = dict(n_det=48, grid=10, cells=6) if args.quick else dict(n_det=96, grid=32, cells=12)
+    sim = dict(n_det=48, grid=10, cells=6) if args.quick else dict(n_det=96, grid=20, cells=12)
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / f"abtem_{sim['n_det']}_{sim['grid']}_{sim['cells']}.npz"
     if not out.exists():
@@ -980,6 +987,108 @@ def abtem_peer_case(args):
                     slice_thickness=thick / n_slices, grid=grid)
 
 
+def siemens_case(args):
+    """Tike's measured siemens-star-small: ptynb and pty-chi LSQ-ML from the same probe, scored
+    by ``benchmarks/siemens_star.py``'s misfit measures (R-factor, Poisson cost, squared and
+    absolute amplitude misfit) of the final object and probe at the file's positions.
+
+    ptynb runs in this process (``siemens_star.run_ptynb``, its times per iteration from the
+    callback); pty-chi in its venv (``peers/ptychi_run.py``) on the same patterns, positions
+    (probe centres = Tike's corners + n // 2 on a grid holding every window) and initial
+    probe (ptynb's :func:`~ptynb.ptycho.initial_probe` of Tike's probe).
+    """
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    try:
+        import siemens_star as ss
+    except ImportError as e:
+        return dict(note=f"benchmarks/siemens_star.py not importable: {e}")
+    from ptynb.ptycho import initial_probe
+
+    try:
+        raw = ss.load()
+    except FileNotFoundError as e:
+        return dict(note=str(e).splitlines()[0])
+    iters = args.iterations or (5 if args.quick else 30)
+    data = np.asarray(raw["data"])
+    if args.quick:
+        keep = slice(0, 128)
+        data, raw = data[keep], dict(raw, data=data[keep], scan=np.asarray(raw["scan"])[keep])
+    n = data.shape[-1]
+    scan = np.asarray(raw["scan"], np.float64)
+    meas = ss.measurement(raw)
+    probe0 = initial_probe(meas, n, 1, probe=raw["probe"])
+    res = dict(case=f"Tike siemens-star-small: {len(data)} measured patterns {n}x{n}",
+               iterations=iters, rows=[])
+    t0 = time.perf_counter()
+    old = os.environ.get("PTYNB_FFT_WORKERS")
+    if args.threads:
+        os.environ["PTYNB_FFT_WORKERS"] = str(args.threads)  # as many FFT threads as pty-chi
+    try:
+        rows, _ = ss.run_ptynb(iters, raw=raw, engine="lsqml")
+    finally:
+        if old is None:
+            os.environ.pop("PTYNB_FFT_WORKERS", None)
+        else:
+            os.environ["PTYNB_FFT_WORKERS"] = old
+    secs = np.diff([0.0] + [r["seconds"] for r in rows])
+    last = rows[-1]
+    from ptynb import __version__ as ptynb_version
+
+    res["rows"].append(dict(package="ptynb", engine="LSQ-ML (in process)", version=ptynb_version,
+                            per_iter=float(np.median(secs[1:])) if len(secs) > 1 else float(secs[0]),
+                            **{k: last[k] for k in ("r_factor", "poisson", "squared", "absolute")}))
+    log(f"[siemens] ptynb: {time.perf_counter() - t0:.1f} s, R {last['r_factor']:.4f}")
+    if args.no_peers or "ptychi" not in args.peers:
+        return res
+    py, msg = peer_python("ptychi", install=not args.no_install)
+    if py is None:
+        res["rows"].append(dict(package="pty-chi", engine="LSQ-ML", note=msg))
+        return res
+    CACHE.mkdir(parents=True, exist_ok=True)
+    scan = scan - np.floor(scan.min(0)) + 1  # corners on a grid holding every window
+    shape = np.ceil(scan.max(0)).astype(int) + n + 2
+    inp = CACHE / "siemens_in.npz"
+    np.savez(inp, intensity=data.astype(np.float32), pos_px=scan + n // 2, object_shape=shape,
+             truth_origin_m=np.zeros(2), probe=np.asarray(probe0, np.complex64),
+             pixel_size_m=ss.PIXEL_SIZE, wavelength_m=12.398419843320026e-7 / ss.ENERGY_EV,
+             energy_eV=ss.ENERGY_EV, n_slices=1, slice_thickness_m=0.0, radiation="xray",
+             grid=np.asarray([1, len(data)]), semiangle_rad=np.nan, defocus_m=np.nan)
+    out = CACHE / "siemens_ptychi.npz"
+    r = run_runner(dict(case="siemens", label="pty-chi", engine="LSQ-ML", python=py,
+                        script="ptychi_run.py", out=out, offset=_offset_fixed,
+                        argv=[inp, out, "--iterations", iters, "--threads", args.threads]), args)
+    if "snapshots" not in r:
+        res["rows"].append(dict(package="pty-chi", engine="LSQ-ML", note=r.get("note", "")))
+        return res
+    m = ss.score(r["snapshots"][-1][0], r["probe"], scan, data)
+    it = np.asarray(r["iteration_times"])
+    res["rows"].append(dict(package="pty-chi", engine="LSQ-ML", version=str(r["version"]),
+                            per_iter=float(np.median(it[1:])) if it.size > 1 else float(it[0]),
+                            note=str(r["note"]), **m))
+    log(f"[siemens] pty-chi: R {m['r_factor']:.4f}")
+    return res
+
+
+def print_siemens(res):
+    print()
+    print(f"## Measured data: {res.get('case', 'siemens star')}, LSQ-ML, "
+          f"{res.get('iterations', '-')} iterations, same initial probe")
+    if "note" in res:
+        print(res["note"])
+        return
+    print("Misfit of the final object and probe at the file's positions "
+          "(benchmarks/siemens_star.py; lower is better).")
+    print("| package | engine | s/iteration (median) | R-factor | Poisson cost | squared misfit | "
+          "absolute misfit | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['package']} {r.get('version', '')} | {r['engine']} | {fmt(r.get('per_iter'))} | "
+              f"{fmt(r.get('r_factor'), '.4f')} | {fmt(r.get('poisson'), '.5f')} | "
+              f"{fmt(r.get('squared'), '.5f')} | {fmt(r.get('absolute'), '.4f')} | "
+              f"{r.get('note', '')} |")
+
+
 # ============================================================================ printing
 def fmt(v, spec=".3g"):
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
@@ -1029,7 +1138,7 @@ def print_case(res):
                   f"{r['per_iter'] / me[0]['per_iter']:.2f}x")
 
 
-def print_report(args, rates_by_n, rows, cases, started):
+def print_report(args, rates_by_n, rows, cases, started, siemens=None):
     from ptynb import __version__
     from ptynb.backend import cpu_workers, fft_backend
 
@@ -1071,13 +1180,15 @@ def print_report(args, rates_by_n, rows, cases, started):
     for res in cases:
         if res:
             print_case(res)
+    if siemens:
+        print_siemens(siemens)
     print()
     print(f"total benchmark time {time.time() - started:.0f} s. Shared, noisy machine: compare "
           "ratios measured side by side in one run.")
 
 
 ALL_PEERS = ["ptylab", "py4dstem", "ptychi", "ptyrad"]
-PARTS = ["fft", "throughput", "xray", "electron", "abtem"]
+PARTS = ["fft", "throughput", "xray", "electron", "abtem", "siemens"]
 
 
 def main(argv=None):
@@ -1140,10 +1251,11 @@ def main(argv=None):
             res["title"] = title
             res["budget_given"] = args.budget is not None
             cases.append(res)
-    print_report(args, rates, rows, cases, started)
+    siemens = siemens_case(args) if "siemens" in parts else None
+    print_report(args, rates, rows, cases, started, siemens)
     if args.json:
-        args.json.write_text(json.dumps(dict(fft=rates, throughput=rows, cases=cases),
-                                        default=float, indent=1))
+        args.json.write_text(json.dumps(dict(fft=rates, throughput=rows, cases=cases,
+                                             siemens=siemens), default=float, indent=1))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def snapshot_record(rec: Recorder, setup_time: float) -> dict:
                 maxrss_mb=maxrss_mb())
 
 
-def save_result(path, rec: Recorder, *, setup_time: float, offset, version: str, note: str = ""):
-    """Write the output ``.npz`` (format in the module docstring)."""
+def save_result(path, rec: Recorder, *, setup_time: float, offset, version: str, note: str = "",
+                **extra):
+    """Write the output ``.npz`` (format in the module docstring; ``extra`` arrays added)."""
     np.savez(path, offset=np.asarray(offset, dtype=int), version=str(version), note=str(note),
-             **snapshot_record(rec, setup_time))
+             **snapshot_record(rec, setup_time), **extra)

@@ -4,7 +4,8 @@ Usage::
 
     python ptychi_run.py IN.npz OUT.npz --iterations 30 [--threads 2] [--batch 100]
 
-IN/OUT formats: see ``_common.py``. pty-chi's conventions, converted here: positions in
+IN/OUT formats: see ``_common.py``; OUT also gets the final ``probe`` (M, n, n) in ptynb's
+scale (times n). pty-chi's conventions, converted here: positions in
 pixels relative to an origin (``position_origin_coords``, SPECIFIED) chosen so that its object
 buffer is the benchmark's truth grid (a patch of n pixels centred on pty-chi position ``p``
 starts at ``p + origin - (n - 1) / 2``, ptynb's at ``pos_px - n // 2``); diffraction data as
@@ -80,9 +81,11 @@ def main():
     for _ in range(a.iterations):
         task.run(1)
         rec.tick(lambda: task.get_data_to_cpu("object", as_numpy=True))
+    probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0] * n  # back to ptynb's scale
     save_result(a.out, rec, setup_time=setup, offset=(0, 0),
                 version=getattr(ptychi, "__version__", "2.2"),
-                note=f"LSQ-ML {a.noise}, batch {o.reconstructor_options.batch_size}")
+                note=f"LSQ-ML {a.noise}, batch {o.reconstructor_options.batch_size}",
+                probe=probe_out.astype(np.complex64))
     print(f"pty-chi LSQ-ML: {a.iterations} iterations in {rec.elapsed:.2f} s (setup {setup:.1f} s)")
 
 
