@@ -123,8 +123,8 @@ def tilt_case(settings, tilt_index: int):
 
     Returns dict: ``block`` (Dataset: intensity (scan, qy, qx) counts, scan_y/scan_x m, the
     measurement's attrs), ``probe`` (qy, qx) complex64 initial probe, ``truth`` (y, x) rad
-    true projected phase, ``truth_y0`` (m, first truth-grid coordinate, both axes), ``angle``
-    (deg), ``opts`` (engine, iterations, slices, slice_thickness m, seed).
+    true projected phase, ``truth_y0``/``truth_x0`` (m, first truth-grid coordinates),
+    ``angle`` (deg), ``opts`` (engine, iterations, slices, slice_thickness m, seed).
     """
     from ptynb.ptycho import initial_probe
     from ptynb.workflows import mspt
