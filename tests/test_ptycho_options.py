@@ -30,7 +30,8 @@ def small():
 
 def test_defaults_and_engine_defaults():
     assert LSQMLOptions().reg_object == 0.3 and LSQMLOptions().reg_probe == 0.01
-    assert LSQMLOptions().max_step == 2.0 and PositionRefinement().max_step == 0.5
+    assert LSQMLOptions().max_step == 4.0 and PositionRefinement().max_step == 0.5
+    assert LSQMLOptions().preconditioner == "scan" and LSQMLOptions().poisson_clip == 2.0
     assert PIEOptions.step_sizes("epie") == (1.0, 1.0)
     assert PIEOptions.step_sizes("rpie") == (0.25, 0.25)
     assert PIEOptions.step_sizes("rpie", alpha=0.5) == (0.5, 0.25)
@@ -42,7 +43,7 @@ def test_defaults_and_engine_defaults():
                          options={"reg_object": 0.7})
     assert pr.options["reg_object"] == 0.7 and pr.options["reg_probe"] == 0.01
     src = open(engines.__file__).read()
-    for literal in ('"reg_object", 0.3', '"max_step", 2.0', '0.25 if regularized',
+    for literal in ('"reg_object", 0.3', '"max_step", 4.0', '0.25 if regularized',
                     '"position_step", 0.5'):
         assert literal not in src
 

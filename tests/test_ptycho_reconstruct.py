@@ -478,13 +478,19 @@ TRUTH_BOUND_MS = 0.08  # projected NRMSE after 10 its, measured 0.027-0.055; fla
 @pytest.mark.parametrize("noise,masked,subpixel,extra", [
     ("gaussian", False, True, {}), ("gaussian", True, "round", {}), ("poisson", True, True, {}),
     ("poisson", False, "round", {"step_rule": "mean"}), ("poisson", False, True, {"modes": 3}),
-    ("gaussian", True, "round", {"modes": 2}), ("poisson", False, True, {"slices": 2})])
+    ("gaussian", True, "round", {"modes": 2}), ("poisson", False, True, {"slices": 2}),
+    ("poisson", False, True, {"preconditioner": "batch"}),
+    ("poisson", True, "round", {"probe_update_start": 1})])
 def test_lsqml_fused_equals_generic(small, noise, masked, subpixel, extra):
-    """LSQ-ML's compiled CPU passes (object sums and scatters, step-length sums; with one mode
-    also the detector step) give the generic numpy code's object, probe and cost to float32
-    rounding (:func:`rounding_bound`) after one iteration; after 15 both reach the truth
-    (object NRMSE < TRUTH_BOUND_2D; two slices: projected NRMSE < TRUTH_BOUND_MS). Whole-pixel
-    and sub-pixel positions, masks, both step rules, probe modes and two slices."""
+    """LSQ-ML's compiled CPU passes give the generic numpy code's object, probe and cost to
+    float32 rounding (:func:`rounding_bound`) after one iteration; after 15 both reach the
+    truth (object NRMSE < TRUTH_BOUND_2D; two slices: projected NRMSE < TRUTH_BOUND_MS).
+    One slice with the default "scan" preconditioner runs the compiled batch
+    (``engines._lsq_batch_compiled``: exit waves, update and object/probe sums, step sums
+    and the object update each in one pass; with one mode also the detector step); the
+    "batch" preconditioner and two slices the compiled object and step sums. Whole-pixel and
+    sub-pixel positions, masks, both step rules, probe modes, a first iteration without the
+    probe update and two slices."""
     from ptynb.ptycho import _kernels
 
     if not _kernels.available():

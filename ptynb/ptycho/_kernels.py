@@ -7,6 +7,10 @@ kernels fuse them into three loops per pattern (exit wave, detector constraint, 
 probe update) that numba compiles to SIMD code. They implement exactly the arithmetic of the
 generic (numpy/cupy) loop in :mod:`ptynb.ptycho.engines`, which stays the reference and the
 GPU path; ``tests/test_ptycho_reconstruct.py`` checks that both give the same result.
+LSQ-ML's one-slice batch (``engines._lsq_batch_compiled``) reads the object patches in place
+(:func:`lsq_exit_waves`, :func:`lsq_update_sums`, :func:`lsq_step_sums_scan`) and updates the
+object in one pass per batch (:func:`lsq_apply_object`); the orthonormal FFT scale is folded
+into these kernels, so the transforms run unnormalised.
 
 All arrays are C-contiguous: probe modes ``P``, exit waves ``chi``, far fields ``W``
 (M, n, n) complex64 (the single-mode detector kernels take one (n, n) far field); ``O``
@@ -22,8 +26,9 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the generic loop still works
     _nb = None
 
-__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "lsq_object_sums",
-           "lsq_step_sums", "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply",
+__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "lsq_apply_object",
+           "lsq_exit_waves", "lsq_object_sums", "lsq_step_sums", "lsq_step_sums_scan",
+           "lsq_update_sums", "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply",
            "update_pie", "update_pie_modes"]
 
 
@@ -155,10 +160,11 @@ def modulus_gaussian(W, A, amps, valid, eps, inv1):
 
 
 @_jit
-def poisson_sums(W, I, valid, eps, model, g):
+def poisson_sums(W, I, valid, eps, model, g, gmin):
     """First pass of the Poisson detector step on the unnormalised far field ``W``.
 
-    Writes ``model = |W|^2 + eps`` and ``g = valid max(1 - I / model, -1)`` (float32) and
+    Writes ``model = |W|^2 + eps`` and ``g = valid max(1 - I / model, gmin)`` (float32;
+    ``gmin`` < 0, -1 in the sequential engines) and
     returns ``(sum g^2 model, sum g^2 I, sum valid model)`` (float64 over float32 row sums):
     the Newton step length along ``g`` is ``num / (num + sum g^2 I)``.
     """
@@ -179,7 +185,7 @@ def poisson_sums(W, I, valid, eps, model, g):
             wr = w[j].real
             wi = w[j].imag
             m = wr * wr + wi * wi + eps
-            gg = max(np.float32(1.0) - ii[j] / m, np.float32(-1.0)) * v_[j]
+            gg = max(np.float32(1.0) - ii[j] / m, gmin) * v_[j]
             m_[j] = m
             g_[j] = gg
             a1 += gg * gg * m
@@ -422,3 +428,155 @@ def lsq_step_sums(dO, pk, Ok, dP, d, with_probe, out):
         out[b, 2] = s2
         out[b, 3] = s3
         out[b, 4] = s4
+
+
+# --------------------------------------------- LSQ-ML, one slice, "scan" preconditioner
+@_jit
+def lsq_exit_waves(P, O, y, x, s, Psi):
+    """Exit waves of a batch straight from the object: ``Psi[b, m] = s P[pb, m] O[y_b + i,
+    x_b + j]`` (``pb = b``, or 0 when ``P`` (1, M, n, n) is the same probe for every pattern).
+
+    ``P`` (B or 1, M, n, n), ``Psi`` (B, M, n, n) complex64; ``O`` (Y, X) complex64; ``y``,
+    ``x`` (B,) int64 window corners; ``s`` a real scale (the orthonormal FFT's
+    ``1 / sqrt(n^2)`` folded in, so that an unnormalised FFT follows). Replaces the patch
+    copy, the product and the FFT buffer copy of the generic code.
+    """
+    B, M, n0, n1 = Psi.shape
+    shared = P.shape[0] == 1
+    for b in range(B):
+        pb = 0 if shared else b
+        yb = y[b]
+        xb = x[b]
+        for m in range(M):
+            for i in range(n0):
+                o = O[yb + i, xb:xb + n1]
+                p = P[pb, m, i]
+                w = Psi[b, m, i]
+                for j in range(n1):
+                    w[j] = (p[j] * o[j]) * s
+
+
+@_jit
+def lsq_update_sums(P, O, y, x, s, D, num, gP, pnum, pden, probe_mode):
+    """The exit-wave update and the object and probe sums of a batch in one pass.
+
+    ``D`` (B, M, n, n): on entry the updated far fields after an unnormalised inverse FFT,
+    on exit ``d = s D - P O`` (the exit-wave update, ``s = 1 / sqrt(n^2)``). For every
+    pattern ``b`` (in order) and mode ``m``: ``num[y_b + i, x_b + j] += conj(P) d`` (the
+    object direction before preconditioning, (Y, X) complex64). ``probe_mode`` 0: no probe
+    sums; 1 (whole-pixel positions): ``pnum[m] += conj(O) d`` (M, n, n) and ``pden +=
+    |O|^2`` (n, n) float32, counted once per pattern; 2 (sub-pixel): ``gP[b, m] = conj(O) d``
+    (to be shifted back in Fourier space) and ``pden += |O|^2``. ``P``, ``O``, ``y``, ``x``
+    as in :func:`lsq_exit_waves`. One loop over each row of each mode (the probe branches
+    are loop-invariant).
+    """
+    B, M, n0, n1 = D.shape
+    shared = P.shape[0] == 1
+    for b in range(B):
+        pb = 0 if shared else b
+        yb = y[b]
+        xb = x[b]
+        for i in range(n0):
+            o = O[yb + i, xb:xb + n1]
+            nr = num[yb + i, xb:xb + n1]
+            for m in range(M):
+                p = P[pb, m, i]
+                w = D[b, m, i]
+                if probe_mode == 0:
+                    for j in range(n1):
+                        dd = w[j] * s - p[j] * o[j]
+                        w[j] = dd
+                        nr[j] += p[j].conjugate() * dd
+                elif probe_mode == 1:
+                    q = pnum[m, i]
+                    for j in range(n1):
+                        dd = w[j] * s - p[j] * o[j]
+                        w[j] = dd
+                        nr[j] += p[j].conjugate() * dd
+                        q[j] += o[j].conjugate() * dd
+                else:
+                    q = gP[b, m, i]
+                    for j in range(n1):
+                        dd = w[j] * s - p[j] * o[j]
+                        w[j] = dd
+                        nr[j] += p[j].conjugate() * dd
+                        q[j] = o[j].conjugate() * dd
+            if probe_mode != 0:
+                r = pden[i]
+                for j in range(n1):
+                    r[j] += o[j].real * o[j].real + o[j].imag * o[j].imag
+
+
+@_jit
+def lsq_step_sums_scan(num, inv_w, P, O, y, x, dP, d, with_probe, out):
+    """:func:`lsq_step_sums` with the object direction read from the frame:
+    ``dO[b] = num[patch_b] inv_w[patch_b]`` (``num`` (Y, X) complex64, ``inv_w`` (Y, X)
+    float32 the preconditioner) and ``Ok[b] = O[patch_b]`` (``O`` (Y, X)); ``P`` (B or 1, M,
+    n, n) the incident probes, ``dP`` (M, n, n), ``d`` (B, M, n, n); ``out`` (B, 5) float64
+    ``(sum |a|^2, Re sum conj(a) v, sum |v|^2, Re sum conj(a) d, Re sum conj(v) d)`` with
+    ``a = dO P``, ``v = Ok dP``."""
+    B, M, n0, n1 = d.shape
+    shared = P.shape[0] == 1
+    for b in range(B):
+        pb = 0 if shared else b
+        yb = y[b]
+        xb = x[b]
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        for m in range(M):
+            for i in range(n0):
+                nr = num[yb + i, xb:xb + n1]
+                wr = inv_w[yb + i, xb:xb + n1]
+                pr = P[pb, m, i]
+                qr = d[b, m, i]
+                t0 = np.float32(0.0)
+                t1 = np.float32(0.0)
+                t2 = np.float32(0.0)
+                t3 = np.float32(0.0)
+                t4 = np.float32(0.0)
+                if with_probe:
+                    okr = O[yb + i, xb:xb + n1]
+                    dpr = dP[m, i]
+                    for j in range(n1):
+                        a = (nr[j] * wr[j]) * pr[j]
+                        v = okr[j] * dpr[j]
+                        q = qr[j]
+                        t0 += a.real * a.real + a.imag * a.imag
+                        t1 += a.real * v.real + a.imag * v.imag
+                        t2 += v.real * v.real + v.imag * v.imag
+                        t3 += a.real * q.real + a.imag * q.imag
+                        t4 += v.real * q.real + v.imag * q.imag
+                else:
+                    for j in range(n1):
+                        a = (nr[j] * wr[j]) * pr[j]
+                        q = qr[j]
+                        t0 += a.real * a.real + a.imag * a.imag
+                        t3 += a.real * q.real + a.imag * q.imag
+                s0 += t0
+                s1 += t1
+                s2 += t2
+                s3 += t3
+                s4 += t4
+        out[b, 0] = s0
+        out[b, 1] = s1
+        out[b, 2] = s2
+        out[b, 3] = s3
+        out[b, 4] = s4
+
+
+@_jit
+def lsq_apply_object(O, num, inv_w, a):
+    """``O += a num inv_w`` and ``num = 0`` in one pass over the frame (``O``, ``num`` (Y, X)
+    complex64, ``inv_w`` (Y, X) float32, ``a`` the step length)."""
+    Y, X = O.shape
+    zero = np.complex64(0.0)
+    for i in range(Y):
+        o = O[i]
+        nr = num[i]
+        wr = inv_w[i]
+        for j in range(X):
+            o[j] += nr[j] * (wr[j] * a)
+            nr[j] = zero

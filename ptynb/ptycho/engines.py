@@ -14,10 +14,16 @@ wave is replaced by its Fourier-constrained version and the difference is propag
 the slices, updating each slice and finally the probe (all modes jointly).
 
 LSQ-ML (Odstrcil, Menzel & Guizar-Sicairos, Opt. Express 26, 3108, 2018): for each batch of
-patterns the exit-wave update ``chi`` is computed for the chosen noise model; object and probe
-update directions are the preconditioned sums ``sum conj(P) chi / (sum |P|^2 + delta)`` and
-``sum conj(O) chi / (sum |O|^2 + delta)``, and the step lengths solve, per pattern, the 2x2
-least-squares problem ``min || chi - a_O dO P - a_P O dP ||^2``; the batch uses the mean step.
+patterns the exit-wave update ``chi`` is computed for the chosen noise model (Poisson: a Newton
+step along the likelihood gradient ``1 - I/I_model``, clipped at ``-poisson_clip``); object and
+probe update directions are the preconditioned sums ``sum_batch conj(P) chi / w`` and
+``sum conj(O) chi / (sum |O|^2 + delta)``, and the step lengths solve the 2x2 least-squares
+problem ``min || chi - a_O dO P - a_P O dP ||^2`` of the batch (limited to ``max_step``).
+The object preconditioner ``w`` is by default (``preconditioner="scan"``) the damped probe
+intensity summed over *every* scan position, the same for all batches of an iteration; the
+batch's own sum (``"batch"``) lets each batch fit its patterns fully and leaves a mini-batch
+noise floor above the minimum (measured on Tike's siemens-star counts, see
+``benchmarks/siemens_star.py``; together with the former clip at -1, issue #16).
 """
 from __future__ import annotations
 
@@ -199,7 +205,8 @@ class _CompiledDetector:
     (Poisson); ``eps``, ``eps_p``: regularisers of the model amplitude and intensity.
     """
 
-    def __init__(self, noise, I, mask, *, amp=None, amps=None, const=None, eps, eps_p, inv1):
+    def __init__(self, noise, I, mask, *, amp=None, amps=None, const=None, eps, eps_p, inv1,
+                 gmin=-1.0):
         n = I.shape[-1]
         f32 = np.float32
         self.gaussian = noise == "gaussian"
@@ -207,7 +214,7 @@ class _CompiledDetector:
         self.valid = (np.ones((n, n), f32) if mask is None
                       else np.ascontiguousarray(mask, dtype=f32))
         self.masked = mask is not None
-        self.eps, self.eps_p, self.inv1 = f32(eps), f32(eps_p), f32(inv1)
+        self.eps, self.eps_p, self.inv1, self.gmin = f32(eps), f32(eps_p), f32(inv1), f32(gmin)
         self.model = np.empty((n, n), f32)
         self.g = np.empty((n, n), f32)
 
@@ -220,16 +227,18 @@ class _CompiledDetector:
 
     @classmethod
     def for_lsqml(cls, problem):
-        """LSQ-ML's step (ortho units); kept on the problem (amplitudes, constants)."""
+        """LSQ-ML's step (ortho units, gradient clipped at ``-poisson_clip``); kept on the
+        problem (amplitudes, constants)."""
         det = problem.__dict__.get("_lsq_det")
-        if det is None:
+        gmin = -float(problem.options["poisson_clip"])
+        if det is None or det.gmin != np.float32(gmin):
             I = np.ascontiguousarray(problem.intensity, dtype=np.float32)
             gauss = problem.noise == "gaussian"
             amp = np.sqrt(I) if gauss else None
             det = problem.__dict__["_lsq_det"] = cls(
                 problem.noise, I, problem.mask, amp=amp, amps=amp,
                 const=None if gauss else _poisson_const(I, problem.mask),
-                eps=1e-6, eps_p=1e-6, inv1=1.0)
+                eps=1e-6, eps_p=1e-6, inv1=1.0, gmin=gmin)
         return det
 
     def __call__(self, j, W) -> float:
@@ -239,7 +248,7 @@ class _CompiledDetector:
             return K.modulus_gaussian(W, self.amp[j], self.amps[j], self.valid, self.eps,
                                       self.inv1)
         Ij = self.I[j]
-        s1, s2, s3 = K.poisson_sums(W, Ij, self.valid, self.eps_p, self.model, self.g)
+        s1, s2, s3 = K.poisson_sums(W, Ij, self.valid, self.eps_p, self.model, self.g, self.gmin)
         a = min(max(s1 / (s1 + s2 + 1e-12), 0.0), 1.0)
         logm = np.log(self.model, out=self.model)  # numpy's SIMD log
         if self.masked:
@@ -747,10 +756,25 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
         sums = np.empty((bs, 5), np.float64)
         no_dP = np.zeros((1, 1, 1), np.complex64)
 
+    # "scan" preconditioner: 1 / damped probe intensity summed over every position (from the
+    # probe at the start of the iteration), the same metric for every batch of the first slice
+    inv_w = (_scan_preconditioner(probe, iy_all, ix_all, obj.shape[1:], reg_o, xp)
+             if opts["preconditioner"] == "scan" else None)
+    # one slice, "scan" preconditioner, fixed positions on the CPU: the compiled batch
+    # (_lsq_batch_compiled), the same arithmetic as the generic loop below (the reference)
+    fast = fused_upd and L == 1 and inv_w is not None and not refine
+    if fast:
+        wk = _LsqWork(bs, M, n, sub)
     for b0 in range(0, J, bs):
         idx = np.sort(order[b0:b0 + bs])
         B = idx.size
         iy, ix = iy_all[idx], ix_all[idx]
+        if fast:
+            ramps = fourier_shift_ramps(fy_all[idx], fx_all[idx], n, xp) if sub else None
+            cost += _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w,
+                                        bufs[0], wk, update_probe, sums, step_rule, reg_p,
+                                        max_step)
+            continue
         iy_d, ix_d = (xp.asarray(iy), xp.asarray(ix)) if xp is not np else (iy, ix)
         Opat = extract_patches(obj, iy_d, ix_d, n)  # (B, L, n, n)
         if sub:
@@ -792,7 +816,8 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
                 model = bin_intensity(model, s)
             meas = problem.intensity[xp.asarray(idx) if xp is not np else idx]
             cost += float(data_cost(model, meas, problem.mask, problem.noise).sum())
-            f = fourier_update_factor(model, meas, problem.mask, problem.noise)
+            f = _lsq_update_factor(model, meas, problem.mask, problem.noise,
+                                   float(opts["poisson_clip"]), xp)
             if s > 1:
                 f = expand_ratio(f, s)
             Psi *= f[:, None]
@@ -830,8 +855,11 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
                 else:
                     wO = _abs2(pk, xp)
                     scatter_add_patches(denO, wO.sum(axis=1) if M > 1 else wO[:, 0], iy, ix)
-            denO += np.float32(reg_o * float(denO.max()) + 1e-12)
-            numO /= denO  # numO is now the object direction dO
+            if k == 0 and inv_w is not None:
+                numO *= inv_w  # numO is now the object direction dO
+            else:
+                denO += np.float32(reg_o * float(denO.max()) + 1e-12)
+                numO /= denO  # numO is now the object direction dO
             dOp = extract_patches(numO[None], iy_d, ix_d, n)[:, 0]  # (B, n, n)
             if fused_upd:
                 dOp = np.ascontiguousarray(dOp)
@@ -895,6 +923,157 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     if refine:
         _refine_step(problem, state, pos_grad)
     return cost / problem.norm
+
+
+class _LsqWork:
+    """Work arrays of :func:`_lsq_batch_compiled` for batches of up to ``bs`` patterns, ``M``
+    modes, ``n x n`` windows (aligned for in-place FFTW transforms)."""
+
+    def __init__(self, bs, M, n, sub):
+        self.Psi = empty((bs, M, n, n))
+        self.P = empty((bs, M, n, n)) if sub else None
+        self.gP = empty((bs, M, n, n)) if sub else None
+        self.phat = empty((M, n, n)) if sub else None
+        self.dP = empty((M, n, n))
+        self.pden = np.empty((n, n), np.float32)
+        self.c4 = np.zeros((1, 1, 1, 1), np.complex64)
+        self.c3 = np.zeros((1, 1, 1), np.complex64)
+        self.f2 = np.zeros((1, 1), np.float32)
+
+
+def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, num, wk, update_probe,
+                        sums, step_rule, reg_p, max_step) -> float:
+    """One LSQ-ML batch (one slice, "scan" preconditioner ``inv_w`` (Y, X), fixed positions)
+    with the compiled kernels of :mod:`ptynb.ptycho._kernels`; updates ``obj`` (1, Y, X) and
+    ``probe`` (M, n, n) in place and returns the batch's unnormalised misfit.
+
+    Per pattern: the exit wave straight from the object into the FFT buffer, the forward
+    FFT, the detector step, the inverse FFT, then one pass for the exit-wave update with the
+    object and probe sums, one for the step-length sums and, per batch, one pass over the
+    object frame (update and reset of ``num``). The orthonormal FFT's scale is folded into
+    the kernels (unnormalised transforms, no scaling passes). Sub-pixel positions
+    (``ramps`` = (ry, rx) (B, n)): the probe shifted in Fourier space (one inverse FFT per
+    pattern) and its update shifted back (one forward FFT per pattern), as in the generic
+    loop of :func:`lsqml_iteration`, whose arithmetic this is.
+    """
+    from . import _kernels as K
+
+    fft = problem.fft
+    M, n = probe.shape[0], probe.shape[-1]
+    B = idx.size
+    f32 = np.float32
+    s = f32(1.0 / n)  # 1 / sqrt(n^2): ortho scale of each unnormalised transform
+    inv_npix = f32(1.0 / (n * n))
+    O = obj[0]
+    Psi = wk.Psi[:B]
+    if ramps is not None:
+        ry, rx = ramps
+        phat = wk.phat
+        phat[...] = probe
+        fft.forward(phat, norm=None)
+        P = wk.P[:B]
+        for b in range(B):
+            K.ramp_multiply(phat, ry[b], rx[b], inv_npix, P[b])
+        fft.inverse(P, norm=None)  # the shifted probes, exactly
+    else:
+        P = probe[None]
+    K.lsq_exit_waves(P, O, iy, ix, s, Psi)
+    fft.forward(Psi, norm=None)  # orthonormal far fields
+    cost = 0.0
+    if M == 1 and problem.upsample == 1:
+        det = _CompiledDetector.for_lsqml(problem)
+        for b, j in enumerate(idx.tolist()):
+            cost += det(j, Psi[b, 0])
+    else:
+        xp = np
+        up = problem.upsample
+        model = _abs2(Psi, xp)
+        model = model.sum(axis=1) if M > 1 else model[:, 0]
+        if up > 1:
+            model = bin_intensity(model, up)
+        meas = problem.intensity[idx]
+        cost += float(data_cost(model, meas, problem.mask, problem.noise).sum())
+        f = _lsq_update_factor(model, meas, problem.mask, problem.noise,
+                               float(problem.options["poisson_clip"]), xp)
+        if up > 1:
+            f = expand_ratio(f, up)
+        Psi *= f[:, None]
+    fft.inverse(Psi, norm=None)  # sqrt(n^2) x the updated exit waves
+    if update_probe:
+        pden = wk.pden
+        pden.fill(0)
+        dP = wk.dP
+        dP.fill(0)
+        if ramps is not None:
+            gP = wk.gP[:B]
+            K.lsq_update_sums(P, O, iy, ix, s, Psi, num, gP, wk.c3, pden, 2)
+            fft.forward(gP, norm=None)
+            for b in range(B):
+                K.add_ramp_multiply(gP[b], ry[b], rx[b], dP)
+            fft.inverse(dP, norm=None)
+            dP *= inv_npix
+        else:
+            K.lsq_update_sums(P, O, iy, ix, s, Psi, num, wk.c4, dP, pden, 1)
+        pden += f32(reg_p * float(pden.max()) + 1e-12)
+        dP /= pden
+        K.lsq_step_sums_scan(num, inv_w, P, O, iy, ix, dP, Psi, True, sums[:B])
+        aO, aP = _steps2(np, *sums[:B].T, step_rule)
+        aP = float(np.clip(np.nan_to_num(aP, nan=0.0, posinf=0.0), 0, max_step))
+    else:
+        K.lsq_update_sums(P, O, iy, ix, s, Psi, num, wk.c4, wk.c3, wk.f2, 0)
+        K.lsq_step_sums_scan(num, inv_w, P, O, iy, ix, wk.c3, Psi, False, sums[:B])
+        A11, r1 = sums[:B, 0] + 1e-30, sums[:B, 3]
+        aO = (r1 / A11).mean() if step_rule == "mean" else r1.sum() / A11.sum()
+    aO = float(np.clip(np.nan_to_num(aO, nan=0.0, posinf=0.0), 0, max_step))
+    K.lsq_apply_object(O, num, inv_w, f32(aO))
+    if update_probe:
+        dP *= f32(aP)
+        probe += dP
+    return cost
+
+
+def _scan_preconditioner(probe, iy, ix, shape, reg, xp):
+    """``1 / sqrt(w^2 + (reg max w)^2)`` (Y, X) float32, ``w`` the probe intensity
+    ``sum_m |P_m|^2`` (M, n, n) summed over every window corner ``(iy, ix)`` (J,) (host ints)
+    of the object frame ``shape`` (Y, X); sub-pixel shifts of the probe are left out."""
+    n = probe.shape[-1]
+    w = xp.zeros(shape, dtype=np.float32)
+    p2 = _abs2(probe, xp).sum(axis=0)
+    if xp is np:
+        for y, x in zip(iy.tolist(), ix.tolist()):
+            w[y:y + n, x:x + n] += p2
+    else:
+        scatter_add_patches(w, xp.broadcast_to(p2, (len(iy), n, n)), iy, ix)
+    r = np.float32(reg * float(w.max()) + 1e-12)
+    w *= w
+    w += r * r
+    xp.sqrt(w, out=w)
+    return xp.divide(np.float32(1.0), w, out=w)
+
+
+def _lsq_update_factor(model, meas, mask, noise, clip, xp, eps=1e-6):
+    """LSQ-ML's far-field update factor (B, N, N) float32 for model intensities ``model`` and
+    measured ``meas`` (B, N, N) (ortho units), ``mask`` (N, N) or None.
+
+    Gaussian: :func:`~ptynb.ptycho.operators.fourier_update_factor` (amplitude projection).
+    Poisson: ``1 - a g`` with ``g = max(1 - meas / model, -clip)`` and the per-pattern
+    Newton step ``a`` along ``g`` (as there, whose clip is 1); the arithmetic of the compiled
+    detector step (:func:`ptynb.ptycho._kernels.poisson_sums`).
+    """
+    if noise == "gaussian":
+        return fourier_update_factor(model, meas, mask, noise, eps)
+    model = model + np.float32(eps)
+    g = xp.maximum(np.float32(1.0) - meas / model, np.float32(-clip))
+    if mask is not None:
+        g = g * mask
+    g2 = g * g
+    num = (g2 * model).sum(axis=(-2, -1), keepdims=True, dtype=np.float64)
+    den = num + (g2 * meas).sum(axis=(-2, -1), keepdims=True, dtype=np.float64) + 1e-12
+    a = xp.clip(num / den, 0.0, 1.0).astype(np.float32)
+    f = np.float32(1.0) - a * g
+    if mask is not None:
+        f = xp.where(mask, f, np.float32(1.0))
+    return f.astype(np.float32, copy=False)
 
 
 def _steps2(xp, A11, A12, A22, r1, r2, rule):

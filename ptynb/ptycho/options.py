@@ -121,8 +121,10 @@ class LSQMLOptions(OptionsBase):
     reg_probe = param.Number(default=0.01, bounds=(0.0, 10.0),
                              doc="probe preconditioner regularisation, fraction of the "
                                  "maximum object intensity")
-    max_step = param.Number(default=2.0, bounds=(0.0, 100.0), inclusive_bounds=(False, True),
-                            doc="limit of the optimal step lengths")
+    max_step = param.Number(default=4.0, bounds=(0.0, 100.0), inclusive_bounds=(False, True),
+                            doc="limit of the optimal step lengths (with the \"scan\" "
+                                "preconditioner a damping: the batch's own optimum would fit "
+                                "its patterns fully)")
     momentum = param.Number(default=0.0, bounds=(0.0, 1.0), inclusive_bounds=(True, False),
                             doc="heavy-ball factor between iterations (0: off)")
     step_rule = param.Selector(default="global", objects=["global", "mean"],
@@ -130,8 +132,20 @@ class LSQMLOptions(OptionsBase):
                                    "(\"global\") or their per-pattern mean (\"mean\")")
     batch_size = param.Integer(default=None, allow_None=True, bounds=(1, None),
                                doc="patterns per batch (None: {DEFAULT_BATCH}; sequential engines: 1)")
+    preconditioner = param.Selector(
+        default="scan", objects=["scan", "batch"],
+        doc="object preconditioner: the probe intensity summed over every scan position "
+            "(\"scan\", computed at the start of each iteration; damped as "
+            "sqrt(w^2 + (reg_object max w)^2)) or over the batch's positions (\"batch\", "
+            "w + reg_object max w; every batch then fits its own patterns fully, which leaves "
+            "a mini-batch noise floor)")
+    poisson_clip = param.Number(default=2.0, bounds=(1.0, 1e6),
+                                doc="Poisson noise: lower limit -poisson_clip of the likelihood "
+                                    "gradient 1 - I/I_model per pixel (a model amplitude grows "
+                                    "at most by 1 + poisson_clip per update; 1 biases the fit "
+                                    "of low counts)")
     _keywords = {k: k for k in ("reg_object", "reg_probe", "max_step", "momentum", "step_rule",
-                                "batch_size")}
+                                "batch_size", "preconditioner", "poisson_clip")}
 
     #: patterns per batch when ``batch_size`` is None
     DEFAULT_BATCH: ClassVar[int] = 16
