@@ -58,10 +58,11 @@ What it measures
 
    and prints per case, as Markdown: start-up time, s/iteration (median), final quality, time
    to reach the target (the best peer's final quality; "not reached"), quality at equal wall
-   time (budget: the slowest package's time for the common iterations, or ``--budget``;
-   packages that finished before 80 % of it are run again with enough iterations to fill it,
-   at most ``--max-extend`` times the common count), and peak memory (ru_maxrss of each
-   package's process). All packages get ``--threads`` threads (default 1: OpenMP, BLAS, torch,
+   time (budget: the fastest peer's time for the common iterations, ``--budget-rule slowest``
+   the slowest package's, or ``--budget`` seconds; packages that finished before 80 % of it
+   are run again with enough iterations to fill it, at most ``--max-extend`` times the common
+   count; the others are read at the budget from their snapshots), and peak memory
+   (ru_maxrss of each package's process). All packages get ``--threads`` threads (default 1: OpenMP, BLAS, torch,
    ptynb's FFT workers); ``--repeats`` rounds alternate the order.
 
 4. Measured data (``siemens``): Tike's siemens-star-small (516 patterns of 128^2, read by
@@ -496,23 +497,6 @@ def peer_version(py: Path, module: str) -> str:
     return r.stdout.strip() or "?"
 
 
-def run_peer(py, script, args, timeout):
-    cmd = [str(py), str(HERE / "peers" / script), *map(str, args)]
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
-    env.pop("PYTHONPATH", None)
-    t0 = time.perf_counter()
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                           cwd=str(CACHE))
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout} s"
-    if r.returncode:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        return None, "failed: " + " | ".join(tail)[-300:]
-    log(f"[peers] {script} done in {time.perf_counter() - t0:.1f} s: {r.stdout.strip().splitlines()[-1:]}")
-    return True, "ok"
-
-
 def write_ptylab_input(ds, path, probe0):
     """PtyLab CPM HDF5: ptychogram, encoder (m, row/col, relative to a centre), geometry."""
     import h5py
@@ -865,8 +849,9 @@ def run_case(args, case, ds, kind, iters, n_slices=1, slice_thickness=None, grid
             order = order[::-1]
         for i in order:
             recs[i].append(_run_safe(entries[i], args))
-    # equal wall time: the budget is the slowest package's time for the common iterations
-    # (or --budget); packages that finished well before it run again with more iterations
+    # equal wall time: the budget is the fastest peer's (or, --budget-rule slowest, the slowest
+    # package's) time for the common iterations, or --budget; packages that finished well
+    # before it run again with more iterations
     finish, per = {}, {}
     for i, rr in recs.items():
         ok = [r for r in rr if "snap_times" in r]
@@ -874,7 +859,13 @@ def run_case(args, case, ds, kind, iters, n_slices=1, slice_thickness=None, grid
             finish[i] = float(np.median([r["snap_times"][-1] for r in ok]))
             its = np.concatenate([np.asarray(r["iteration_times"])[1:] for r in ok])
             per[i] = float(np.median(its)) if its.size else finish[i] / iters
-    budget = args.budget or (max(finish.values()) if finish else None)
+    budget = args.budget
+    if budget is None and finish:
+        peer_finish = [f for i, f in finish.items() if entries[i]["label"] != "ptynb"]
+        if args.budget_rule == "slowest" or not peer_finish:
+            budget = max(finish.values())
+        else:
+            budget = min(peer_finish)
     ext = {i: [] for i in recs}
     if budget and not args.no_equal_time:
         for i in finish:
@@ -1108,7 +1099,8 @@ def print_case(res):
     tgt = fmt(res["target"], fq)
     b = fmt(res["budget"], ".1f")
     how = ("--budget" if res.get("budget_given") else
-           "the slowest package's time for the common iterations")
+           f"the {res.get('budget_rule', 'fastest-peer').replace('-', ' ')}'s time for the "
+           "common iterations")
     ext = (" Packages that finished well before it ran again with more iterations (the count "
            "in brackets) for the time to target and the quality at the budget."
            if res.get("equal_time") else "")
@@ -1209,8 +1201,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of every peer case (order alternates between rounds)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="equal-time budget in s (default: the slowest package's time for the "
-                         "common iterations)")
+                    help="equal-time budget in s (default: see --budget-rule)")
+    ap.add_argument("--budget-rule", choices=["fastest-peer", "slowest"], default="fastest-peer",
+                    help="default budget: the fastest peer's or the slowest package's time for "
+                         "the common iterations")
     ap.add_argument("--no-equal-time", action="store_true",
                     help="do not re-run the faster packages up to the budget")
     ap.add_argument("--max-extend", type=int, default=20,
@@ -1250,6 +1244,7 @@ def main(argv=None):
             res = fn(args)
             res["title"] = title
             res["budget_given"] = args.budget is not None
+            res["budget_rule"] = "slowest package" if args.budget_rule == "slowest" else "fastest peer"
             cases.append(res)
     siemens = siemens_case(args) if "siemens" in parts else None
     print_report(args, rates, rows, cases, started, siemens)

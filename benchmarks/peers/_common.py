@@ -17,7 +17,8 @@ objects after iterations ``snap_iters`` (K,), ``snap_times`` (K,) seconds of ite
 then (start-up and the snapshot copies excluded), ``iteration_times`` (s, one per iteration),
 ``setup_time`` (s: import, data loading and model building before the first iteration),
 ``offset`` (2,) int: truth-grid pixel of reconstruction pixel (0, 0), ``maxrss_mb`` (peak
-resident memory of the process, MB), ``version``, ``note``.
+resident memory of the process, MB, read before the snapshots, spooled to disk one at a time
+during the run, are loaded back), ``version``, ``note``.
 
 Start-up inside a package's reconstruct call (planning, compilation, lazy allocation) cannot
 be told apart from its first iteration from outside, so every runner is treated the same way:
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -65,6 +68,7 @@ class Recorder:
         self.iters, self.times, self.objects, self.iteration_times = [], [], [], []
         self._excluded = 0.0
         self._t0 = self._last = None
+        self._spool = None
         self.it = 0
 
     def start(self):
@@ -81,7 +85,13 @@ class Recorder:
                 o = o[None]
             self.iters.append(self.it)
             self.times.append(t)
-            self.objects.append(o)
+            # spooled to disk, so that the snapshots do not count in the peak memory
+            if self._spool is None:
+                self._spool = tempfile.mkdtemp(prefix="snapshots_", dir=".")
+            path = os.path.join(self._spool, f"{self.it}.npy")
+            np.save(path, o)
+            self.objects.append(path)
+            del o
             self._excluded += time.perf_counter() - now
         self._last = time.perf_counter()
 
@@ -97,8 +107,13 @@ def maxrss_mb() -> float:
 
 def snapshot_record(rec: Recorder, setup_time: float) -> dict:
     """The snapshot arrays of the output format, the first iteration's excess moved to the
-    set-up (see the module docstring)."""
-    shapes = {o.shape for o in rec.objects}
+    set-up (see the module docstring). The peak memory is read before the spooled snapshots
+    are loaded back."""
+    peak = maxrss_mb()
+    objects = [np.load(p) for p in rec.objects]
+    if rec._spool is not None:
+        shutil.rmtree(rec._spool, ignore_errors=True)
+    shapes = {o.shape for o in objects}
     if len(shapes) != 1:
         raise RuntimeError(f"snapshots of different shapes {shapes}")
     it_times = np.asarray(rec.iteration_times, dtype=np.float64)
@@ -108,10 +123,10 @@ def snapshot_record(rec: Recorder, setup_time: float) -> dict:
         extra = max(float(it_times[0] - np.median(it_times[1:])), 0.0)
         it_times[0] -= extra
         snap_times = snap_times - extra
-    return dict(snapshots=np.stack(rec.objects), snap_iters=np.asarray(rec.iters),
-                snap_times=snap_times, iteration_times=it_times,
-                setup_time=float(setup_time) + extra, first_iteration_extra=extra,
-                maxrss_mb=maxrss_mb())
+    return {"snapshots": np.stack(objects), "snap_iters": np.asarray(rec.iters),
+            "snap_times": snap_times, "iteration_times": it_times,
+            "setup_time": float(setup_time) + extra, "first_iteration_extra": extra,
+            "maxrss_mb": peak}
 
 
 def save_result(path, rec: Recorder, *, setup_time: float, offset, version: str, note: str = "",
