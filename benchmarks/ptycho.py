@@ -62,7 +62,7 @@ What it measures
    the slowest package's, or ``--budget`` seconds; packages that finished before 80 % of it
    are run again with enough iterations to fill it, at most ``--max-extend`` times the common
    count; the others are read at the budget from their snapshots), and peak memory
-   (ru_maxrss of each package's process). All packages get ``--threads`` threads (default 1: OpenMP, BLAS, torch,
+   (``VmHWM``, the peak resident set, of each package's process). All packages get ``--threads`` threads (default 1: OpenMP, BLAS, torch,
    ptynb's FFT workers); ``--repeats`` rounds alternate the order.
 
 4. Measured data (``siemens``): Tike's siemens-star-small (516 patterns of 128^2, read by
@@ -645,7 +645,8 @@ def score_series(ds, kind, snapshots, offset):
     """Quality of every snapshot (K, S, H, W): X-ray NRMSE (slice 0) or electron phase PCC.
 
     The registration (integer shift, up to 3 px) is searched on the last snapshot; the others
-    are scored within 1 px of it.
+    are scored within 1 px of it. An electron snapshot whose phase has no contrast at all
+    (PCC 0 / 0, e.g. after a first iteration that only rescales the probe) scores 0.
     """
     truth, _, _ = _truth(ds)
     if kind == "xray":
@@ -673,7 +674,10 @@ def score_series(ds, kind, snapshots, offset):
         return k, vals[k]
 
     off, last = best(snapshots[-1], tuple(offset), 3)
-    return [best(o, off, 1)[1] for o in snapshots[:-1]] + [last]
+    out = [best(o, off, 1)[1] for o in snapshots[:-1]] + [last]
+    if kind != "xray":  # a phase without any contrast (PCC 0/0) correlates with nothing
+        out = [v if np.isfinite(v) else 0.0 for v in out]
+    return out
 
 
 def _better(a, b, kind):
@@ -1108,7 +1112,7 @@ def print_case(res):
           f"{b} s ({how}).{ext} Times count iterations only (start-up, i.e. imports, data "
           f"loading, model building and the first iteration's excess over the median, is "
           f"apart); {res['repeats']} round(s), packages one after another (order alternating "
-          "between rounds), each in its own process; peak memory = ru_maxrss of that process.")
+          "between rounds), each in its own process; peak memory = VmHWM (peak resident set) of that process.")
     name = q.split(" (")[0]
     print(f"| package | engine | start-up s | s/iteration (median) | final {name} | "
           f"time to target s | {name} at {b} s (iterations) | peak memory MB | note |")

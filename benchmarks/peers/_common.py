@@ -17,7 +17,7 @@ objects after iterations ``snap_iters`` (K,), ``snap_times`` (K,) seconds of ite
 then (start-up and the snapshot copies excluded), ``iteration_times`` (s, one per iteration),
 ``setup_time`` (s: import, data loading and model building before the first iteration),
 ``offset`` (2,) int: truth-grid pixel of reconstruction pixel (0, 0), ``maxrss_mb`` (peak
-resident memory of the process, MB, read before the snapshots, spooled to disk one at a time
+resident memory of the process, MB: ``VmHWM``, see :func:`maxrss_mb`; read before the snapshots, spooled to disk one at a time
 during the run, are loaded back), ``version``, ``note``.
 
 Start-up inside a package's reconstruct call (planning, compilation, lazy allocation) cannot
@@ -101,7 +101,17 @@ class Recorder:
 
 
 def maxrss_mb() -> float:
-    """Peak resident memory of this process (Linux ru_maxrss is in kB), MB."""
+    """Peak resident memory of this process, MB: Linux ``VmHWM`` of ``/proc/self/status``
+    (the high-water mark of this program's address space). ``ru_maxrss`` is the fallback
+    only: on Linux it carries over from the parent across fork + exec, so a small runner
+    started by a big benchmark process would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
