@@ -21,8 +21,10 @@ What it measures
    iterations, the first iteration excluded) for engines ePIE and LSQ-ML at 64/128/256 px
    detectors, 1 and 5 slices, 1 and 3 probe modes, next to the FFT-bound rate
    ``best FFTs/s / (2 * slices * modes)`` measured in the same run, and their ratio.
-3. Time to quality, three cases, the same data, initial probe (ptynb's
-   :func:`~ptynb.ptycho.initial_probe`) and iteration count for every package:
+3. Time to quality, three cases, the same data and iteration count for every package and
+   the same initial probe (ptynb's :func:`~ptynb.ptycho.initial_probe` from the nominal
+   optics) for all but py4DSTEM, which builds its own from the same nominal optics
+   (semi-angle, nominal defocus):
 
    * ``xray``: far field, 400 patterns of 128^2 (``xray_data``), 30 iterations: ptynb LSQ-ML,
      ePIE and ePIE with PtyLab's algorithm (whole-pixel shifts, amplitude constraint);
@@ -1099,7 +1101,8 @@ def print_case(res):
     fq = ".4f" if kind == "xray" else ".3f"
     print()
     print(f"## {res['title']}: {res['case']}, {res['slices']} slice(s), {res['iterations']} "
-          f"iterations, same data and initial probe")
+          f"iterations, same data and initial probe (py4DSTEM: its own from the same nominal "
+          "optics)")
     tgt = fmt(res["target"], fq)
     b = fmt(res["budget"], ".1f")
     how = ("--budget" if res.get("budget_given") else
