@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - numba is a dependency; the generic loo
 __all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "lsq_apply_object",
            "lsq_exit_waves", "lsq_object_sums", "lsq_step_sums", "lsq_step_sums_scan",
            "lsq_update_sums", "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply",
+           "scatter_intensity",
            "update_pie", "update_pie_modes"]
 
 
@@ -580,3 +581,19 @@ def lsq_apply_object(O, num, inv_w, a):
         for j in range(X):
             o[j] += nr[j] * (wr[j] * a)
             nr[j] = zero
+
+
+@_jit
+def scatter_intensity(p2, y, x, w):
+    """``w[y_j + i, x_j + j] += p2[i, j]`` for every window corner ``j`` (``p2`` (n, n)
+    float32 the probe intensity, ``y``, ``x`` (J,) int64, ``w`` (Y, X) float32): the
+    illumination of the whole scan."""
+    n0, n1 = p2.shape
+    for k in range(y.shape[0]):
+        yk = y[k]
+        xk = x[k]
+        for i in range(n0):
+            r = w[yk + i, xk:xk + n1]
+            q = p2[i]
+            for j in range(n1):
+                r[j] += q[j]

@@ -758,7 +758,7 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
 
     # "scan" preconditioner: 1 / damped probe intensity summed over every position (from the
     # probe at the start of the iteration), the same metric for every batch of the first slice
-    inv_w = (_scan_preconditioner(probe, iy_all, ix_all, obj.shape[1:], reg_o, xp)
+    inv_w = (_scan_preconditioner(probe, iy_all, ix_all, obj.shape[1:], reg_o, xp, fused_upd)
              if opts["preconditioner"] == "scan" else None)
     # one slice, "scan" preconditioner, fixed positions on the CPU: the compiled batch
     # (_lsq_batch_compiled), the same arithmetic as the generic loop below (the reference)
@@ -1032,14 +1032,21 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, num, wk,
     return cost
 
 
-def _scan_preconditioner(probe, iy, ix, shape, reg, xp):
+def _scan_preconditioner(probe, iy, ix, shape, reg, xp, compiled=False):
     """``1 / sqrt(w^2 + (reg max w)^2)`` (Y, X) float32, ``w`` the probe intensity
     ``sum_m |P_m|^2`` (M, n, n) summed over every window corner ``(iy, ix)`` (J,) (host ints)
-    of the object frame ``shape`` (Y, X); sub-pixel shifts of the probe are left out."""
+    of the object frame ``shape`` (Y, X); sub-pixel shifts of the probe are left out.
+    ``compiled``: the scatter in a numba kernel (CPU)."""
     n = probe.shape[-1]
     w = xp.zeros(shape, dtype=np.float32)
     p2 = _abs2(probe, xp).sum(axis=0)
-    if xp is np:
+    if compiled:
+        from . import _kernels as K
+
+        K.scatter_intensity(np.ascontiguousarray(p2, dtype=np.float32),
+                            np.ascontiguousarray(iy, dtype=np.int64),
+                            np.ascontiguousarray(ix, dtype=np.int64), w)
+    elif xp is np:
         for y, x in zip(iy.tolist(), ix.tolist()):
             w[y:y + n, x:x + n] += p2
     else:
