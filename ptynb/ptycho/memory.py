@@ -237,7 +237,15 @@ def estimate_memory(
             bb = b
             # object patches (B, L), incident waves for slices 1..L-1 and the exit wave
             part["batch_waves"] = bb * (ns + ns * nm) * win * cb
-            if dev == "cpu":
+            if dev == "cpu" and ns == 1 and eng == "lsqml":
+                # the compiled one-slice batch: exit waves written from the object straight
+                # into the FFT buffer (no patch copies), the sub-pixel-shifted probes (counted
+                # as if positions were sub-pixel), the object direction and the scan
+                # illumination over the object frame
+                part["batch_waves"] = bb * nm * win * cb
+                part["fft_workspace"] = bb * nm * win * cb
+                part["lsqml_buffers"] = bb * nm * win * cb + oy * ox * (cb + 2 * rb)
+            elif dev == "cpu":
                 # compiled passes (numba is a dependency): the detector step works in place
                 # and the object sums and step lengths form no direction arrays
                 part["fft_workspace"] = bb * nm * win * cb + bb * det * 4
