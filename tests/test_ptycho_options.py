@@ -29,23 +29,38 @@ def small():
 
 
 def test_defaults_and_engine_defaults():
-    assert LSQMLOptions().reg_object == 0.3 and LSQMLOptions().reg_probe == 0.01
+    assert LSQMLOptions().reg_object is None and LSQMLOptions().reg_probe == 0.01
+    assert LSQMLOptions.reg_object_for("xray") == 0.3 and LSQMLOptions.reg_object_for("electron") == 0.01
     assert LSQMLOptions().max_step == 4.0 and PositionRefinement().max_step == 0.5
     assert LSQMLOptions().preconditioner == "scan" and LSQMLOptions().poisson_clip == 2.0
     assert PIEOptions.step_sizes("epie") == (1.0, 1.0)
     assert PIEOptions.step_sizes("rpie") == (0.25, 0.25)
     assert PIEOptions.step_sizes("rpie", alpha=0.5) == (0.5, 0.25)
     d = options.engine_defaults()
-    assert d["reg_object"] == 0.3 and d["position_step"] == 0.5 and d["fused"] is True
+    assert d["reg_object"] is None and d["position_step"] == 0.5 and d["fused"] is True
     # the engines fill missing keys from the classes (no second literal in engines.py)
     pr = engines.Problem(xp=np, intensity=np.zeros((1, 4, 4), np.float32), mask=None,
                          upsample=1, kernel=None, noise="poisson", norm=1.0,
                          options={"reg_object": 0.7})
     assert pr.options["reg_object"] == 0.7 and pr.options["reg_probe"] == 0.01
     src = open(engines.__file__).read()
-    for literal in ('"reg_object", 0.3', '"max_step", 4.0', '0.25 if regularized',
+    for literal in ('"reg_object", 0.3', '"electron": 0.01', '"max_step", 4.0', '0.25 if regularized',
                     '"position_step", 0.5'):
         assert literal not in src
+
+
+def test_reg_object_default_follows_the_radiation():
+    """None takes the measurement's radiation default (recorded in the result's attrs); a
+    given value wins; a Problem built without a radiation gets X-ray's."""
+    from ptynb.simulate import demo
+
+    for rad, expect in (("xray", 0.3), ("electron", 0.01)):
+        ds = demo(rad, "small", seed=0).isel(scan=slice(0, 8))
+        assert reconstruct(ds, iterations=1, progress=False).attrs["option_reg_object"] == expect
+        assert reconstruct(ds, iterations=1, progress=False, reg_object=0.2).attrs["option_reg_object"] == 0.2
+    pr = engines.Problem(xp=np, intensity=np.zeros((1, 4, 4), np.float32), mask=None, upsample=1,
+                         kernel=None, noise="poisson", norm=1.0, options={})
+    assert pr.options["reg_object"] is None
 
 
 @pytest.mark.parametrize("cls, field, bad, bound", [

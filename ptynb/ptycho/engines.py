@@ -732,7 +732,8 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     L, M, n = obj.shape[0], probe.shape[0], probe.shape[-1]
     J = problem.intensity.shape[0]
     bs = max(1, min(int(opts["batch_size"] or LSQMLOptions.DEFAULT_BATCH), J))
-    reg_o = float(opts["reg_object"])
+    reg_o = opts["reg_object"]
+    reg_o = LSQMLOptions.reg_object_for(None) if reg_o is None else float(reg_o)  # None: X-ray's
     reg_p = float(opts["reg_probe"])
     max_step = float(opts["max_step"])
     step_rule = str(opts["step_rule"])

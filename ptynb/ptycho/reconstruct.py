@@ -418,6 +418,8 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
 
     xp = get_xp(device)
     attrs = ds.attrs
+    if options.get("reg_object") is None:  # the radiation's default (LSQMLOptions.REG_OBJECT)
+        options["reg_object"] = _options.LSQMLOptions.reg_object_for(attrs.get("radiation"))
     inten = ds["intensity"]
     if tuple(inten.dims) != ("scan", "qy", "qx"):
         raise ValidationError("intensity", f"has dims {inten.dims}; expected (scan, qy, qx) per block")
