@@ -1137,6 +1137,21 @@ def print_case(res):
                   f"{r['per_iter'] / me[0]['per_iter']:.2f}x")
 
 
+def git_state() -> str:
+    """``commit`` of the checkout ptynb runs from, plus a note when ``ptynb/`` has uncommitted
+    changes (what was measured is the working tree)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=str(ROOT), check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ptynb"],
+                               capture_output=True, text=True, cwd=str(ROOT),
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    n = len(dirty.splitlines())
+    return f"commit {head}" + (f" + uncommitted changes in {n} file(s) under ptynb/" if n else "")
+
+
 def print_report(args, rates_by_n, rows, cases, started, siemens=None):
     from ptynb import __version__
     from ptynb.backend import cpu_workers, fft_backend
@@ -1145,6 +1160,7 @@ def print_report(args, rates_by_n, rows, cases, started, siemens=None):
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {cpu_workers()} cores, "
           f"python {platform.python_version()}, numpy {np.__version__}; ptynb CPU FFT: {fft_backend()}"
           f"{' (quick mode)' if args.quick else ''}")
+    print(f"ptynb source: {git_state()}")
     if rates_by_n:
         print()
         print("## FFT rate: batched complex64 2D transforms (batch 32), FFTs/s")
