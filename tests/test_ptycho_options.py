@@ -165,3 +165,20 @@ def test_objects_equal_keywords_bit_for_bit(small):
         reconstruct(small, alpha=0.6, options=PIEOptions(alpha=0.5), **kw)
     with pytest.raises(ValidationError, match="PIEOptions.alpha"):
         reconstruct(small, alpha=3.0, **kw)
+
+
+def test_default_engine_chain_by_radiation():
+    """engine=None runs the radiation's chain (X-ray: rPIE sweeps, then LSQ-ML; electron:
+    LSQ-ML), cut to the iterations asked for; the result says what ran."""
+    from ptynb.ptycho import default_engine
+    from ptynb.simulate import demo
+
+    assert default_engine("xray", 100) == [("rpie", 3), ("lsqml", 97)]
+    assert default_engine("xray", 2) == [("rpie", 2)]
+    assert default_engine(None, 5) == [("rpie", 3), ("lsqml", 2)]
+    assert default_engine("electron", 40) == [("lsqml", 40)]
+    for rad, expect in (("xray", "rpie:3,lsqml:2"), ("electron", "lsqml:5")):
+        ds = demo(rad, "small", seed=0).isel(scan=slice(0, 8))
+        assert reconstruct(ds, iterations=5, progress=False).attrs["engine"] == expect
+    with pytest.raises(ValidationError, match="iterations"):
+        reconstruct(ds, iterations=2.5, progress=False)

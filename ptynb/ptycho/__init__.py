@@ -24,9 +24,9 @@ from .options import (
     ProbeConstraints,
 )
 from .probe_start import estimate_defocus
-from .reconstruct import ENGINE_NAMES, DivergenceError, initial_probe, reconstruct
+from .reconstruct import ENGINE_NAMES, DivergenceError, default_engine, initial_probe, reconstruct
 
-__all__ = ["ENGINE_NAMES", "DivergenceError", "estimate_defocus", "initial_probe", "reconstruct",
+__all__ = ["ENGINE_NAMES", "DivergenceError", "default_engine", "estimate_defocus", "initial_probe", "reconstruct",
            "PIEOptions",
            "LSQMLOptions", "PositionRefinement", "ProbeConstraints", "ObjectConstraints",
            "MultisliceOptions", "ComputeOptions"]
