@@ -27,7 +27,7 @@ What it measures
    (semi-angle, nominal defocus):
 
    * ``xray``: far field, 400 patterns of 128^2 (``xray_data``), 30 iterations: ptynb LSQ-ML,
-     ePIE and ePIE with PtyLab's algorithm (whole-pixel shifts, amplitude constraint);
+     its default chain (``engine=None``), ePIE and ePIE with PtyLab's algorithm (whole-pixel shifts, amplitude constraint);
      PtyLab 0.3 ePIE and mPIE; pty-chi 2.2 LSQ-ML; PtyRAD 1.0 (Adam) at its default learning
      rates and at :data:`PTYRAD_XRAY_LR_SCALE` times them.
    * ``electron``: 4D-STEM of SrTiO3 simulated by ptynb (``electron_data``: 1024 patterns of
@@ -758,7 +758,8 @@ def case_entries(args, case, ds, inp, meas_pkl, iters, kind, peers, n_slices, sl
     sysy = sys.executable
     ptynb_variants = [("lsqml", "LSQ-ML", [])]
     if kind == "xray":
-        ptynb_variants += [("epie", "ePIE", []),
+        ptynb_variants += [("default", "default chain (engine=None)", []),
+                           ("epie", "ePIE", []),
                            ("epie", "ePIE whole-pixel, gaussian (PtyLab's algorithm)",
                             ["--kw", "subpixel=round", "--kw", "noise=gaussian"])]
     for engine, label, extra in ptynb_variants:

@@ -20,6 +20,8 @@ import time
 
 T_START = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the ptynb of this checkout, not whatever an installed (editable) ptynb points to
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from _common import Recorder, save_result, set_threads, snapshot_iterations
 
 
@@ -35,7 +37,7 @@ def main():
     ap.add_argument("data")
     ap.add_argument("meas")
     ap.add_argument("out")
-    ap.add_argument("--engine", default="lsqml")
+    ap.add_argument("--engine", default="lsqml", help='an engine name, or "default" (engine=None)')
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--kw", action="append", default=[], help="key=value reconstruct keyword")
@@ -59,7 +61,8 @@ def main():
     probe = np.asarray(d["probe"])
     setup = time.perf_counter() - T_START
     rec.start()  # ptynb's own set-up (checks, FFT plans) runs inside reconstruct: see _common
-    out = reconstruct(meas, engine=a.engine, iterations=a.iterations, probe=probe, slices=S,
+    engine = None if a.engine == "default" else a.engine  # None: the radiation's default chain
+    out = reconstruct(meas, engine=engine, iterations=a.iterations, probe=probe, slices=S,
                       slice_thickness=float(d["slice_thickness_m"]) if S > 1 else None,
                       progress=False, callback=lambda it, info: rec.tick(lambda: info["object"]),
                       **kw)
@@ -69,7 +72,8 @@ def main():
            int(round((float(out["x"].values[0]) - x0) / dx)))
     save_result(a.out, rec, setup_time=setup, offset=off,
                 version=ptynb.__version__, note=f"{a.engine} {kw}" if kw else a.engine)
-    print(f"ptynb {a.engine}: {a.iterations} iterations in {rec.elapsed:.2f} s")
+    print(f"ptynb {a.engine} ({os.path.dirname(ptynb.__file__)}): {a.iterations} iterations in "
+          f"{rec.elapsed:.2f} s")
 
 
 if __name__ == "__main__":
