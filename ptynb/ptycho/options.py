@@ -139,7 +139,7 @@ class LSQMLOptions(OptionsBase):
             "(\"scan\", computed at the start of each iteration; damped as "
             "sqrt(w^2 + (reg_object max w)^2)) or over the batch's positions (\"batch\", "
             "w + reg_object max w; every batch then fits its own patterns fully, which leaves "
-            "a mini-batch noise floor)")
+            "a mini-batch noise floor); multislice always uses \"batch\"")
     poisson_clip = param.Number(default=2.0, bounds=(1.0, 1e6),
                                 doc="Poisson noise: lower limit -poisson_clip of the likelihood "
                                     "gradient 1 - I/I_model per pixel (a model amplitude grows "
