@@ -9,7 +9,7 @@ Run from the repository root::
     python benchmarks/mspt.py --tilts 36 --views-px 40 --rounds 5
 
 Every run is a fresh process of its own (``OMP_NUM_THREADS=1``, ``PTYNB_FFT_WORKERS=1``: one
-thread each), so that each has its own peak resident set size: ``ru_maxrss`` (MiB) at its end,
+thread each), so that each has its own peak resident set size: ``VmHWM`` (MiB) at its end,
 in brackets the same measure before the work (after the imports for ptychography, after the
 simulation for alignment). The script prints two Markdown tables, measured in this run on
 this machine (``--quick`` sets 1 round, 12 tilts of 24 px, a 60 s Adam limit):
@@ -94,7 +94,15 @@ def log(*a):
 
 
 def rss_mib() -> float:
-    """This process's peak resident set size (MiB, ``ru_maxrss``)."""
+    """This process's peak resident set size (MiB): ``VmHWM`` from ``/proc/self/status``
+    (``ru_maxrss`` carries the parent's size over fork + exec), ``ru_maxrss`` elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -26,7 +26,7 @@ An untimed 1-iteration run of the same setup comes first (``--no-warmup`` skips 
 OUT.npz gets ``object`` (T, Px, Py) complex64, ``positions_px`` (N, 2) probe centres in object
 pixels, ``sampling_A`` (2,), ``setup_time`` (s: constructor + preprocess),
 ``reconstruct_time`` (s: the ``reconstruct`` call), ``iteration_time`` (s: reconstruct time
-/ iterations), ``maxrss_MiB`` (this process's peak resident set, ``ru_maxrss``),
+/ iterations), ``maxrss_MiB`` (this process's peak resident set, ``VmHWM``),
 ``maxrss_start_MiB`` (the same after the imports, before the data were read), ``version``.
 """
 import argparse
@@ -41,6 +41,14 @@ import py4DSTEM
 
 
 def _rss_mib():
+    """Peak resident set (MiB): VmHWM (ru_maxrss carries the parent's size over fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
