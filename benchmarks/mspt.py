@@ -68,7 +68,6 @@ import math
 import os
 import pickle
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -94,16 +93,12 @@ def log(*a):
 
 
 def rss_mib() -> float:
-    """This process's peak resident set size (MiB): ``VmHWM`` from ``/proc/self/status``
-    (``ru_maxrss`` carries the parent's size over fork + exec), ``ru_maxrss`` elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size (MiB): ``VmHWM`` (``peers/_common.maxrss_mb``;
+    ``ru_maxrss`` carries the parent's size over fork + exec)."""
+    sys.path.insert(0, str(HERE / "peers"))
+    from _common import maxrss_mb
+
+    return maxrss_mb()
 
 
 def _env():

@@ -31,7 +31,7 @@ pixels, ``sampling_A`` (2,), ``setup_time`` (s: constructor + preprocess),
 """
 import argparse
 import os
-import resource
+import sys
 import time
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -39,17 +39,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import py4DSTEM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import maxrss_mb
+
 
 def _rss_mib():
-    """Peak resident set (MiB): VmHWM (ru_maxrss carries the parent's size over fork + exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return maxrss_mb()  # VmHWM (ru_maxrss carries the parent's size over fork + exec)
 
 
 def main():
