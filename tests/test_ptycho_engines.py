@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_ptycho_utils import (
+    aligned_crop,
     electron_crystal_data,
     object_error,
     phase_pcc,
@@ -212,3 +213,21 @@ def test_electron_multislice_separates_depth():
     m = np.array([[phase_pcc(rec, ds, i, j) for j in range(2)] for i in range(2)])
     assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.980, 0.964
     assert np.all(np.abs(m[~np.eye(2, dtype=bool)]) < 0.4), m  # measured -0.10, -0.09
+
+
+def test_electron_multislice_first_slice_not_starved():
+    """Every slice's phase keeps its magnitude (fitted gain of reconstructed vs true phase):
+    a scan-wide preconditioner on the first slice beside batch-preconditioned later ones
+    left it behind (measured gains 0.86 / 0.84 / 0.86 at 10 iterations; now 0.99 / 0.84 / 0.87)."""
+    spacing = 12e-9
+    ds = electron_crystal_data(layers=3, spacing=spacing)
+    rec = reconstruct(ds, engine="lsqml", iterations=10, slices=3, slice_thickness=spacing,
+                      progress=False)
+    gains = []
+    for k in range(3):
+        a, b = aligned_crop(rec, ds, k, 0, None)
+        pa = np.angle(a * np.conj(np.mean(a)))
+        pb = np.angle(b * np.conj(np.mean(b)))
+        gains.append(float(np.polyfit(pb.ravel(), pa.ravel(), 1)[0]))
+    assert min(gains) >= 0.75, gains
+    assert gains[0] >= 0.93, gains
