@@ -525,6 +525,29 @@ def test_lsqml_fused_equals_generic(small, noise, masked, subpixel, extra):
     assert ea < bound and eb < bound, (ea, eb, bound)
 
 
+@pytest.mark.parametrize("workers,noise,subpixel", [(1, "poisson", True), (3, "poisson", True),
+                                                   (3, "gaussian", "round"), (5, "poisson", "round")])
+def test_lsqml_workers_equal_generic(small, workers, noise, subpixel):
+    """The compiled one-slice batch split between ``workers`` threads (each its own patterns,
+    object frame and probe sums; the sums over workers where they are read) does the generic
+    loop's arithmetic to float32 rounding after one iteration, for any worker count (5: more
+    than the batch's patterns / 4, so capped at 4)."""
+    from ptynb.ptycho import _kernels
+
+    if not _kernels.available():
+        pytest.skip("numba not installed")
+    ds = _clean(small)
+    kw = dict(engine="lsqml", subpixel=subpixel, noise=noise, progress=False, iterations=1)
+    a = reconstruct(ds, fused=True, workers=workers, **kw)
+    b = reconstruct(ds, fused=False, **kw)
+    _assert_same_run(a, b, rounding_bound(ds.sizes["scan"], ds.sizes["qy"]))
+
+
+def test_lsqml_workers_checked(small):
+    with pytest.raises(ValidationError, match="workers"):
+        reconstruct(_clean(small), engine="lsqml", iterations=1, workers=0, progress=False)
+
+
 @pytest.mark.parametrize("engine,noise,masked,subpixel,modes,slices", [
     ("epie", "poisson", False, "round", 1, 2), ("rpie", "gaussian", True, "round", 1, 3),
     ("epie", "gaussian", False, True, 1, 2), ("rpie", "poisson", True, True, 1, 2),

@@ -26,10 +26,12 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the generic loop still works
     _nb = None
 
-__all__ = ["add_ramp_multiply", "available", "exit_wave", "exit_wave_modes", "lsq_apply_object",
-           "lsq_exit_waves", "lsq_object_sums", "lsq_step_sums", "lsq_step_sums_scan",
-           "lsq_update_sums", "modulus_gaussian", "poisson_apply", "poisson_sums", "ramp_multiply",
-           "scatter_intensity",
+__all__ = ["add_ramp_multiply", "add_ramp_multiply_batch", "available", "exit_wave",
+           "exit_wave_modes", "lsq_apply_object", "lsq_apply_object_stack", "lsq_exit_waves",
+           "lsq_object_sums", "lsq_step_sums", "lsq_step_sums_scan", "lsq_step_sums_stack",
+           "lsq_update_sums", "modulus_gaussian", "modulus_gaussian_batch", "poisson_apply",
+           "poisson_apply_batch", "poisson_sums", "poisson_sums_batch", "ramp_multiply",
+           "ramp_multiply_batch", "scatter_intensity",
            "update_pie", "update_pie_modes"]
 
 
@@ -597,3 +599,159 @@ def scatter_intensity(p2, y, x, w):
             q = p2[i]
             for j in range(n1):
                 r[j] += q[j]
+
+
+# --------------------------------------------- LSQ-ML batch kernels (whole chunks of patterns)
+@_jit
+def ramp_multiply_batch(F, ry, rx, scale, out):
+    """:func:`ramp_multiply` for a chunk of patterns: ``out[b, m] = scale F[m] ry[b, :,
+    None] rx[b, None, :]`` (``F`` (M, n, n), ``ry``/``rx`` (B, n), ``out`` (B, M, n, n)
+    complex64)."""
+    for b in range(out.shape[0]):
+        ramp_multiply(F, ry[b], rx[b], scale, out[b])
+
+
+@_jit
+def add_ramp_multiply_batch(G, ry, rx, acc):
+    """``acc[m] += sum_b G[b, m] conj(ry[b, :, None] rx[b, None, :])`` (``G`` (B, M, n, n),
+    ``acc`` (M, n, n) complex64): the probe-update spectra of a chunk shifted back."""
+    for b in range(G.shape[0]):
+        add_ramp_multiply(G[b], ry[b], rx[b], acc)
+
+
+@_jit
+def poisson_sums_batch(W, I, idx, valid, eps, gmin, model, g, out):
+    """:func:`poisson_sums` for a chunk: far fields ``W`` (B, n, n) complex64 against the
+    measured ``I[idx[b]]`` (``I`` (J, n, n) float32), writing ``model``/``g`` (B, n, n)
+    float32 and ``out[b] = (sum g^2 model, sum g^2 I, sum valid model)`` (B, 3) float64."""
+    for b in range(W.shape[0]):
+        s1, s2, s3 = poisson_sums(W[b], I[idx[b]], valid, eps, model[b], g[b], gmin)
+        out[b, 0] = s1
+        out[b, 1] = s2
+        out[b, 2] = s3
+
+
+@_jit
+def poisson_apply_batch(W, g, logm, I, idx, valid, sums, const, inv1, cost):
+    """Second pass of the batched Poisson step: per pattern the Newton step ``a =
+    clip(s1 / (s1 + s2), 0, 1)`` from ``sums`` (B, 3), ``W[b] *= inv1 (1 - a g)`` on valid
+    pixels (``inv1`` elsewhere) and the Poisson deviance ``cost[b] = s3 - sum valid I log m +
+    const[idx[b]]`` (``logm`` (B, n, n) float32 holds ``log model``; float64 (B,) out)."""
+    one = np.float32(1.0)
+    B, n0, n1 = W.shape
+    for b in range(B):
+        s1 = sums[b, 0]
+        a = s1 / (s1 + sums[b, 1] + 1e-12)
+        a = np.float32(min(max(a, 0.0), 1.0))
+        Ib = I[idx[b]]
+        acc = 0.0
+        for i in range(n0):
+            w = W[b, i]
+            g_ = g[b, i]
+            l_ = logm[b, i]
+            v_ = valid[i]
+            ii = Ib[i]
+            t = np.float32(0.0)
+            for j in range(n1):
+                f = inv1 * (one - a * g_[j] * v_[j])
+                w[j] = complex(w[j].real * f, w[j].imag * f)
+                t += ii[j] * l_[j] * v_[j]
+            acc += t
+        cost[b] = sums[b, 2] - acc + const[idx[b]]
+
+
+@_jit
+def modulus_gaussian_batch(W, A, idx, valid, eps, inv1, cost):
+    """:func:`modulus_gaussian` for a chunk: ``W`` (B, n, n) complex64 against the measured
+    amplitudes ``A[idx[b]]`` (``A`` (J, n, n) float32, LSQ-ML's ortho units, so ``amps =
+    A``); misfits into ``cost`` (B,) float64."""
+    for b in range(W.shape[0]):
+        cost[b] = modulus_gaussian(W[b], A[idx[b]], A[idx[b]], valid, eps, inv1)
+
+
+@_jit
+def lsq_step_sums_stack(num, inv_w, P, O, y, x, dP, d, with_probe, out):
+    """:func:`lsq_step_sums_scan` with the object direction summed over the worker stack
+    ``num`` (T, Y, X) complex64 (each worker thread's scatter of its own patterns):
+    ``dO[b] = (sum_t num[t, patch_b]) inv_w[patch_b]`` (the sum and the preconditioner
+    into a row buffer first, so that the sums' loop stays the vectorised one)."""
+    T = num.shape[0]
+    B, M, n0, n1 = d.shape
+    shared = P.shape[0] == 1
+    row = np.empty(n1, np.complex64)
+    for b in range(B):
+        pb = 0 if shared else b
+        yb = y[b]
+        xb = x[b]
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        for i in range(n0):
+            wr = inv_w[yb + i, xb:xb + n1]
+            n_0 = num[0, yb + i, xb:xb + n1]
+            for j in range(n1):
+                row[j] = n_0[j]
+            for t in range(1, T):
+                n_t = num[t, yb + i, xb:xb + n1]
+                for j in range(n1):
+                    row[j] += n_t[j]
+            for j in range(n1):
+                row[j] *= wr[j]
+            okr = O[yb + i, xb:xb + n1]
+            for m in range(M):
+                pr = P[pb, m, i]
+                qr = d[b, m, i]
+                t0 = np.float32(0.0)
+                t1 = np.float32(0.0)
+                t2 = np.float32(0.0)
+                t3 = np.float32(0.0)
+                t4 = np.float32(0.0)
+                if with_probe:
+                    dpr = dP[m, i]
+                    for j in range(n1):
+                        a = row[j] * pr[j]
+                        v = okr[j] * dpr[j]
+                        q = qr[j]
+                        t0 += a.real * a.real + a.imag * a.imag
+                        t1 += a.real * v.real + a.imag * v.imag
+                        t2 += v.real * v.real + v.imag * v.imag
+                        t3 += a.real * q.real + a.imag * q.imag
+                        t4 += v.real * q.real + v.imag * q.imag
+                else:
+                    for j in range(n1):
+                        a = row[j] * pr[j]
+                        q = qr[j]
+                        t0 += a.real * a.real + a.imag * a.imag
+                        t3 += a.real * q.real + a.imag * q.imag
+                s0 += t0
+                s1 += t1
+                s2 += t2
+                s3 += t3
+                s4 += t4
+        out[b, 0] = s0
+        out[b, 1] = s1
+        out[b, 2] = s2
+        out[b, 3] = s3
+        out[b, 4] = s4
+
+
+@_jit
+def lsq_apply_object_stack(O, num, inv_w, a):
+    """``O += a (sum_t num[t]) inv_w`` and ``num = 0`` (``O`` (Y, X), ``num`` (T, Y, X)
+    complex64, ``inv_w`` (Y, X) float32); pass row bands of the frame to split it between
+    threads."""
+    T = num.shape[0]
+    Y, X = O.shape
+    zero = np.complex64(0.0)
+    for i in range(Y):
+        o = O[i]
+        wr = inv_w[i]
+        for j in range(X):
+            nt = num[0, i, j]
+            num[0, i, j] = zero
+            for t in range(1, T):
+                nt += num[t, i, j]
+                num[t, i, j] = zero
+            o[j] += nt * (wr[j] * a)

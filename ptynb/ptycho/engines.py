@@ -27,6 +27,8 @@ noise floor above the minimum (measured on Tike's siemens-star counts, see
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +242,20 @@ class _CompiledDetector:
                 const=None if gauss else _poisson_const(I, problem.mask),
                 eps=1e-6, eps_p=1e-6, inv1=1.0, gmin=gmin)
         return det
+
+    def batch(self, idx, W, model, g, sums, cost):
+        """The step on the far fields ``W`` (B, n, n) of patterns ``idx`` (B,) int64 in one
+        compiled call each pass; misfits into ``cost`` (B,) float64. ``model``/``g`` (B, n,
+        n) float32 and ``sums`` (B, 3) float64 are work arrays (LSQ-ML's ortho units)."""
+        from . import _kernels as K
+
+        if self.gaussian:
+            K.modulus_gaussian_batch(W, self.amp, idx, self.valid, self.eps, self.inv1, cost)
+            return
+        K.poisson_sums_batch(W, self.I, idx, self.valid, self.eps_p, self.gmin, model, g, sums)
+        np.log(model, out=model)  # numpy's SIMD log
+        K.poisson_apply_batch(W, g, model, self.I, idx, self.valid, sums, self.const,
+                              self.inv1, cost)
 
     def __call__(self, j, W) -> float:
         from . import _kernels as K
@@ -746,7 +762,6 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     order = state.rng.permutation(J)
     cost = 0.0
     pos_grad = np.zeros_like(state.positions) if refine else None
-    bufs = (xp.zeros(obj.shape[1:], dtype=np.complex64), xp.zeros(obj.shape[1:], dtype=np.float32))
     # CPU with numba: compiled object/step passes (any modes and slices); with one mode and no
     # upsampling also the detector step (two passes per pattern)
     fused_upd = xp is np and opts["fused"] and _fused_ok(obj, probe)
@@ -767,7 +782,10 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     # (_lsq_batch_compiled), the same arithmetic as the generic loop below (the reference)
     fast = fused_upd and L == 1 and inv_w is not None and not refine
     if fast:
-        wk = _LsqWork(bs, M, n, sub)
+        wk = _LsqWork.get(problem, bs, M, n, sub, obj.shape[1:], _lsq_workers(problem, bs))
+    else:
+        bufs = (xp.zeros(obj.shape[1:], dtype=np.complex64),
+                xp.zeros(obj.shape[1:], dtype=np.float32))
     for b0 in range(0, J, bs):
         idx = np.sort(order[b0:b0 + bs])
         B = idx.size
@@ -775,8 +793,7 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
         if fast:
             ramps = fourier_shift_ramps(fy_all[idx], fx_all[idx], n, xp) if sub else None
             cost += _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w,
-                                        bufs[0], wk, update_probe, sums, step_rule, reg_p,
-                                        max_step)
+                                        wk, update_probe, sums, step_rule, reg_p, max_step)
             continue
         iy_d, ix_d = (xp.asarray(iy), xp.asarray(ix)) if xp is not np else (iy, ix)
         Opat = extract_patches(obj, iy_d, ix_d, n)  # (B, L, n, n)
@@ -928,108 +945,222 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     return cost / problem.norm
 
 
+_POOLS: dict = {}
+
+
+def _pool(n: int):
+    """A process-wide pool of ``n`` helper threads (the compiled LSQ-ML batch's workers)."""
+    pool = _POOLS.get(n)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ptynb-lsq")
+    return pool
+
+
+def _lsq_workers(problem, B: int) -> int:
+    """Worker threads of the compiled LSQ-ML batch: the ``workers`` option, else the usable
+    cores (at most ``ComputeOptions.MAX_WORKERS``), never more than patterns per batch / 4."""
+    from ..backend import cpu_workers
+    from .options import ComputeOptions
+
+    w = problem.options.get("workers")
+    w = min(cpu_workers(), ComputeOptions.MAX_WORKERS) if w is None else int(w)
+    return max(1, min(w, B // 4 or 1))
+
+
 class _LsqWork:
     """Work arrays of :func:`_lsq_batch_compiled` for batches of up to ``bs`` patterns, ``M``
-    modes, ``n x n`` windows (aligned for in-place FFTW transforms)."""
+    modes, ``n x n`` windows, object frames ``frame`` (Y, X) and ``T`` worker threads (aligned
+    for in-place FFTW transforms; one FFT object per worker, since a plan runs one transform
+    at a time). Each worker scatters its patterns' object direction into its own frame
+    ``num[t]`` and its probe sums into ``dP[t]``/``pden[t]``; the sums over workers happen
+    where they are read."""
 
-    def __init__(self, bs, M, n, sub):
+    def __init__(self, problem, bs, M, n, sub, frame, T):
+        from .operators import FFT2
+
+        self.key = (bs, M, n, sub, tuple(frame), T)
+        self.T = T
         self.Psi = empty((bs, M, n, n))
         self.P = empty((bs, M, n, n)) if sub else None
         self.gP = empty((bs, M, n, n)) if sub else None
         self.phat = empty((M, n, n)) if sub else None
-        self.dP = empty((M, n, n))
-        self.pden = np.empty((n, n), np.float32)
+        self.dP = np.zeros((T, M, n, n), np.complex64)
+        self.pden = np.zeros((T, n, n), np.float32)
+        self.num = np.zeros((T, *frame), np.complex64)
+        self.model = np.empty((bs, n, n), np.float32)
+        self.g = np.empty((bs, n, n), np.float32)
+        self.dsum = np.empty((bs, 3), np.float64)
+        self.cost = np.zeros(bs, np.float64)
         self.c4 = np.zeros((1, 1, 1, 1), np.complex64)
         self.c3 = np.zeros((1, 1, 1), np.complex64)
         self.f2 = np.zeros((1, 1), np.float32)
+        base = problem.fft
+        self.ffts = [base] + [FFT2(np, threads=1, effort=getattr(base, "effort", "measure"))
+                              for _ in range(T - 1)]
+
+    @classmethod
+    def get(cls, problem, bs, M, n, sub, frame, T):
+        """The problem's work arrays for these sizes (made once per run)."""
+        wk = problem.__dict__.get("_lsq_work")
+        if wk is None or wk.key != (bs, M, n, sub, tuple(frame), T):
+            wk = problem.__dict__["_lsq_work"] = cls(problem, bs, M, n, sub, frame, T)
+        return wk
 
 
-def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, num, wk, update_probe,
+def _in_workers(T, fn):
+    """Run ``fn(0) .. fn(T - 1)``: ``fn(0)`` on the calling thread, the rest on the pool;
+    the first exception is raised after all have finished."""
+    if T == 1:
+        fn(0)
+        return
+    futs = [_pool(T - 1).submit(fn, t) for t in range(1, T)]
+    err = None
+    try:
+        fn(0)
+    except BaseException as e:  # noqa: BLE001 - re-raised below, after the others finish
+        err = e
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as e:  # noqa: BLE001
+            err = err or e
+    if err is not None:
+        raise err
+
+
+def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, update_probe,
                         sums, step_rule, reg_p, max_step) -> float:
     """One LSQ-ML batch (one slice, "scan" preconditioner ``inv_w`` (Y, X), fixed positions)
     with the compiled kernels of :mod:`ptynb.ptycho._kernels`; updates ``obj`` (1, Y, X) and
     ``probe`` (M, n, n) in place and returns the batch's unnormalised misfit.
 
-    Per pattern: the exit wave straight from the object into the FFT buffer, the forward
-    FFT, the detector step, the inverse FFT, then one pass for the exit-wave update with the
-    object and probe sums, one for the step-length sums and, per batch, one pass over the
-    object frame (update and reset of ``num``). The orthonormal FFT's scale is folded into
-    the kernels (unnormalised transforms, no scaling passes). Sub-pixel positions
-    (``ramps`` = (ry, rx) (B, n)): the probe shifted in Fourier space (one inverse FFT per
-    pattern) and its update shifted back (one forward FFT per pattern), as in the generic
-    loop of :func:`lsqml_iteration`, whose arithmetic this is.
+    The batch's patterns are split into ``wk.T`` contiguous chunks, one per worker thread
+    (the kernels and FFTW run without the GIL). Per chunk: the exit waves straight from the
+    object into the FFT buffer, the forward FFT, the detector step (one compiled call for the
+    chunk), the inverse FFT, then one pass for the exit-wave update with the object sums
+    (into the worker's own frame) and the probe sums. Then, per chunk again, the step-length
+    sums, and per band of object rows the update of the object. The orthonormal FFT's scale
+    is folded into the kernels (unnormalised transforms, no scaling passes). Sub-pixel
+    positions (``ramps`` = (ry, rx) (B, n)): the probe shifted in Fourier space (one inverse
+    FFT per pattern) and its update shifted back (one forward FFT per pattern), as in the
+    generic loop of :func:`lsqml_iteration`, whose arithmetic this is.
     """
     from . import _kernels as K
 
-    fft = problem.fft
     M, n = probe.shape[0], probe.shape[-1]
     B = idx.size
+    T = wk.T
     f32 = np.float32
     s = f32(1.0 / n)  # 1 / sqrt(n^2): ortho scale of each unnormalised transform
     inv_npix = f32(1.0 / (n * n))
     O = obj[0]
     Psi = wk.Psi[:B]
-    if ramps is not None:
+    sub = ramps is not None
+    cuts = [B * t // T for t in range(T + 1)]
+    if sub:
         ry, rx = ramps
         phat = wk.phat
         phat[...] = probe
-        fft.forward(phat, norm=None)
-        P = wk.P[:B]
-        for b in range(B):
-            K.ramp_multiply(phat, ry[b], rx[b], inv_npix, P[b])
-        fft.inverse(P, norm=None)  # the shifted probes, exactly
-    else:
-        P = probe[None]
-    K.lsq_exit_waves(P, O, iy, ix, s, Psi)
-    fft.forward(Psi, norm=None)  # orthonormal far fields
-    cost = 0.0
-    if M == 1 and problem.upsample == 1:
-        det = _CompiledDetector.for_lsqml(problem)
-        for b, j in enumerate(idx.tolist()):
-            cost += det(j, Psi[b, 0])
-    else:
-        xp = np
-        up = problem.upsample
-        model = _abs2(Psi, xp)
-        model = model.sum(axis=1) if M > 1 else model[:, 0]
-        if up > 1:
-            model = bin_intensity(model, up)
-        meas = problem.intensity[idx]
-        cost += float(data_cost(model, meas, problem.mask, problem.noise).sum())
-        f = _lsq_update_factor(model, meas, problem.mask, problem.noise,
-                               float(problem.options["poisson_clip"]), xp)
-        if up > 1:
-            f = expand_ratio(f, up)
-        Psi *= f[:, None]
-    fft.inverse(Psi, norm=None)  # sqrt(n^2) x the updated exit waves
-    if update_probe:
-        pden = wk.pden
-        pden.fill(0)
-        dP = wk.dP
-        dP.fill(0)
-        if ramps is not None:
-            gP = wk.gP[:B]
-            K.lsq_update_sums(P, O, iy, ix, s, Psi, num, gP, wk.c3, pden, 2)
-            fft.forward(gP, norm=None)
-            for b in range(B):
-                K.add_ramp_multiply(gP[b], ry[b], rx[b], dP)
-            fft.inverse(dP, norm=None)
-            dP *= inv_npix
+        problem.fft.forward(phat, norm=None)
+    det = (_CompiledDetector.for_lsqml(problem) if M == 1 and problem.upsample == 1
+           else None)
+    idx64 = np.ascontiguousarray(idx, dtype=np.int64)
+    wk.dP.fill(0)
+    wk.pden.fill(0)
+    mode = (2 if sub else 1) if update_probe else 0
+    clip = float(problem.options["poisson_clip"])
+
+    def far_fields(t):
+        a, b = cuts[t], cuts[t + 1]
+        if a == b:
+            return
+        fft = wk.ffts[t]
+        sl = slice(a, b)
+        if sub:
+            Pc = wk.P[sl]
+            K.ramp_multiply_batch(phat, ry[sl], rx[sl], inv_npix, Pc)
+            fft.inverse(Pc, norm=None)  # the shifted probes, exactly
         else:
-            K.lsq_update_sums(P, O, iy, ix, s, Psi, num, wk.c4, dP, pden, 1)
+            Pc = probe[None]
+        W = Psi[sl]
+        K.lsq_exit_waves(Pc, O, iy[sl], ix[sl], s, W)
+        fft.forward(W, norm=None)  # orthonormal far fields
+        if det is not None:
+            det.batch(idx64[sl], W.reshape(b - a, n, n), wk.model[sl], wk.g[sl], wk.dsum[sl],
+                      wk.cost[sl])
+        else:
+            up = problem.upsample
+            model = _abs2(W, np)
+            model = model.sum(axis=1) if M > 1 else model[:, 0]
+            if up > 1:
+                model = bin_intensity(model, up)
+            meas = problem.intensity[idx[sl]]
+            wk.cost[sl] = data_cost(model, meas, problem.mask, problem.noise)
+            f = _lsq_update_factor(model, meas, problem.mask, problem.noise, clip, np)
+            if up > 1:
+                f = expand_ratio(f, up)
+            W *= f[:, None]
+        fft.inverse(W, norm=None)  # sqrt(n^2) x the updated exit waves
+        if mode == 2:
+            G = wk.gP[sl]
+            K.lsq_update_sums(Pc, O, iy[sl], ix[sl], s, W, wk.num[t], G, wk.c3, wk.pden[t], 2)
+            fft.forward(G, norm=None)
+            K.add_ramp_multiply_batch(G, ry[sl], rx[sl], wk.dP[t])
+        elif mode == 1:
+            K.lsq_update_sums(Pc, O, iy[sl], ix[sl], s, W, wk.num[t], wk.c4, wk.dP[t],
+                              wk.pden[t], 1)
+        else:
+            K.lsq_update_sums(Pc, O, iy[sl], ix[sl], s, W, wk.num[t], wk.c4, wk.c3, wk.f2, 0)
+
+    _in_workers(T, far_fields)
+    cost = float(wk.cost[:B].sum())
+    if update_probe:
+        dP = wk.dP[0]
+        pden = wk.pden[0]
+        for t in range(1, T):
+            dP += wk.dP[t]
+            pden += wk.pden[t]
+        if sub:
+            problem.fft.inverse(dP, norm=None)
+            dP *= inv_npix
         pden += f32(reg_p * float(pden.max()) + 1e-12)
         dP /= pden
-        K.lsq_step_sums_scan(num, inv_w, P, O, iy, ix, dP, Psi, True, sums[:B])
-        aO, aP = _steps2(np, *sums[:B].T, step_rule)
-        aP = float(np.clip(np.nan_to_num(aP, nan=0.0, posinf=0.0), 0, max_step))
     else:
-        K.lsq_update_sums(P, O, iy, ix, s, Psi, num, wk.c4, wk.c3, wk.f2, 0)
-        K.lsq_step_sums_scan(num, inv_w, P, O, iy, ix, wk.c3, Psi, False, sums[:B])
-        A11, r1 = sums[:B, 0] + 1e-30, sums[:B, 3]
-        aO = (r1 / A11).mean() if step_rule == "mean" else r1.sum() / A11.sum()
-    aO = float(np.clip(np.nan_to_num(aO, nan=0.0, posinf=0.0), 0, max_step))
-    K.lsq_apply_object(O, num, inv_w, f32(aO))
+        dP = wk.c3
+
+    def step_sums(t):
+        a, b = cuts[t], cuts[t + 1]
+        if a < b:
+            sl = slice(a, b)
+            K.lsq_step_sums_stack(wk.num, inv_w, wk.P[sl] if sub else probe[None], O, iy[sl],
+                                  ix[sl], dP, Psi[sl], update_probe, sums[sl])
+
+    _in_workers(T, step_sums)
+    if step_rule == "mean":
+        if update_probe:
+            aO, aP = _steps2(np, *sums[:B].T, step_rule)
+        else:
+            aO = (sums[:B, 3] / (sums[:B, 0] + 1e-30)).mean()
+    else:  # the batch totals' 2x2 equations in Python floats (no small-array numpy calls)
+        A11, A12, A22, r1, r2 = sums[:B].sum(axis=0).tolist()
+        if update_probe:
+            det_ = A11 * A22 - A12 * A12
+            if not det_ > 1e-9 * (A11 * A22 + 1e-30):
+                det_ = math.inf
+            aO, aP = (A22 * r1 - A12 * r2) / det_, (A11 * r2 - A12 * r1) / det_
+        else:
+            aO = r1 / (A11 + 1e-30)
+
+    def clip(a):
+        a = float(a)
+        return 0.0 if not math.isfinite(a) else min(max(a, 0.0), max_step)
+
+    # the object update: one pass over the frame (a few us per pattern), on this thread
+    K.lsq_apply_object_stack(O, wk.num, inv_w, f32(clip(aO)))
     if update_probe:
+        aP = clip(aP)
         dP *= f32(aP)
         probe += dP
     return cost

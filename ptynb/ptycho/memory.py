@@ -108,6 +108,7 @@ def estimate_memory(
     momentum: bool = False,
     include_input: bool = False,
     noise: str = "poisson",
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Estimate the peak host and device memory of one reconstruction.
 
@@ -144,6 +145,11 @@ def estimate_memory(
     noise : {"poisson", "gaussian"}
         Noise model of the run: with "gaussian", LSQ-ML on the CPU keeps the measured
         amplitudes (one more float32 array the size of the intensities).
+
+    workers : int, optional
+        Worker threads of LSQ-ML's compiled one-slice batch (each scatters into its own
+        object frame); None: the usable cores, at most ``ComputeOptions.MAX_WORKERS``,
+        capped at ``batch_size // 4`` as in the engine.
 
     Returns
     -------
@@ -241,10 +247,18 @@ def estimate_memory(
                 # the compiled one-slice batch: exit waves written from the object straight
                 # into the FFT buffer (no patch copies), the sub-pixel-shifted probes (counted
                 # as if positions were sub-pixel), the object direction and the scan
-                # illumination over the object frame
+                # illumination over the object frame; one object-direction frame per worker
+                # thread and the detector step's model/gradient arrays of the batch
+                from ..backend import cpu_workers
+                from .options import ComputeOptions
+
+                nw = (min(cpu_workers(), ComputeOptions.MAX_WORKERS) if workers is None
+                      else int(workers))
+                nw = max(1, min(nw, bb // 4 or 1))
                 part["batch_waves"] = bb * nm * win * cb
-                part["fft_workspace"] = bb * nm * win * cb
-                part["lsqml_buffers"] = bb * nm * win * cb + oy * ox * (cb + 2 * rb)
+                part["fft_workspace"] = bb * nm * win * cb + 2 * bb * det * 4
+                part["lsqml_buffers"] = (bb * nm * win * cb + oy * ox * (nw * cb + 2 * rb)
+                                         + nw * nm * win * cb)
             elif dev == "cpu":
                 # compiled passes (numba is a dependency): the detector step works in place
                 # and the object sums and step lengths form no direction arrays

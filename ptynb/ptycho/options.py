@@ -264,10 +264,16 @@ class ComputeOptions(OptionsBase):
                                      "them, else \"measure\")")
     fused = param.Boolean(default=True,
                           doc="compiled CPU kernels where they apply (False: generic numpy)")
+    workers = param.Integer(default=None, allow_None=True, bounds=(1, 64),
+                            doc="CPU threads that share LSQ-ML's compiled one-slice batches, "
+                                "each taking its own patterns (None: the usable cores, at most "
+                                "{MAX_WORKERS}); 1: the calling thread alone")
     allow_exceeding = param.Boolean(default=False,
                                     doc="run even if the memory forecast exceeds the free "
                                         "memory (a warning instead of InsufficientMemoryError)")
-    _keywords = {k: k for k in ("device", "threads", "fftw_effort", "fused", "allow_exceeding")}
+    MAX_WORKERS: ClassVar[int] = 8
+    _keywords = {k: k for k in ("device", "threads", "fftw_effort", "fused", "workers",
+                                "allow_exceeding")}
 
 
 #: every option class, in the order of the generated documentation

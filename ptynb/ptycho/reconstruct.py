@@ -410,7 +410,7 @@ def _forecast(ds, *, J, N, Y, X, L, M, up, sched, opts, noise, device):
         n_patterns=J, detector_shape=(N, N), object_shape=(Y, X), n_slices=L, n_modes=M,
         batch_size=min(int(bs), J), device=device, upsample=up, engine=list(sched),
         momentum=bool(opts["momentum"]), include_input=hasattr(ds["intensity"].data, "dask"),
-        noise=noise)
+        noise=noise, workers=opts.get("workers"))
     try:
         _mem.check_memory(est, device)
     except _mem.InsufficientMemoryError as e:
