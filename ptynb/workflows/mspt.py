@@ -32,7 +32,10 @@ Units and conventions
   measured projection is the nominal one moved by ``+shift``); the correction is its negative.
   A global rotation or translation of the volume cannot be seen in the data: estimates are
   reported with those patterns removed ("gauge free"), and compared with the truth after
-  removing them from the truth too.
+  removing them from the truth too: ``angle_error_rms_deg_vs_truth`` is the Euler-angle error
+  up to the volume's global orientation (a least-squares fit of the 3 first-order patterns of
+  a global rotation removed), ``angle_error_rms_deg_raw_vs_truth`` the plain one; both also per
+  axis (``angle_error_rms_deg_rx_vs_truth``, ``angle_error_rms_deg_raw_rx_vs_truth``, ...).
 
 Ground truth of a simulation (atom positions, nuisance poses, true projections) is returned
 in its own node ``truth``; nothing downstream of the measurement reads it except the scores
@@ -1182,7 +1185,17 @@ def _step_atoms(run: Run):
 
 
 def _truth_scores(settings, truth: xr.Dataset, results: dict) -> dict:
-    """Alignment errors against the truth, gauge-free (never fed back into the run)."""
+    """Alignment errors against the truth, gauge-free (never fed back into the run).
+
+    A global rotation of the volume cannot be seen in the data: it changes every tilt's
+    lab-frame Euler angles by the pattern :func:`ptynb.tomo.rotation_gauge` (to first order).
+    ``angle_error_rms_deg_vs_truth`` (and per axis ``angle_error_rms_deg_{rx,ry,rz}_vs_truth``,
+    degrees) is therefore the rms of the estimate minus the truth after the least-squares fit of
+    those 3 patterns is removed (the error up to the volume's global orientation);
+    ``angle_error_rms_deg_raw_vs_truth`` (and ``angle_error_rms_deg_raw_{rx,ry,rz}_vs_truth``)
+    is the plain difference. The shift error likewise has the rigid translations
+    removed. ``injected_angle_rms_deg`` is the truth with the same patterns removed.
+    """
     from ..tomo import remove_null_space, rotation_gauge
 
     out = {}
@@ -1201,6 +1214,10 @@ def _truth_scores(settings, truth: xr.Dataset, results: dict) -> dict:
     E_e = np.stack([al[k].values for k in ("rx", "ry", "rz")], 1)
     dE = steps.gauge_free(E_e - E_t, rotation_gauge(ang))
     out["angle_error_rms_deg_vs_truth"] = float(np.sqrt(np.mean(dE ** 2)))
+    out["angle_error_rms_deg_raw_vs_truth"] = float(np.sqrt(np.mean((E_e - E_t) ** 2)))
+    for i, k in enumerate(("rx", "ry", "rz")):
+        out[f"angle_error_rms_deg_{k}_vs_truth"] = float(np.sqrt(np.mean(dE[:, i] ** 2)))
+        out[f"angle_error_rms_deg_raw_{k}_vs_truth"] = float(np.sqrt(np.mean((E_e[:, i] - E_t[:, i]) ** 2)))
     out["injected_shift_rms_px"] = float(np.sqrt(np.mean(np.sum(remove_null_space(S_t, ang) ** 2, 1))))
     out["injected_angle_rms_deg"] = float(np.sqrt(np.mean(steps.gauge_free(E_t, rotation_gauge(ang)) ** 2)))
     a = results.get("atoms")
