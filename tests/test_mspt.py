@@ -105,6 +105,57 @@ def test_simulate_projections_matches_atoms():
     assert got == pytest.approx(units.interaction_constant(200e3) * total, rel=0.02)
 
 
+def test_simulate_projections_euler_convention_is_the_projectors():
+    """The recorded truth poses of simulate_projections mean what the posed voxel projectors
+    (tomo.project, torch posed_project) mean: the voxelised atoms projected at the recorded
+    (rx, ry, rz) match the exact simulated projections much better than at the negated
+    angles, no correction, rx and ry swapped, or the same rotation applied in the sample frame
+    (before the tilt). Low-passed by 1 px, so the voxel model's blur of sub-A atom cores does
+    not count: at the recorded poses they agree to about 4 %."""
+    import torch
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial.transform import Rotation
+
+    from ptynb import tomo
+    from ptynb.physics import atoms, rotations, units
+    from ptynb.tomo.torch_ops import posed_project
+
+    s = mspt.Settings(cube_cells=1, n_tilts=3, tilt_range=35.0, shift_rms=0.0, euler_rms=4.0,
+                      pixel_size=0.8 * A, field_of_view=24 * 0.8 * A, seed=3)
+    src = mspt.simulate_projections(s)
+    P = src["projections"]["projections"].values.astype(np.float64)
+    t = src["truth"].to_dataset()
+    ang, n, dx = s.angles, P.shape[-1], s.pixel_size
+    E = np.stack([t[k].values for k in ("rx", "ry", "rz")], 1)
+    assert np.abs(E).max() > 4.0  # seed 3: errors of several degrees
+    vol = atoms.crystal_volume(t["atom_positions"].values, t["atom_numbers"].values, (n, n, n), dx).values
+    vol = vol.astype(np.float64) * units.interaction_constant(s.energy_eV)
+
+    def before_tilt(E):  # R = Ry(a) E instead of E Ry(a), as lab Euler angles
+        out = []
+        for a, e in zip(ang, E):
+            Rn = rotations.sample_to_lab(a, 90.0)
+            m = rotations.zyx_to_xyz(Rn @ rotations.euler_xyz(e) @ Rn.T)
+            out.append(Rotation.from_matrix(m).as_euler("xyz", degrees=True))
+        return np.array(out)
+
+    def lp(x):  # 1 px low-pass of each view
+        return gaussian_filter(x, (0, 1.0, 1.0))
+
+    def misfit(poses):
+        pj = tomo.project(vol, ang, geometry="posed", poses=poses, voxel_size=dx, dtype=np.float64,
+                          warn_outside=False).values
+        pt = posed_project(torch.tensor(vol), ang, poses=torch.tensor(poses), voxel_size=dx, step=0.5).numpy()
+        return np.array([np.linalg.norm(lp(p - P)) / np.linalg.norm(lp(P)) for p in (pj, pt)])
+
+    at_truth = misfit(E)  # (Joseph, torch) relative misfit over all views
+    assert at_truth.max() < 0.05  # what is left is the voxel model's (trilinear) blur
+    others = {"negated": -E, "zero": 0 * E, "rx<->ry": E[:, [1, 0, 2]], "before the tilt": before_tilt(E)}
+    for name, alt in others.items():
+        r = misfit(alt)
+        assert np.all(at_truth < 0.8 * r), (name, at_truth, r)
+
+
 # ----------------------------------------------------------------------------- alignment, atoms
 @pytest.mark.slow
 def test_alignment_recovers_injected_shifts(projection_run):
@@ -123,15 +174,38 @@ def test_alignment_recovers_injected_shifts(projection_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 0.61 deg rms on a 2-cell (1.6 nm) cube with the 0.5 deg pose prior "
-                   "(rx 0.94, ry 0.45, rz 0.22; injected 0.29), 0.58 on a 4-cell cube; neither more full-scale rounds, "
-                   "band-limited data, a blurred pose fit nor a substrate brings it below 0.46. The cube's mirror "
-                   "symmetry makes the first-order change of a projection under a small rx or ry vanish at 45 deg "
-                   "and nearly so around it, and with the exact voxel volume held fixed, band-limited noise-free "
-                   "data and per-view Gauss-Newton from the truth, ry still settles 0.46 deg rms off (1.7 deg at 45.7)")
+@pytest.mark.xfail(strict=True, reason="not a convention mismatch (the recorded truth is what the projectors mean: "
+                   "test_simulate_projections_euler_convention_is_the_projectors; a volume fixed at the truth keeps "
+                   "the poses; see the comment below) but below what 24 tilts of a 32^3 volume determine: measured "
+                   "0.613 deg rms up to the global orientation (rx 0.934, ry 0.454, rz 0.217; raw 0.616), injected 0.294; "
+                   "the Cramer-Rao bound of the joint volume+pose problem (noise 0.02 rad, "
+                   "model-consistent data) is >= 2.1 deg rms without a support and >= 0.20 deg with a tight box "
+                   "support around the cube")
 def test_alignment_recovers_injected_angles(projection_run):
+    # Diagnosis (issue #12): with the package's own posed projector, poses come back from zero to
+    # 1e-6 deg with the volume fixed (test_align.py::test_pose_gauss_newton_fixed_volume), and the
+    # recorded truth matches the projectors' convention (sign, axes, lab frame after the tilt). The
+    # earlier "ry drifts 0.46 deg rms from the truth with the exact voxel volume" came from that
+    # volume: the voxelised atoms projected with trilinear interpolation miss the exact projections
+    # by 14-31 % (relative rms per view) unless a view is axis-aligned, while a volume reconstructed from the same
+    # noise-free data at the true poses (100 CGLS) keeps the poses within 0.01 deg rms and brings
+    # them back from zero to 0.02. The joint problem itself is the limit: 24 x 32^2 data for 32^3
+    # voxels (the auto mask keeps 99.8 % of them), so the volume absorbs most pose errors; on
+    # projector-generated data with noise 0.02 rad the pipeline still ends at 0.44 deg rms, and a
+    # tight box support without the coupled step and the 20 % rotation stage reaches 0.18 there
+    # (0.23 on these simulated data).
     _, tree = projection_run
-    assert tree.attrs["angle_error_rms_deg_vs_truth"] < 0.2
+    a = tree.attrs
+    print("angle error rms (deg), gauge-free total/rx/ry/rz: "
+          + " ".join(f"{a[k]:.3f}" for k in ("angle_error_rms_deg_vs_truth", "angle_error_rms_deg_rx_vs_truth",
+                                              "angle_error_rms_deg_ry_vs_truth", "angle_error_rms_deg_rz_vs_truth"))
+          + "; raw: " + " ".join(f"{a[k]:.3f}" for k in ("angle_error_rms_deg_raw_vs_truth",
+                                                          "angle_error_rms_deg_raw_rx_vs_truth",
+                                                          "angle_error_rms_deg_raw_ry_vs_truth",
+                                                          "angle_error_rms_deg_raw_rz_vs_truth"))
+          + f"; injected {a['injected_angle_rms_deg']:.3f}")
+    assert a["angle_error_rms_deg_raw_vs_truth"] >= a["angle_error_rms_deg_vs_truth"] - 1e-12
+    assert a["angle_error_rms_deg_vs_truth"] < 0.2
 
 
 @pytest.mark.slow
