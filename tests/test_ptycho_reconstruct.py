@@ -543,6 +543,53 @@ def test_lsqml_workers_equal_generic(small, workers, noise, subpixel):
     _assert_same_run(a, b, rounding_bound(ds.sizes["scan"], ds.sizes["qy"]))
 
 
+@pytest.mark.parametrize("noise,subpixel", [("poisson", True), ("gaussian", "round"),
+                                            ("poisson", "round")])
+def test_lsqml_native_pipeline_equals_staged(small, noise, subpixel, monkeypatch):
+    """The one-call chunk pipeline (FFTW called from the compiled code,
+    ``ptycho._native``) gives the staged kernels' run (pyfftw transforms between compiled
+    passes) to float32 rounding after one iteration, on 1 and 2 workers."""
+    from ptynb.ptycho import _native
+
+    if not _native.available():
+        pytest.skip("numba or the FFTW library not available")
+    ds = _clean(small)
+    kw = dict(engine="lsqml", subpixel=subpixel, noise=noise, progress=False, iterations=1)
+    bound = rounding_bound(ds.sizes["scan"], ds.sizes["qy"])
+    for workers in (1, 2):
+        a = reconstruct(ds, workers=workers, **kw)
+        with monkeypatch.context() as m:
+            m.setitem(_native._STATE, "fn", None)  # the staged path
+            b = reconstruct(ds, workers=workers, **kw)
+        _assert_same_run(a, b, bound)
+
+
+def test_native_log_dot_accuracy():
+    """The pipeline's vectorised logarithm: ``sum valid I log m`` to float32 rounding over
+    ten decades of ``m`` (the Poisson misfit it reports)."""
+    from ptynb.ptycho import _native
+
+    if not _native.available():
+        pytest.skip("numba or the FFTW library not available")
+    fn = _native._compiled()
+    log_dot = next(c.cell_contents for c in fn.py_func.__closure__
+                   if getattr(getattr(c.cell_contents, "py_func", None), "__name__", "") == "log_dot")
+    rng = np.random.default_rng(3)
+    m = (10.0 ** rng.uniform(-6, 4, (64, 64))).astype(np.float32)
+    I = rng.poisson(5.0, (64, 64)).astype(np.float32)
+    valid = (rng.random((64, 64)) > 0.1).astype(np.float32)
+    bits = np.zeros(64, np.int32)
+    got = log_dot(m, I, valid, bits, bits.view(np.float32))
+    want = float((valid.astype(np.float64) * I * np.log(m.astype(np.float64))).sum())
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-3 * np.abs(I * np.log(m)).sum() * 1e-3)
+    # elementwise too, through a one-hot I
+    for k in rng.choice(64 * 64, 50, replace=False):
+        one = np.zeros((64, 64), np.float32)
+        one.flat[k] = 1.0
+        v = log_dot(m, one, np.ones((64, 64), np.float32), bits, bits.view(np.float32))
+        assert v == pytest.approx(np.log(float(m.flat[k])), rel=2e-6, abs=2e-6)
+
+
 def test_lsqml_workers_checked(small):
     with pytest.raises(ValidationError, match="workers"):
         reconstruct(_clean(small), engine="lsqml", iterations=1, workers=0, progress=False)

@@ -740,18 +740,23 @@ def lsq_step_sums_stack(num, inv_w, P, O, y, x, dP, d, with_probe, out):
 @_jit
 def lsq_apply_object_stack(O, num, inv_w, a):
     """``O += a (sum_t num[t]) inv_w`` and ``num = 0`` (``O`` (Y, X), ``num`` (T, Y, X)
-    complex64, ``inv_w`` (Y, X) float32); pass row bands of the frame to split it between
-    threads."""
+    complex64, ``inv_w`` (Y, X) float32): each worker's frame summed row by row (loops that
+    vectorise), then the update."""
     T = num.shape[0]
     Y, X = O.shape
     zero = np.complex64(0.0)
+    row = np.empty(X, np.complex64)
     for i in range(Y):
+        n0 = num[0, i]
+        for j in range(X):
+            row[j] = n0[j]
+            n0[j] = zero
+        for t in range(1, T):
+            nt = num[t, i]
+            for j in range(X):
+                row[j] += nt[j]
+                nt[j] = zero
         o = O[i]
         wr = inv_w[i]
         for j in range(X):
-            nt = num[0, i, j]
-            num[0, i, j] = zero
-            for t in range(1, T):
-                nt += num[t, i, j]
-                num[t, i, j] = zero
-            o[j] += nt * (wr[j] * a)
+            o[j] += row[j] * (wr[j] * a)

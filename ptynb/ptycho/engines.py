@@ -995,7 +995,19 @@ class _LsqWork:
         self.cost = np.zeros(bs, np.float64)
         self.c4 = np.zeros((1, 1, 1, 1), np.complex64)
         self.c3 = np.zeros((1, 1, 1), np.complex64)
+        self.c2 = np.zeros((1, 1), np.complex64)
         self.f2 = np.zeros((1, 1), np.float32)
+        self.f1 = np.zeros(1, np.float64)
+        self.bits = np.zeros((T, n), np.int32)
+        self.native = None  # (forward, inverse) FFTW plans of the one-call pipeline
+        if M == 1 and problem.upsample == 1:
+            from . import _native
+
+            if _native.available():
+                pf, pb, al = _native.plans(n, getattr(problem.fft, "effort", "measure"))
+                bufs = [self.Psi] + ([self.P, self.gP] if sub else [])
+                if all(_native.aligned(b_, al) for b_ in bufs):
+                    self.native = (pf, pb)
         base = problem.fft
         self.ffts = [base] + [FFT2(np, threads=1, effort=getattr(base, "effort", "measure"))
                               for _ in range(T - 1)]
@@ -1078,6 +1090,18 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, upda
             return
         fft = wk.ffts[t]
         sl = slice(a, b)
+        if wk.native is not None:  # the whole chunk in one compiled call, FFTW inside
+            from . import _native
+
+            _native.far_fields(
+                wk.native[0], wk.native[1], sub, phat if sub else wk.c3,
+                ry[sl] if sub else wk.c2, rx[sl] if sub else wk.c2, inv_npix,
+                wk.P[sl] if sub else wk.c4, probe[None], O, iy[sl], ix[sl], s, Psi[sl],
+                det.amp if det.gaussian else det.I, idx64[sl], det.valid, det.gaussian,
+                det.eps, det.eps_p, det.gmin, wk.f1 if det.const is None else det.const,
+                wk.model[a], wk.g[a], wk.bits[t], wk.cost[sl], wk.num[t],
+                wk.gP[sl] if mode == 2 else wk.c4, wk.dP[t], wk.pden[t], wk.c4, wk.c3, mode)
+            return
         if sub:
             Pc = wk.P[sl]
             K.ramp_multiply_batch(phat, ry[sl], rx[sl], inv_npix, Pc)
@@ -1137,7 +1161,12 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, upda
             K.lsq_step_sums_stack(wk.num, inv_w, wk.P[sl] if sub else probe[None], O, iy[sl],
                                   ix[sl], dP, Psi[sl], update_probe, sums[sl])
 
-    _in_workers(T, step_sums)
+    # the step sums are ~1/6 of the far fields' work per pattern: split them only when each
+    # worker gets enough patterns to outweigh waking it (measured: 8 patterns each were
+    # slower than one thread)
+    Ts = max(1, min(T, B // 32))
+    cuts = [B * t // Ts for t in range(Ts + 1)]
+    _in_workers(Ts, step_sums)
     if step_rule == "mean":
         if update_probe:
             aO, aP = _steps2(np, *sums[:B].T, step_rule)

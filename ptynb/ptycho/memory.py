@@ -273,6 +273,12 @@ def estimate_memory(
                 part["lsqml_buffers"] = (bb * (5 * nm + 1) * win * cb + bb * win * rb
                                          + oy * ox * (2 * cb + rb))
             part["fft_plans"] = (2 if dev == "cpu" else 1) * bb * nm * win * cb
+            if dev == "cpu" and ns == 1 and eng == "lsqml" and nm == 1 and upsample == 1:
+                from . import _native
+
+                if _native.linkable():
+                    # the one-call pipeline: two single-window FFTW plans, no batch plans
+                    part["fft_plans"] = 2 * win * cb
         total = sum(part.values())
         if total > sum(batch_names.values()):
             batch_names = part
