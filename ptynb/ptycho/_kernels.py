@@ -8,8 +8,8 @@ probe update) that numba compiles to SIMD code. They implement exactly the arith
 generic (numpy/cupy) loop in :mod:`ptynb.ptycho.engines`, which stays the reference and the
 GPU path; ``tests/test_ptycho_reconstruct.py`` checks that both give the same result.
 LSQ-ML's one-slice batch (``engines._lsq_batch_compiled``) reads the object patches in place
-(:func:`lsq_exit_waves`, :func:`lsq_update_sums`, :func:`lsq_step_sums_scan`) and updates the
-object in one pass per batch (:func:`lsq_apply_object`); the orthonormal FFT scale is folded
+(:func:`lsq_exit_waves`, :func:`lsq_update_sums`, :func:`lsq_step_sums_stack`) and updates the
+object in one pass per batch (:func:`lsq_apply_object_stack`); the orthonormal FFT scale is folded
 into these kernels, so the transforms run unnormalised.
 
 All arrays are C-contiguous: probe modes ``P``, exit waves ``chi``, far fields ``W``
@@ -27,8 +27,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; the generic loo
     _nb = None
 
 __all__ = ["add_ramp_multiply", "add_ramp_multiply_batch", "available", "exit_wave",
-           "exit_wave_modes", "lsq_apply_object", "lsq_apply_object_stack", "lsq_exit_waves",
-           "lsq_object_sums", "lsq_step_sums", "lsq_step_sums_scan", "lsq_step_sums_stack",
+           "exit_wave_modes", "lsq_apply_object_stack", "lsq_exit_waves",
+           "lsq_object_sums", "lsq_step_sums", "lsq_step_sums_stack",
            "lsq_update_sums", "modulus_gaussian", "modulus_gaussian_batch", "poisson_apply",
            "poisson_apply_batch", "poisson_sums", "poisson_sums_batch", "ramp_multiply",
            "ramp_multiply_batch", "scatter_intensity",
@@ -511,81 +511,6 @@ def lsq_update_sums(P, O, y, x, s, D, num, gP, pnum, pden, probe_mode):
 
 
 @_jit
-def lsq_step_sums_scan(num, inv_w, P, O, y, x, dP, d, with_probe, out):
-    """:func:`lsq_step_sums` with the object direction read from the frame:
-    ``dO[b] = num[patch_b] inv_w[patch_b]`` (``num`` (Y, X) complex64, ``inv_w`` (Y, X)
-    float32 the preconditioner) and ``Ok[b] = O[patch_b]`` (``O`` (Y, X)); ``P`` (B or 1, M,
-    n, n) the incident probes, ``dP`` (M, n, n), ``d`` (B, M, n, n); ``out`` (B, 5) float64
-    ``(sum |a|^2, Re sum conj(a) v, sum |v|^2, Re sum conj(a) d, Re sum conj(v) d)`` with
-    ``a = dO P``, ``v = Ok dP``."""
-    B, M, n0, n1 = d.shape
-    shared = P.shape[0] == 1
-    for b in range(B):
-        pb = 0 if shared else b
-        yb = y[b]
-        xb = x[b]
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        s4 = 0.0
-        for m in range(M):
-            for i in range(n0):
-                nr = num[yb + i, xb:xb + n1]
-                wr = inv_w[yb + i, xb:xb + n1]
-                pr = P[pb, m, i]
-                qr = d[b, m, i]
-                t0 = np.float32(0.0)
-                t1 = np.float32(0.0)
-                t2 = np.float32(0.0)
-                t3 = np.float32(0.0)
-                t4 = np.float32(0.0)
-                if with_probe:
-                    okr = O[yb + i, xb:xb + n1]
-                    dpr = dP[m, i]
-                    for j in range(n1):
-                        a = (nr[j] * wr[j]) * pr[j]
-                        v = okr[j] * dpr[j]
-                        q = qr[j]
-                        t0 += a.real * a.real + a.imag * a.imag
-                        t1 += a.real * v.real + a.imag * v.imag
-                        t2 += v.real * v.real + v.imag * v.imag
-                        t3 += a.real * q.real + a.imag * q.imag
-                        t4 += v.real * q.real + v.imag * q.imag
-                else:
-                    for j in range(n1):
-                        a = (nr[j] * wr[j]) * pr[j]
-                        q = qr[j]
-                        t0 += a.real * a.real + a.imag * a.imag
-                        t3 += a.real * q.real + a.imag * q.imag
-                s0 += t0
-                s1 += t1
-                s2 += t2
-                s3 += t3
-                s4 += t4
-        out[b, 0] = s0
-        out[b, 1] = s1
-        out[b, 2] = s2
-        out[b, 3] = s3
-        out[b, 4] = s4
-
-
-@_jit
-def lsq_apply_object(O, num, inv_w, a):
-    """``O += a num inv_w`` and ``num = 0`` in one pass over the frame (``O``, ``num`` (Y, X)
-    complex64, ``inv_w`` (Y, X) float32, ``a`` the step length)."""
-    Y, X = O.shape
-    zero = np.complex64(0.0)
-    for i in range(Y):
-        o = O[i]
-        nr = num[i]
-        wr = inv_w[i]
-        for j in range(X):
-            o[j] += nr[j] * (wr[j] * a)
-            nr[j] = zero
-
-
-@_jit
 def scatter_intensity(p2, y, x, w):
     """``w[y_j + i, x_j + j] += p2[i, j]`` for every window corner ``j`` (``p2`` (n, n)
     float32 the probe intensity, ``y``, ``x`` (J,) int64, ``w`` (Y, X) float32): the
@@ -671,9 +596,12 @@ def modulus_gaussian_batch(W, A, idx, valid, eps, inv1, cost):
 
 @_jit
 def lsq_step_sums_stack(num, inv_w, P, O, y, x, dP, d, with_probe, out):
-    """:func:`lsq_step_sums_scan` with the object direction summed over the worker stack
-    ``num`` (T, Y, X) complex64 (each worker thread's scatter of its own patterns):
-    ``dO[b] = (sum_t num[t, patch_b]) inv_w[patch_b]`` (the sum and the preconditioner
+    """The step-length sums of a batch with the object direction read from the frames:
+    ``dO[b] = (sum_t num[t, patch_b]) inv_w[patch_b]`` (``num`` (T, Y, X) complex64, each
+    worker thread's scatter of its own patterns; ``inv_w`` (Y, X) float32 the preconditioner)
+    and ``Ok[b] = O[patch_b]`` (``O`` (Y, X)); ``P`` (B or 1, M, n, n) the incident probes,
+    ``dP`` (M, n, n), ``d`` (B, M, n, n); ``out`` (B, 5) float64 ``(sum |a|^2, Re sum conj(a)
+    v, sum |v|^2, Re sum conj(a) d, Re sum conj(v) d)`` with ``a = dO P``, ``v = Ok dP`` (the sum and the preconditioner
     into a row buffer first, so that the sums' loop stays the vectorised one)."""
     T = num.shape[0]
     B, M, n0, n1 = d.shape

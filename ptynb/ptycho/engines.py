@@ -1050,10 +1050,13 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, upda
 
     The batch's patterns are split into ``wk.T`` contiguous chunks, one per worker thread
     (the kernels and FFTW run without the GIL). Per chunk: the exit waves straight from the
-    object into the FFT buffer, the forward FFT, the detector step (one compiled call for the
-    chunk), the inverse FFT, then one pass for the exit-wave update with the object sums
-    (into the worker's own frame) and the probe sums. Then, per chunk again, the step-length
-    sums, and per band of object rows the update of the object. The orthonormal FFT's scale
+    object into the FFT buffer, the forward FFT, the detector step, the inverse FFT, then one
+    pass for the exit-wave update with the object sums (into the worker's own frame) and the
+    probe sums; with one mode and no upsampling all of it in one compiled call per chunk
+    (:mod:`ptynb.ptycho._native`, FFTW called from the compiled code), else one call per
+    stage. Then the step-length sums (split between workers only from 32 patterns each) and,
+    on the calling thread, one pass over the frame that sums the workers' directions into
+    the object and resets them. The orthonormal FFT's scale
     is folded into the kernels (unnormalised transforms, no scaling passes). Sub-pixel
     positions (``ramps`` = (ry, rx) (B, n)): the probe shifted in Fourier space (one inverse
     FFT per pattern) and its update shifted back (one forward FFT per pattern), as in the
