@@ -553,6 +553,7 @@ def test_lsqml_native_pipeline_equals_staged(small, noise, subpixel, monkeypatch
 
     if not _native.available():
         pytest.skip("numba or the FFTW library not available")
+    assert _native.compiled()  # available() compiled it, so the runs below use it
     ds = _clean(small)
     kw = dict(engine="lsqml", subpixel=subpixel, noise=noise, progress=False, iterations=1)
     bound = rounding_bound(ds.sizes["scan"], ds.sizes["qy"])
@@ -562,6 +563,32 @@ def test_lsqml_native_pipeline_equals_staged(small, noise, subpixel, monkeypatch
             m.setitem(_native._STATE, "fn", None)  # the staged path
             b = reconstruct(ds, workers=workers, **kw)
         _assert_same_run(a, b, bound)
+
+
+def test_lsqml_native_pipeline_only_when_it_pays(small, monkeypatch):
+    """The one-call pipeline is compiled (about 2 s, once per process) only for runs of at
+    least ``WORTH_COMPILING`` pattern updates, or used when already compiled; shorter runs
+    keep the staged path."""
+    from ptynb.ptycho import _native
+
+    if not _native.available():
+        pytest.skip("numba or the FFTW library not available")
+    calls = []
+    real = _native.far_fields
+    monkeypatch.setattr(_native, "far_fields", lambda *a: (calls.append(1), real(*a)))
+    ds = _clean(small)
+    kw = dict(engine="lsqml", progress=False, iterations=2)
+    monkeypatch.setattr(_native, "compiled", lambda: False)
+    reconstruct(ds, **kw)  # 25 x 2 updates: not worth compiling
+    assert not calls
+    monkeypatch.setattr(_native, "WORTH_COMPILING", 50)
+    reconstruct(ds, **kw)  # 50 updates: worth it
+    assert calls
+    calls.clear()
+    monkeypatch.setattr(_native, "WORTH_COMPILING", 10 ** 9)
+    monkeypatch.setattr(_native, "compiled", lambda: True)
+    reconstruct(ds, **kw)  # already compiled: used
+    assert calls
 
 
 def test_native_log_dot_accuracy():

@@ -96,6 +96,9 @@ class Problem:
     options: dict = field(default_factory=dict)
     fft: Any = None
     fft1: Any = None
+    #: LSQ-ML pattern updates the run will do (patterns x LSQ-ML iterations; 0: unknown),
+    #: which decides whether compiling the one-call pipeline pays off
+    lsq_updates: int = 0
 
     @property
     def n(self) -> int:
@@ -1003,7 +1006,11 @@ class _LsqWork:
         if M == 1 and problem.upsample == 1:
             from . import _native
 
-            if _native.available():
+            # the one-call pipeline costs ~2 s to compile once per process and saves ~14 us
+            # per pattern update (128^2, measured): used once compiled, or for runs long
+            # enough to repay the compilation
+            if (_native.compiled() or problem.lsq_updates >= _native.WORTH_COMPILING) \
+                    and _native.available():
                 pf, pb, al = _native.plans(n, getattr(problem.fft, "effort", "measure"))
                 bufs = [self.Psi] + ([self.P, self.gP] if sub else [])
                 if all(_native.aligned(b_, al) for b_ in bufs):

@@ -276,7 +276,12 @@ def estimate_memory(
             if dev == "cpu" and ns == 1 and eng == "lsqml" and nm == 1 and upsample == 1:
                 from . import _native
 
-                if _native.linkable():
+                its = 0
+                if not isinstance(engine, str):  # (name, iterations) pairs: the run's size
+                    its = sum(int(e[1]) for e in engine if not isinstance(e, str)
+                              and str(e[0]).strip().lower() == "lsqml")
+                if _native.linkable() and (_native.compiled()
+                                           or n * its >= _native.WORTH_COMPILING):
                     # the one-call pipeline: two single-window FFTW plans, no batch plans
                     part["fft_plans"] = 2 * win * cb
         total = sum(part.values())

@@ -552,7 +552,8 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
 
     problem = Problem(xp=xp, intensity=xp.asarray(meas), mask=None if m_unshift is None else xp.asarray(m_unshift),
                       upsample=up, kernel=kernel, noise=noise, norm=norm, options=opts,
-                      fft=FFT2(xp, threads), fft1=FFT2(xp, 1, effort=effort))
+                      fft=FFT2(xp, threads), fft1=FFT2(xp, 1, effort=effort),
+                      lsq_updates=J * sum(k for e, k in sched if e == "lsqml"))
 
     fp = _fingerprint(dict(sched=sched, J=J, N=N, n=n, L=L, M=M, Y=Y, X=X, oy=oy, ox=ox, dz=dz,
                            noise=noise, seed=seed, options=opts))
