@@ -12,8 +12,10 @@ once per window size for one in-place ``n x n`` complex64 transform (the FFTW wi
 :mod:`ptynb.backend` applies) and executed on each pattern's buffer with
 ``fftwf_execute_dft``, which FFTW documents as thread-safe for a shared plan. A compiled
 function that calls a ctypes pointer cannot be cached on disk (numba refuses), so
-:func:`far_fields` is compiled once per process (about a second); the kernels it calls are
-the cached ones of :mod:`ptynb.ptycho._kernels`.
+:func:`far_fields` is compiled once per process (about 2 s); the kernels it calls are the
+cached ones of :mod:`ptynb.ptycho._kernels`. It gains 0-10 % over the staged path on two
+cores (measured, ``benchmarks/RESULTS.md``), so the engine compiles it only for runs of at
+least :data:`WORTH_COMPILING` pattern updates, or uses it once compiled.
 
 :func:`available` is False (and the engine keeps its staged path) when numba or the FFTW
 library is missing or a buffer is not aligned as the plan needs.

@@ -27,8 +27,6 @@ noise floor above the minimum (measured on Tike's siemens-star counts, see
 """
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1092,7 +1090,7 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, upda
     wk.dP.fill(0)
     wk.pden.fill(0)
     mode = (2 if sub else 1) if update_probe else 0
-    clip = float(problem.options["poisson_clip"])
+    pclip = float(problem.options["poisson_clip"])
 
     def far_fields(t):
         a, b = cuts[t], cuts[t + 1]
@@ -1132,7 +1130,7 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, upda
                 model = bin_intensity(model, up)
             meas = problem.intensity[idx[sl]]
             wk.cost[sl] = data_cost(model, meas, problem.mask, problem.noise)
-            f = _lsq_update_factor(model, meas, problem.mask, problem.noise, clip, np)
+            f = _lsq_update_factor(model, meas, problem.mask, problem.noise, pclip, np)
             if up > 1:
                 f = expand_ratio(f, up)
             W *= f[:, None]
@@ -1177,29 +1175,16 @@ def _lsq_batch_compiled(problem, obj, probe, idx, iy, ix, ramps, inv_w, wk, upda
     Ts = max(1, min(T, B // 32))
     cuts = [B * t // Ts for t in range(Ts + 1)]
     _in_workers(Ts, step_sums)
-    if step_rule == "mean":
-        if update_probe:
-            aO, aP = _steps2(np, *sums[:B].T, step_rule)
-        else:
-            aO = (sums[:B, 3] / (sums[:B, 0] + 1e-30)).mean()
-    else:  # the batch totals' 2x2 equations in Python floats (no small-array numpy calls)
-        A11, A12, A22, r1, r2 = sums[:B].sum(axis=0).tolist()
-        if update_probe:
-            det_ = A11 * A22 - A12 * A12
-            if not det_ > 1e-9 * (A11 * A22 + 1e-30):
-                det_ = math.inf
-            aO, aP = (A22 * r1 - A12 * r2) / det_, (A11 * r2 - A12 * r1) / det_
-        else:
-            aO = r1 / (A11 + 1e-30)
-
-    def clip(a):
-        a = float(a)
-        return 0.0 if not math.isfinite(a) else min(max(a, 0.0), max_step)
-
-    # the object update: one pass over the frame (a few us per pattern), on this thread
-    K.lsq_apply_object_stack(O, wk.num, inv_w, f32(clip(aO)))
     if update_probe:
-        aP = clip(aP)
+        aO, aP = _steps2(np, *sums[:B].T, step_rule)
+        aP = float(np.clip(np.nan_to_num(aP, nan=0.0, posinf=0.0), 0, max_step))
+    else:
+        A11, r1 = sums[:B, 0] + 1e-30, sums[:B, 3]
+        aO = (r1 / A11).mean() if step_rule == "mean" else r1.sum() / A11.sum()
+    aO = float(np.clip(np.nan_to_num(aO, nan=0.0, posinf=0.0), 0, max_step))
+    # the object update: one pass over the frame (a few us per pattern), on this thread
+    K.lsq_apply_object_stack(O, wk.num, inv_w, f32(aO))
+    if update_probe:
         dP *= f32(aP)
         probe += dP
     return cost
