@@ -959,15 +959,20 @@ def _pool(n: int):
     return pool
 
 
-def _lsq_workers(problem, B: int) -> int:
-    """Worker threads of the compiled LSQ-ML batch: the ``workers`` option, else the usable
-    cores (at most ``ComputeOptions.MAX_WORKERS``), never more than patterns per batch / 4."""
+def lsq_worker_count(workers, B: int) -> int:
+    """Worker threads of the compiled LSQ-ML batch of ``B`` patterns: ``workers`` (int), or
+    for None the usable cores (at most ``ComputeOptions.MAX_WORKERS``); never more than
+    ``B // 4`` (each worker gets at least 4 patterns), never fewer than 1."""
     from ..backend import cpu_workers
     from .options import ComputeOptions
 
-    w = problem.options.get("workers")
-    w = min(cpu_workers(), ComputeOptions.MAX_WORKERS) if w is None else int(w)
+    w = min(cpu_workers(), ComputeOptions.MAX_WORKERS) if workers is None else int(workers)
     return max(1, min(w, B // 4 or 1))
+
+
+def _lsq_workers(problem, B: int) -> int:
+    """:func:`lsq_worker_count` for the problem's ``workers`` option."""
+    return lsq_worker_count(problem.options.get("workers"), B)
 
 
 class _LsqWork:

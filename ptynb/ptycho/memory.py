@@ -172,6 +172,8 @@ def estimate_memory(
     ns = _pos_int("n_slices", n_slices)
     nm = _pos_int("n_modes", n_modes)
     b = min(_pos_int("batch_size", batch_size), n)
+    if workers is not None:
+        workers = _pos_int("workers", workers)
     s = _pos_int("upsample", upsample)
     cb = _pos_int("dtype_bytes", dtype_bytes)
     if cb not in (8, 16):
@@ -249,12 +251,9 @@ def estimate_memory(
                 # as if positions were sub-pixel), the object direction and the scan
                 # illumination over the object frame; one object-direction frame per worker
                 # thread and the detector step's model/gradient arrays of the batch
-                from ..backend import cpu_workers
-                from .options import ComputeOptions
+                from .engines import lsq_worker_count
 
-                nw = (min(cpu_workers(), ComputeOptions.MAX_WORKERS) if workers is None
-                      else int(workers))
-                nw = max(1, min(nw, bb // 4 or 1))
+                nw = lsq_worker_count(workers, bb)
                 part["batch_waves"] = bb * nm * win * cb
                 part["fft_workspace"] = bb * nm * win * cb + 2 * bb * det * 4
                 part["lsqml_buffers"] = (bb * nm * win * cb + oy * ox * (nw * cb + 2 * rb)
