@@ -63,9 +63,29 @@ def test_reg_object_default_follows_the_radiation():
     assert pr.options["reg_object"] is None
 
 
+def test_amplitude_limit_default_follows_the_radiation():
+    """Electrons: |O| <= 1 unless asked otherwise (recorded in attrs); math.inf lifts it;
+    X-rays: no limit."""
+    import math
+
+    from ptynb.simulate import demo
+
+    assert ObjectConstraints.amplitude_max_for("electron") == 1.0
+    assert ObjectConstraints.amplitude_max_for("xray") is None and ObjectConstraints().amplitude_max is None
+    ds = demo("electron", "small", seed=0).isel(scan=slice(0, 8))
+    r = reconstruct(ds, iterations=2, progress=False)
+    assert r.attrs["option_object_amplitude_max"] == 1.0
+    assert float(np.abs(r["object"].values).max()) <= 1.0 + 1e-6
+    free = reconstruct(ds, iterations=2, progress=False, object_amplitude_max=math.inf)
+    assert float(np.abs(free["object"].values).max()) > 1.05  # measured 1.235
+    x = demo("xray", "small", seed=0).isel(scan=slice(0, 8))
+    assert reconstruct(x, iterations=1, progress=False).attrs.get("option_object_amplitude_max") is None
+
+
 @pytest.mark.parametrize("cls, field, bad, bound", [
     (PIEOptions, "alpha", 0.0, "(0, 2]"), (PIEOptions, "beta", 2.5, "(0, 2]"),
     (LSQMLOptions, "momentum", 1.0, "[0, 1)"), (LSQMLOptions, "batch_size", 0, "[1, inf)"),
+    (LSQMLOptions, "reg_wave", 0.0, "(0, 10]"),
     (PositionRefinement, "max_step", -1.0, "(0, 100]"),
     (ProbeConstraints, "update_start", -2, "[0, inf)"),
     (ComputeOptions, "threads", 0, "[1, 1024]")])

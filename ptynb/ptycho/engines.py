@@ -752,6 +752,7 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
     reg_o = opts["reg_object"]
     reg_o = LSQMLOptions.reg_object_for(None) if reg_o is None else float(reg_o)  # None: X-ray's
     reg_p = float(opts["reg_probe"])
+    reg_w = float(opts["reg_wave"])
     max_step = float(opts["max_step"])
     step_rule = str(opts["step_rule"])
     update_probe = iteration >= int(opts["probe_update_start"])
@@ -932,9 +933,12 @@ def lsqml_iteration(problem: Problem, state, iteration: int) -> float:
                     aO = xp.vdot(a.ravel(), d.ravel()).real / (xp.vdot(a.ravel(), a.ravel()).real + 1e-30)
             aO = float(xp.clip(xp.nan_to_num(aO, nan=0.0, posinf=0.0), 0, max_step))
             if k > 0:
+                # the incident wave's update: conj(O) chi / (|O|^2 + reg_wave max |O|^2) per
+                # pixel (LSQMLOptions.reg_wave), from the slice as it was in the forward pass
                 o2 = Ok.real ** 2 + Ok.imag ** 2
-                omax = o2.reshape(B, -1).max(axis=1).reshape(B, 1, 1) + 1e-12
-                dpsi = (xp.conj(Ok) / omax)[:, None] * d
+                omax = o2.reshape(B, -1).max(axis=1).reshape(B, 1, 1)
+                o2 += np.float32(reg_w) * omax + np.float32(1e-12)
+                dpsi = (xp.conj(Ok) / o2)[:, None] * d
                 d = _propagate(dpsi, Hc, fft)
             numO *= np.float32(aO)
             obj[k] += numO

@@ -460,6 +460,11 @@ def _reconstruct_single(ds, settings, *, callback=None, callback_every=1, progre
     attrs = ds.attrs
     if options.get("reg_object") is None:  # the radiation's default (LSQMLOptions.REG_OBJECT)
         options["reg_object"] = _options.LSQMLOptions.reg_object_for(attrs.get("radiation"))
+    if options.get("object_amplitude_max") is None:  # ObjectConstraints.AMPLITUDE_MAX
+        amax = _options.ObjectConstraints.amplitude_max_for(attrs.get("radiation"))
+        amin = options.get("object_amplitude_min")
+        if amax is not None and (amin is None or amin <= amax):
+            options["object_amplitude_max"] = amax
     inten = ds["intensity"]
     if tuple(inten.dims) != ("scan", "qy", "qx"):
         raise ValidationError("intensity", f"has dims {inten.dims}; expected (scan, qy, qx) per block")
@@ -675,6 +680,8 @@ def _constraints(problem, state, opts, xp):
         if cur > 0:
             probe *= np.float32(math.sqrt(target / cur))
     amax, amin = opts.get("object_amplitude_max"), opts.get("object_amplitude_min")
+    if amax is not None and math.isinf(amax):  # math.inf: no limit
+        amax = None
     pr = opts.get("object_phase_range")
     if opts.get("pure_phase"):
         a = xp.abs(obj)
