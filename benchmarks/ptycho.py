@@ -54,9 +54,11 @@ What it measures
      ``sum_j |P(r - r_j)|^2`` above 25 % of its maximum), after removing a global complex
      factor (phase offset and amplitude scale) and a linear phase ramp, best over integer
      shifts of up to 3 px (grid conventions differ between packages).
-   * Electron: Pearson correlation of the summed phase of the slices with the true total
-     phase (proportional to the projected potential) over the scanned area, after removing
-     a fitted plane from the reconstructed phase, best over integer shifts of up to 3 px.
+   * Electron: Pearson correlation of the summed phase of the slices (each unwrapped first,
+     :func:`summed_phase`) with the true total phase (proportional to the projected
+     potential) over the scanned area, after removing a fitted plane from the reconstructed
+     phase, best over integer shifts of up to 3 px; beside it the final phase slope (the
+     fitted gain, 1 for the right magnitude).
 
    and prints per case, as Markdown: start-up time, s/iteration (median), final quality, time
    to reach the target (the best peer's final quality; "not reached"), quality at equal wall
@@ -387,14 +389,58 @@ def xray_error(ds, recon2d, offset):
     return best_over_shifts(lambda r: complex_nrmse(r, t, mask), recon2d, offset, t.shape)
 
 
-def electron_pcc(ds, recon_slices, offset):
-    """PCC of the summed slice phases with the true total phase, over the scanned area."""
+def summed_phase(slices):
+    """Total phase (rad) of a reconstruction (S, H, W) or (H, W): every slice's phase,
+    relative to its mean transmission and unwrapped (``skimage.restoration.unwrap_phase``),
+    summed over the slices. A thick crystal's slices pass pi (the true total reaches 16 rad
+    in the ptynb electron case), and summing wrapped phases scored them too low."""
+    from skimage.restoration import unwrap_phase
+
+    o = np.asarray(slices)
+    o = o[None] if o.ndim == 2 else o
+    return sum(unwrap_phase(np.angle(np.nan_to_num(s_) * np.conj(np.nanmean(s_)))) for s_ in o)
+
+
+def true_total_phase(ds):
+    """The truth's total phase (rad): its slices' phases summed (each slice is thin)."""
     truth, _, _ = _truth(ds)
-    tphase = np.angle(truth).sum(0) if truth.ndim == 3 else np.angle(truth)
-    rphase = np.angle(recon_slices).sum(0) if recon_slices.ndim == 3 else np.angle(recon_slices)
+    return np.angle(truth).sum(0) if truth.ndim == 3 else np.angle(truth)
+
+
+def phase_slope(phase, truth_phase, mask):
+    """Least-squares gain of ``phase`` against ``truth_phase`` over ``mask`` (a plane fitted
+    jointly): 1 when the phase magnitude is right."""
+    m = mask & np.isfinite(phase)
+    if m.sum() < 10:
+        return np.nan
+    yy, xx = np.nonzero(m)
+    A = np.stack([np.ones_like(yy), yy, xx, truth_phase[m]], 1).astype(float)
+    coef, *_ = np.linalg.lstsq(A, phase[m], rcond=None)
+    return float(coef[3])
+
+
+def electron_pcc(ds, recon_slices, offset):
+    """PCC of the summed (unwrapped) slice phases with the true total phase, scanned area."""
+    tphase = true_total_phase(ds)
     mask = scanned_mask(ds)
-    return best_over_shifts(lambda r: phase_pcc(r, tphase, mask), rphase, offset, tphase.shape,
-                            maximize=True)
+    return best_over_shifts(lambda r: phase_pcc(r, tphase, mask), summed_phase(recon_slices),
+                            offset, tphase.shape, maximize=True)
+
+
+def electron_slope(ds, recon_slices, offset):
+    """Phase gain (:func:`phase_slope`) of the summed unwrapped phase at the integer shift
+    (up to 3 px) of best PCC."""
+    tphase = true_total_phase(ds)
+    mask = scanned_mask(ds)
+    ph = summed_phase(recon_slices)
+    best = None
+    for dy in range(-3, 4):
+        for dx_ in range(-3, 4):
+            off = (offset[0] + dy, offset[1] + dx_)
+            v = phase_pcc(_place(ph, off, tphase.shape), tphase, mask)
+            if best is None or v > best[0]:
+                best = (v, off)
+    return phase_slope(_place(ph, best[1], tphase.shape), tphase, mask)
 
 
 def ptynb_offset(ds, rec):
@@ -659,11 +705,15 @@ def score_series(ds, kind, snapshots, offset):
             return complex_nrmse(_place(o[0], off, t.shape), t, mask)
         maximize = False
     else:
-        tphase = np.angle(truth).sum(0) if truth.ndim == 3 else np.angle(truth)
+        tphase = true_total_phase(ds)
         mask = scanned_mask(ds)
+        unwrapped = {}
 
         def fn(o, off):
-            return phase_pcc(_place(np.angle(o).sum(0), off, tphase.shape), tphase, mask)
+            key = id(o)
+            if key not in unwrapped:
+                unwrapped[key] = summed_phase(o)
+            return phase_pcc(_place(unwrapped[key], off, tphase.shape), tphase, mask)
         maximize = True
 
     def best(o, centre, radius):
@@ -722,6 +772,8 @@ def summarise(ds, kind, results, budget):
                    finish=float(np.median([s_[0][-1] for s_ in series])),
                    iterations=int(series[0][1][-1]),
                    peak_mb=float(max(float(r["maxrss_mb"]) for r in ok + ext_ok)),
+                   slope=(electron_slope(ds, ok[0]["snapshots"][-1], ok[0]["offset"])
+                          if kind != "xray" else None),
                    version=str(ok[0].get("version", "")), note=str(ok[0].get("note", "")))
         if ext and not ext_ok:
             row["note"] += f"; extended run: {ext[0].get('note', 'failed')}"
@@ -1118,9 +1170,14 @@ def print_case(res):
           f"apart); {res['repeats']} round(s), packages one after another (order alternating "
           "between rounds), each in its own process; peak memory = VmHWM (peak resident set) of that process.")
     name = q.split(" (")[0]
+    el = kind != "xray"
+    if el:
+        print("Electron phases: every slice unwrapped before the sum; phase slope = fitted gain of "
+              "the final summed phase against the true total phase (1: the right magnitude).")
     print(f"| package | engine | start-up s | s/iteration (median) | final {name} | "
-          f"time to target s | {name} at {b} s (iterations) | peak memory MB | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          + ("final phase slope | " if el else "")
+          + f"time to target s | {name} at {b} s (iterations) | peak memory MB | note |")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if el else ""))
     for r in res["rows"]:
         tt = r.get("to_target")
         tts = "-" if tt is None else ("not reached" if not np.isfinite(tt) else f"{tt:.1f}")
@@ -1129,7 +1186,9 @@ def print_case(res):
             ab += f" ({r['iters_at_budget']})"
         print(f"| {r['package']} {r.get('version', '')} | {r['engine']} | "
               f"{fmt(r.get('setup'), '.1f')} | {fmt(r.get('per_iter'))} | "
-              f"{fmt(r.get('final'), fq)} | {tts} | {ab} | {fmt(r.get('peak_mb'), '.0f')} | "
+              f"{fmt(r.get('final'), fq)} | "
+              + (f"{fmt(r.get('slope'), '.3f')} | " if el else "")
+              + f"{tts} | {ab} | {fmt(r.get('peak_mb'), '.0f')} | "
               f"{r.get('note', '')} |")
     me = [r for r in res["rows"] if r["package"] == "ptynb" and "per_iter" in r]
     for r in res["rows"]:
