@@ -707,13 +707,10 @@ def score_series(ds, kind, snapshots, offset):
     else:
         tphase = true_total_phase(ds)
         mask = scanned_mask(ds)
-        unwrapped = {}
+        snapshots = [summed_phase(o) for o in snapshots]  # unwrapped once per snapshot
 
-        def fn(o, off):
-            key = id(o)
-            if key not in unwrapped:
-                unwrapped[key] = summed_phase(o)
-            return phase_pcc(_place(unwrapped[key], off, tphase.shape), tphase, mask)
+        def fn(ph, off):
+            return phase_pcc(_place(ph, off, tphase.shape), tphase, mask)
         maximize = True
 
     def best(o, centre, radius):
