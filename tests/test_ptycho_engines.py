@@ -151,8 +151,8 @@ def test_multislice_two_layers_beyond_depth_of_field():
     assert rec.sizes["slice"] == 2
     np.testing.assert_allclose(rec["z"].values, [0.0, spacing])
     m = np.array([[phase_pcc(rec, ds, i, j) for j in range(2)] for i in range(2)])
-    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.889, 0.916
-    # cross-talk, measured -0.333 and 0.268
+    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.880, 0.910
+    # cross-talk, measured -0.343 and 0.279
     assert abs(m[0, 1]) < 0.5 * m[0, 0] and abs(m[1, 0]) < 0.5 * m[1, 1], m
 
 
@@ -213,8 +213,8 @@ def test_electron_multislice_separates_depth():
     rec = reconstruct(ds, engine="lsqml", iterations=30, slices=2, slice_thickness=spacing,
                       progress=False)
     m = np.array([[phase_pcc(rec, ds, i, j) for j in range(2)] for i in range(2)])
-    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.980, 0.964
-    assert np.all(np.abs(m[~np.eye(2, dtype=bool)]) < 0.4), m  # measured -0.10, -0.09
+    assert m[0, 0] >= 0.8 and m[1, 1] >= 0.8, m  # measured 0.866, 0.849
+    assert np.all(np.abs(m[~np.eye(2, dtype=bool)]) < 0.4), m  # measured -0.04, -0.09
 
 
 def test_electron_thick_crystal_keeps_phase_in_every_slice():
@@ -237,7 +237,8 @@ def test_electron_thick_crystal_keeps_phase_in_every_slice():
 def test_electron_multislice_first_slice_not_starved():
     """Every slice's phase keeps its magnitude (fitted gain of reconstructed vs true phase):
     a scan-wide preconditioner on the first slice beside batch-preconditioned later ones
-    left it behind (measured gains 0.86 / 0.84 / 0.86 at 10 iterations; now 0.99 / 0.84 / 0.87)."""
+    left it behind (measured gains 0.86 / 0.84 / 0.86 at 10 iterations; then 0.99 / 0.84 / 0.87;
+    with the per-pixel wave damping and |O| <= 1, 1.00 / 0.85 / 0.88)."""
     spacing = 12e-9
     ds = electron_crystal_data(layers=3, spacing=spacing)
     rec = reconstruct(ds, engine="lsqml", iterations=10, slices=3, slice_thickness=spacing,
