@@ -148,10 +148,7 @@ class Settings(WorkflowSettings):
                                  doc="Side of the scanned square = side of the projections (m)")
     dose = param.Number(default=1e5, bounds=(1.0, None), doc="Electron dose per projection (e/A^2)")
     # --- ptychography
-    engine = param.Selector(objects=["epie", "rpie", "lsqml"], default="lsqml",
-                            doc="Ptychography engine per tilt (LSQ-ML, the library's electron default: on "
-                                "one tilt of the default series, 12 iterations, phase PCC 0.984-0.987 against "
-                                "0.876-0.897 for ePIE, at about the same time)")
+    engine = param.Selector(objects=["epie", "rpie", "lsqml"], default="epie", doc="Ptychography engine per tilt")
     iterations = param.Integer(default=12, bounds=(1, 10_000), doc="Ptychography iterations per tilt")
     n_slices = param.Integer(default=2, bounds=(1, 64), doc="Multislice slices per tilt")
     slice_thickness = param.Number(default=None, allow_None=True, bounds=(0.0, None), inclusive_bounds=(False, True),
