@@ -225,6 +225,10 @@ def test_atoms_found_and_displacement(projection_run):
     assert at.attrs["mean_displacement"] < dx
     assert tree.attrs["atoms_found_fraction_vs_truth"] >= 0.8
     assert tree.attrs["atoms_mean_displacement_vs_truth"] < dx
+    # the early-stopped final volume (final_volume_steps, default 20) keeps its noise down:
+    # measured 100 % of the sites vs truth at 0.25 A (without it 88.5 % at 0.42 A)
+    assert tree.attrs["atoms_found_fraction_vs_truth"] >= 0.95
+    assert tree.attrs["atoms_mean_displacement_vs_truth"] < 0.4 * dx
     # per-axis means are reported (m)
     for ax in "xyz":
         assert 0 <= at.attrs[f"mean_displacement_{ax}"] < dx

@@ -106,6 +106,7 @@ class Settings(WorkflowSettings):
         "Ptychography": ["engine", "iterations", "n_slices", "slice_thickness", "parallel", "run_dir"],
         "Denoising": ["denoise", "bm3d_sigma", "fourier_sparsity", "sparsity_keep"],
         "Tomography": ["rounds_shifts", "rounds_rotations", "rounds_full", "pose_steps", "euler_prior", "volume_steps",
+                       "final_volume_steps",
                        "blur_sigma", "mask_threshold", "mask_smooth", "mask_margin", "coupled_iterations"],
         "Analysis": ["fsc", "single_tilt", "atoms", "peak_threshold", "match_radius"],
     }
@@ -175,6 +176,10 @@ class Settings(WorkflowSettings):
                                    "Gaussian prior of the pose refinement, so rotations the data cannot see stay "
                                    "near zero (None: no prior)")
     volume_steps = param.Integer(default=30, bounds=(1, 200), doc="Volume CGLS steps per round")
+    final_volume_steps = param.Integer(
+        default=20, allow_None=True, bounds=(1, 500),
+        doc="CGLS steps of the returned volume, reconstructed again from the start at the refined poses "
+            "(early stopping keeps its noise down; None: the refinement's own volume)")
     blur_sigma = param.Number(default=0.5, bounds=(0.0, 3.0), doc="Volume blur at full scale (voxels)")
     mask_threshold = param.Number(default=0.25, bounds=(0.0, 0.99),
                                   doc="Support mask: level of the low-resolution volume (fraction of max)")
@@ -867,6 +872,13 @@ def tomography(projections: xr.DataArray, settings: Settings | None = None, *, e
     2-cell cube (0.57-0.59 of the voxels, > 99.9 % of the true mass kept) and loses 0.1 deg on
     the one-cell cube (0.29 of the voxels).
 
+    The returned volume is reconstructed once more from the start at the refined poses with
+    ``final_volume_steps`` CGLS steps (None: the refinement's own volume). The poses want a
+    volume converged far (noise and all); the atoms want one stopped early. Measured on the CI
+    series: Co sites found 88.5 -> 100 %, mean displacement 0.42 -> 0.25 A (seed 0; seed 1:
+    89.6 -> 100 %, 0.43 -> 0.21 A); the full 4D-STEM chain (36 tilts) 70.8 -> 94.3 %. The
+    poses are unchanged.
+
     Returns
     -------
     dict with ``volume`` (DataArray (z, y, x) volts, coords m), ``alignment`` (Dataset over
@@ -892,6 +904,16 @@ def tomography(projections: xr.DataArray, settings: Settings | None = None, *, e
         pose_prior=None if s.euler_prior is None else float(s.euler_prior))
     sig = _sigma(e)
     vol = info["volume"]
+    final_steps = s.final_volume_steps
+    if final_steps and info.get("status") != "cancelled":
+        # the volume again, from the start, at the refined poses, stopped early: the poses want
+        # a converged volume, the atoms one whose noise has not been amplified yet
+        _, _, _, info_v = joint_refinement(
+            P, schedule=(("volume", 1.0, 1),), initial_shifts=shifts, initial_poses=poses,
+            mask=info.get("mask"), blur_sigma=float(s.blur_sigma), volume_steps=int(final_steps),
+            progress=False, cancel=cancel)
+        if info_v.get("status") != "cancelled":
+            vol = info_v["volume"]
     volv = vol.copy(data=np.asarray(vol.values, np.float32) / np.float32(sig))
     volv.name = "volume"
     volv.attrs.update(units="V", long_name="electrostatic potential", energy_eV=e,
