@@ -21,6 +21,7 @@ from .align import (  # noqa: F401, E402
 
 # joint refinement (torch, param) loads on first use: `import ptynb.tomo` stays as fast as it was
 _JOINT = ("MSPT_SCHEDULE", "JointRefinementOptions", "joint_refinement")
+_ATOMIC = ("AtomicRefinementOptions", "atomic_refinement", "render_atoms")
 
 
 def __getattr__(name):
@@ -28,8 +29,12 @@ def __getattr__(name):
         from . import joint
 
         return getattr(joint, name)
+    if name in _ATOMIC:
+        from . import atomic
+
+        return getattr(atomic, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_JOINT))
+    return sorted(set(globals()) | set(_JOINT) | set(_ATOMIC))

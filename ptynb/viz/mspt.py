@@ -168,6 +168,8 @@ _ROWS = (("resolution_across_wedge", "resolution across the missing wedge", 1 / 
          ("atoms_found_fraction", "Co sites found", 100.0, "%"),
          ("atoms_n_missing", "Co sites missing", 1.0, ""),
          ("atoms_mean_displacement", "mean displacement of the found Co", 1 / _A, "Å"),
+         ("alignment_atomic_misfit_relative", "atomic model misfit, relative (its poses used when <= 0.25)", 1.0, ""),
+         ("alignment_atomic_n_atoms", "atoms in the atomic model", 1.0, ""),
          ("shift_error_rms_px_vs_truth", "shift error vs truth (rms)", 1.0, "px"),
          ("angle_error_rms_deg_vs_truth", "Euler-angle error vs truth (rms)", 1.0, "deg"),
          ("atoms_found_fraction_vs_truth", "true Co atoms found", 100.0, "%"))
@@ -178,6 +180,8 @@ def numbers(tree) -> str:
     from ._core import markdown_table
 
     rows = []
+    if tree is not None and "alignment_pose_model" in tree.attrs:
+        rows.append(("poses from", f"the {tree.attrs['alignment_pose_model']} model"))
     for key, label, scale, unit in _ROWS:
         v = tree.attrs.get(key) if tree is not None else None
         if v is None or not np.isfinite(float(v)):
