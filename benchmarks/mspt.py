@@ -520,7 +520,7 @@ def print_align_table(al):
         return float(np.median([r[key] for r in rows]))
 
     if j:
-        print(f"| ptynb joint_refinement (MSPT schedule) | {med(j, 'time'):.1f} | {med(j, 'shift_err'):.3f} | "
+        print(f"| ptynb mspt.tomography (joint_refinement, then atomic_refinement) | {med(j, 'time'):.1f} | {med(j, 'shift_err'):.3f} | "
               f"{med(j, 'angle_err'):.3f} | 1 | {med(j, 'maxrss_MiB'):.0f} ({med(j, 'maxrss_start_MiB'):.0f}) |")
     if ad:
         reached = all(r["reached"] for r in ad)
