@@ -126,6 +126,16 @@ class Options(param.Parameterized):
         else:
             super().__setattr__(key, value)
 
+    @classmethod
+    def resolve(cls, options, overrides: dict):
+        """``options`` (an instance of this class; None: the defaults) with the keyword
+        ``overrides`` applied, as a new object: how a function taking ``options=`` and
+        ``**overrides`` reads its settings."""
+        if options is not None and not isinstance(options, cls):
+            raise ValidationError("options", f"must be a {cls.__name__}, got {type(options).__name__}")
+        cls._check_names(overrides)
+        return (options or cls()).copy(**overrides)
+
     # ------------------------------------------------------------ checks
     @classmethod
     def _check_names(cls, values) -> None:

@@ -105,14 +105,6 @@ class AtomicRefinementOptions(Options):
         if w.size < 1 or not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise ValidationError("widths", f"must be positive pixel widths, got {self.widths!r}")
 
-    @classmethod
-    def resolve(cls, options, overrides: dict) -> AtomicRefinementOptions:
-        """``options`` (None: the defaults) with the keyword ``overrides`` applied."""
-        if options is not None and not isinstance(options, cls):
-            raise ValidationError("options", f"must be a {cls.__name__}, got {type(options).__name__}")
-        cls._check_names(overrides)
-        return (options or cls()).copy(**overrides)
-
 
 def render_atoms(positions, scales, profiles, classes, widths, angles, *, tilt=None, poses=None,
                  displacements=None, offsets=None, v=None, u=None):

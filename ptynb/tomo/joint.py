@@ -117,14 +117,6 @@ class JointRefinementOptions(Options):
     _owner = "joint_refinement"
 
     @classmethod
-    def resolve(cls, options, overrides: dict) -> JointRefinementOptions:
-        """``options`` (None: the defaults) with the keyword ``overrides`` applied."""
-        if options is not None and not isinstance(options, cls):
-            raise ValidationError("options", f"must be a {cls.__name__}, got {type(options).__name__}")
-        cls._check_names(overrides)
-        return (options or cls()).copy(**overrides)
-
-    @classmethod
     def doc_table(cls, indent: str = "    ") -> str:
         """The fields as numpydoc entries ``name : default`` + doc (for docstrings)."""
         lines = []
