@@ -415,7 +415,7 @@ def atomic_refinement(projections: xr.DataArray, volume: xr.DataArray, *, shifts
         return S0.copy(), E0.copy(), {"atoms": None, "misfit": np.asarray(misfit), "rms": np.asarray(rms),
                                       "offsets": np.zeros(n), "n_atoms": 0, "status": STATUS_CANCELLED,
                                       "options": o}
-    if misfit[-1] > float(o.max_misfit):
+    if status == STATUS_COMPLETE and misfit[-1] > float(o.max_misfit):
         return reject(f"the atomic model misses the data by {misfit[-1]:.2f} (relative; max_misfit "
                       f"{float(o.max_misfit)}): the sample is not resolved into atoms", misfit, rms)
     D_fin, E_fin = best
